@@ -1,0 +1,1 @@
+"""sweeplab: hyperparameter sweeps of image-classification training."""

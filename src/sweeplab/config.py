@@ -1,0 +1,275 @@
+"""The typed training config: YAML loading, dotted overrides and strict validation.
+
+A config is six flat sections. Every key has a type and a default; unknown keys, wrong types
+and out-of-range values raise `ConfigError` naming the dotted key, before any data or model
+is touched. `model.*` is the exception: its keys are the chosen model's own options, checked
+against the model builder's signature.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the offending key or file."""
+
+
+DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "synthetic")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"                      # one of DATASETS
+    root: str = "~/.cache/sweeplab/data"       # torchvision layout; offline copies are searched too
+    download: bool = True                      # try torchvision's download when files are missing
+    batch_size: int = 128
+    eval_batch_size: int = 1024                # evaluation has no backward pass: bigger is faster
+    train_subset: int = 0                      # first N of a seeded shuffle of the train set (0 = all)
+    test_subset: int = 0                       # first N test images (0 = all); for quick runs only
+    device: str = "auto"                       # auto = cuda if available, else cpu
+    # synthetic data only: image shape, classes and set sizes
+    synthetic_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+    synthetic_classes: int = 10
+    synthetic_train: int = 2048
+    synthetic_test: int = 512
+
+
+@dataclass
+class AugmentConfig:
+    random_crop: bool = True                   # pad, then crop back to size at a random offset
+    crop_padding: int = 4
+    hflip: bool = True                         # random horizontal flip (off for digits)
+    normalize: bool = True                     # per-channel dataset mean/std
+    cutout: int = 0                            # square mask side in px, 0 = off
+    cutout_prob: float = 1.0
+    cutout_inside: bool = False                # keep the mask's centre away from the border
+    random_erasing: float = 0.0                # probability per image, 0 = off
+    random_erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
+    random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3333])
+    mixup: float = 0.0                         # Beta(alpha, alpha) alpha, 0 = off
+    cutmix: float = 0.0                        # Beta(alpha, alpha) alpha, 0 = off
+    ricap: float = 0.0                         # Beta(beta, beta) beta, 0 = off
+    dual_cutout: float = 0.0                   # consistency-loss weight, 0 = off (needs cutout > 0)
+    label_smoothing: float = 0.0               # epsilon
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"                          # sgd, adam, amsgrad, lars
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    no_weight_decay_on_bn: bool = False        # exclude BatchNorm and bias parameters from decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lars_eps: float = 1e-9
+    lars_trust_coefficient: float = 0.0        # 0 = plain layer-wise ratio (the reference's default)
+    grad_clip: float = 0.0                     # max global grad norm, 0 = off
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"                       # see sweeplab.schedules.names()
+    warmup_epochs: float = 0.0
+    warmup_kind: str = "linear"                # linear or exponential
+    warmup_start_factor: float = 0.001         # lr at step 0 = lr * factor
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, or epochs if > 1
+    gamma: float = 0.1                         # multistep / piecewise decay factor
+    min_lr_factor: float = 0.0                 # cosine / linear end at lr * factor
+    sgdr_t0: float = 10.0                      # SGDR first period in epochs
+    sgdr_t_mult: float = 2.0
+    onecycle_peak: float = 0.2                 # one-cycle: fraction of training at the peak lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 160
+    precision: str = "fp32"                    # fp32, fp16 or bf16 (torch.autocast)
+    seed: int = 0
+    channels_last: bool = False                # NHWC memory format (faster convs on most backends)
+    compile: bool = False                      # torch.compile the model
+    ghost_batch_size: int = 0                  # BatchNorm statistics over chunks of this size, 0 = off
+    flip_tta: bool = False                     # average logits of the image and its mirror at eval
+    eval_every: int = 1                        # evaluate every N epochs (and always the last)
+    threads: int = 0                           # torch.set_num_threads on CPU, 0 = leave as is
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "resnet_preact"})
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (YAML-safe)."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {'optim.lr': 0.1, ...}."""
+        return flatten(self.to_dict())
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key of the fixed sections, plus model.name."""
+    keys = ["model.name"]
+    for name, f in SECTIONS.items():
+        if name != "model":
+            keys += [f"{name}.{g.name}" for g in dataclasses.fields(f.default_factory())]
+    return keys
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as a YAML scalar or list ('0.1' -> 0.1, '[1,2]' -> [1, 2])."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree['a']['b'] = value for key 'a.b', creating the section when missing."""
+    section, _, leaf = key.partition(".")
+    if not leaf:
+        raise ConfigError(f"override '{key}' must be a dotted key like 'optim.lr'")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section '{section}' in '{key}'{_suggest(key, valid_keys())}")
+    node = tree.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"'{section}' must be a mapping")
+    node[leaf] = value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; `base: other.yaml` (relative to this file) is merged underneath."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML in {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")
+    base = tree.pop("base", None)
+    if base is not None:
+        tree = merge(load_yaml(path.parent / base), tree)
+    return tree
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` onto `base` (a changed model.name drops the base's model options)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            if k == "model" and "name" in v and v["name"] != out[k].get("name"):
+                out[k] = dict(v)
+            else:
+                out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load a YAML config, apply `key=value` overrides, validate; raise ConfigError if bad."""
+    tree = load_yaml(path) if path is not None else {}
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    for key, value in items:
+        set_dotted(tree, key, value)
+    where = f" in {path}" if path is not None else ""
+    return from_dict(tree, where)
+
+
+def _split(override: str) -> tuple[str, Any]:
+    key, eq, value = override.partition("=")
+    if not eq or not key:
+        raise ConfigError(f"override '{override}' must look like key=value, e.g. optim.lr=0.1")
+    return key.strip(), parse_value(value)
+
+
+def from_dict(tree: dict[str, Any], where: str = "") -> Config:
+    """Build and validate a Config from a nested dict."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config{where} must be a mapping")
+    kwargs: dict[str, Any] = {}
+    for section, value in tree.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'{where}{_suggest(section, list(SECTIONS))}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{section}'{where} must be a mapping of keys, got {value!r}")
+        if section == "model":
+            if "name" not in value:
+                raise ConfigError(f"'model.name' is missing{where}: a model section needs a name")
+            kwargs[section] = dict(value)
+            continue
+        cls = SECTIONS[section].default_factory().__class__
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(f"unknown key '{section}.{key}'{where}"
+                                  f"{_suggest(f'{section}.{key}', valid_keys())}")
+            value[key] = _coerce(f"{section}.{key}", v, hints[key], where)
+        kwargs[section] = cls(**value)
+    config = Config(**kwargs)
+    from sweeplab.validate import check  # late import: validation needs the registries
+
+    check(config, where)
+    return config
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint; ints are accepted for floats, nothing else is converted."""
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}'{where} must be a list of {item.__name__}, got {value!r}")
+        return [_coerce(key, v, item, where) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads '1e-4' as a string; accept it as the float it means
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"'{key}'{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _suggest(key: str, candidates: list[str]) -> str:
+    near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    return f"; did you mean '{near[0]}'?" if near else ""
+
+
+def save(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML; `load(path)` reads it back to an equal Config."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+

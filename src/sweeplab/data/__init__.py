@@ -1,0 +1,1 @@
+"""Datasets, the device-resident loader and batch augmentation."""

@@ -1,0 +1,181 @@
+"""The training loop: `fit(config, on_epoch)`. It knows nothing of Ray or MLflow.
+
+Everything random is re-seeded from (seed, epoch) at the start of each epoch, so an epoch's
+batches, augmentations and dropout masks do not depend on what ran before: a run resumed from
+a checkpoint continues bit for bit as if it had never stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sweeplab import ghost_bn, models, optim, schedules
+from sweeplab.config import Config
+from sweeplab.data import augment, datasets
+from sweeplab.data.loader import DeviceLoader
+
+# on_epoch(metrics, checkpoint) where checkpoint() builds the resumable state only if asked for.
+EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+StepCallback = Callable[[int, int], None]
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, epoch: int) -> None:
+    """Seed torch's global RNGs (dropout, shake-shake) as a pure function of (seed, epoch)."""
+    torch.manual_seed(seed * 1_000_003 + epoch)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision via torch.autocast; fp32 is a no-op context."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def subset(data: datasets.Dataset, n_train: int, n_test: int, seed: int) -> datasets.Dataset:
+    """The first n_train examples of a seeded shuffle of the training set, the first n_test test images."""
+    if n_train and n_train < len(data.train_y):
+        idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))[:n_train]
+        data = datasets.Dataset(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y,
+                                data.num_classes, data.mean, data.std)
+    if n_test and n_test < len(data.test_y):
+        data = datasets.Dataset(data.train_x, data.train_y, data.test_x[:n_test], data.test_y[:n_test],
+                                data.num_classes, data.mean, data.std)
+    return data
+
+
+class Trainer:
+    """The state of one training run: data, model, optimiser, scaler, step counter."""
+
+    def __init__(self, config: Config, data: datasets.Dataset | None = None) -> None:
+        c = self.config = config
+        if c.train.threads:
+            torch.set_num_threads(c.train.threads)
+        self.device = resolve_device(c.data.device)
+        data = subset(data or datasets.load(c.data), c.data.train_subset, c.data.test_subset, c.train.seed)
+        a = c.augment
+        common = dict(mean=data.mean, std=data.std, device=self.device, normalize=a.normalize,
+                      channels_last=c.train.channels_last)
+        self.train_loader = DeviceLoader(data.train_x, data.train_y, c.data.batch_size, train=True,
+                                         seed=c.train.seed, random_crop=a.random_crop,
+                                         crop_padding=a.crop_padding, hflip=a.hflip, **common)
+        self.test_loader = DeviceLoader(data.test_x, data.test_y, c.data.eval_batch_size, train=False, **common)
+        torch.manual_seed(c.train.seed)  # model initialisation
+        options = {k: v for k, v in c.model.items() if k != "name"}
+        model = models.build(c.model["name"], data.num_classes, data.shape[0], **options)
+        ghost_bn.apply(model, c.train.ghost_batch_size)
+        self.model = model.to(self.device, memory_format=torch.channels_last if c.train.channels_last
+                              else torch.contiguous_format)
+        self.forward: nn.Module = torch.compile(self.model) if c.train.compile else self.model
+        self.optimizer = optim.build(self.model, c.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
+        self.augment = augment.build(a, data.num_classes)
+        self.epoch = 0  # completed epochs
+        self.step = 0   # optimiser steps taken
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (the schedule is a pure function of `step`)."""
+        return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "step": self.step,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    def train_epoch(self, on_step: StepCallback | None = None) -> dict[str, float]:
+        """One pass over the training set; returns train/loss, train/error and its timing."""
+        c, model, opt = self.config, self.forward, self.optimizer
+        loader = self.train_loader
+        seed_everything(c.train.seed, self.epoch)
+        gen = loader.generator(self.epoch)
+        model.train()
+        # Accumulate on the device and read once per epoch: no host sync inside the step.
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, steps = 0, len(loader)
+        self._sync()
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(loader.epoch(self.epoch, gen)):
+            lr = schedules.lr_at(self.step, c.optim.lr, c.sched, steps, c.train.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, targets = self.augment(x, y, gen)
+            with autocast(self.device, c.train.precision):
+                logits = model(x)
+            loss = self.augment.loss(logits, targets)
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if c.optim.grad_clip > 0:
+                self.scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+            self.step += 1
+            loss_sum += loss.detach() * y.numel()
+            wrong += (self.augment.predictions(logits).argmax(1) != self.augment.hard_labels(targets)).sum()
+            seen += y.numel()
+            if on_step is not None:
+                on_step(i + 1, steps)
+        self._sync()
+        elapsed = time.perf_counter() - start
+        self.last_lr = lr
+        return {"train/loss": loss_sum.item() / seen, "train/error": 100.0 * wrong.item() / seen,
+                "time/train_s": elapsed, "time/images_per_s": seen / elapsed}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Test loss and error (percent); with flip TTA the logits of image and mirror are averaged."""
+        c, model = self.config, self.forward
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        for x, y in self.test_loader.epoch():
+            with autocast(self.device, c.train.precision):
+                logits = model(x).float()
+                if c.train.flip_tta:
+                    logits = (logits + model(x.flip(3)).float()) / 2
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+            wrong += (logits.argmax(1) != y).sum()
+        n = self.test_loader.num_examples
+        return {"val/loss": loss_sum.item() / n, "val/error": 100.0 * wrong.item() / n}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def fit(config: Config, on_epoch: EpochCallback | None = None, *, checkpoint: dict[str, Any] | None = None,
+        data: datasets.Dataset | None = None, on_step: StepCallback | None = None) -> dict[str, float]:
+    """Train `config` to its last epoch (continuing from `checkpoint`); return the last metrics."""
+    trainer = Trainer(config, data)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+    metrics: dict[str, float] = {}
+    while trainer.epoch < config.train.epochs:
+        start = time.perf_counter()
+        train = trainer.train_epoch(on_step)
+        trainer.epoch += 1
+        last = trainer.epoch == config.train.epochs
+        val = trainer.evaluate() if (last or trainer.epoch % config.train.eval_every == 0) else {}
+        metrics = {"epoch": trainer.epoch, "lr": trainer.last_lr, **train, **val,
+                   "time/epoch_s": time.perf_counter() - start}
+        if on_epoch is not None:
+            on_epoch(metrics, trainer.state_dict)
+    return metrics

@@ -1,0 +1,76 @@
+"""Semantic checks of a typed Config: ranges, names in registries, combinations that conflict."""
+from __future__ import annotations
+
+from sweeplab.config import DATASETS, PRECISIONS, Config, ConfigError
+
+
+def _require(ok: bool, key: str, message: str, where: str) -> None:
+    if not ok:
+        raise ConfigError(f"'{key}'{where} {message}")
+
+
+def _one_of(value: str, choices: list[str] | tuple[str, ...], key: str, where: str) -> None:
+    _require(value in choices, key, f"is {value!r}; valid: {', '.join(choices)}", where)
+
+
+def check(c: Config, where: str = "") -> None:
+    """Raise ConfigError naming the first bad key of `c`."""
+    from sweeplab import models, optim, schedules
+
+    d, a, o, s, t = c.data, c.augment, c.optim, c.sched, c.train
+    _one_of(d.name, DATASETS, "data.name", where)
+    _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}", where)
+    _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", where)
+    _require(d.train_subset >= 0, "data.train_subset", "must be >= 0 (0 = all)", where)
+    _require(d.test_subset >= 0, "data.test_subset", "must be >= 0 (0 = all)", where)
+    _require(d.device == "auto" or d.device.split(":")[0] in ("cpu", "cuda", "mps"), "data.device",
+             f"is {d.device!r}; valid: auto, cpu, cuda, cuda:N, mps", where)
+    _require(len(d.synthetic_shape) == 3 and min(d.synthetic_shape) >= 1, "data.synthetic_shape",
+             "must be [channels, height, width]", where)
+    _require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2", where)
+
+    name = c.model.get("name")
+    _require(isinstance(name, str), "model.name", f"must be a model name; valid: {', '.join(models.names())}",
+             where)
+    _one_of(name, models.names(), "model.name", where)
+    try:
+        models.check_options(name, {k: v for k, v in c.model.items() if k != "name"})
+    except ValueError as e:
+        raise ConfigError(f"{e}{where}") from None
+
+    _require(a.crop_padding >= 0, "augment.crop_padding", "must be >= 0", where)
+    _require(a.cutout >= 0, "augment.cutout", "must be >= 0 (0 = off)", where)
+    for key in ("cutout_prob", "random_erasing"):
+        v = getattr(a, key)
+        _require(0.0 <= v <= 1.0, f"augment.{key}", f"is a probability, got {v}", where)
+    for key in ("mixup", "cutmix", "ricap", "dual_cutout"):
+        _require(getattr(a, key) >= 0, f"augment.{key}", "must be >= 0 (0 = off)", where)
+    _require(0.0 <= a.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)", where)
+    mixers = [k for k in ("mixup", "cutmix", "ricap", "dual_cutout") if getattr(a, k) > 0]
+    # Two batch mixers would silently overwrite each other's targets: refuse instead.
+    _require(len(mixers) <= 1, f"augment.{mixers[-1] if mixers else ''}",
+             f"cannot be combined with augment.{mixers[0] if mixers else ''}: use one batch mixer "
+             "(mixup, cutmix, ricap, dual_cutout) per run", where)
+    _require(a.dual_cutout == 0 or a.cutout > 0, "augment.dual_cutout", "needs augment.cutout > 0", where)
+
+    _one_of(o.name, optim.names(), "optim.name", where)
+    _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}", where)
+    _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}", where)
+    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}", where)
+    _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)", where)
+    _require(len(o.betas) == 2, "optim.betas", "must be two numbers", where)
+
+    _one_of(s.name, schedules.names(), "sched.name", where)
+    _one_of(s.warmup_kind, ("linear", "exponential"), "sched.warmup_kind", where)
+    _require(0 <= s.warmup_epochs <= t.epochs, "sched.warmup_epochs", "must be in [0, train.epochs]", where)
+    _require(0 < s.warmup_start_factor <= 1, "sched.warmup_start_factor", "must be in (0, 1]", where)
+    _require(0 < s.gamma <= 1, "sched.gamma", "must be in (0, 1]", where)
+    _require(all(m > 0 for m in s.milestones), "sched.milestones", "must be positive", where)
+
+    _require(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}", where)
+    _one_of(t.precision, PRECISIONS, "train.precision", where)
+    _require(t.ghost_batch_size >= 0, "train.ghost_batch_size", "must be >= 0 (0 = off)", where)
+    _require(t.ghost_batch_size == 0 or d.batch_size % t.ghost_batch_size == 0, "train.ghost_batch_size",
+             f"must divide data.batch_size ({d.batch_size})", where)
+    _require(t.eval_every >= 1, "train.eval_every", "must be >= 1", where)
+    _require(t.threads >= 0, "train.threads", "must be >= 0", where)
