@@ -11,7 +11,9 @@ import time
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sweeplab import ghost_bn, models, optim, schedules
 from sweeplab.config import Config
@@ -31,9 +33,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int, epoch: int) -> None:
-    """Seed torch's global RNGs (dropout, shake-shake) as a pure function of (seed, epoch)."""
-    torch.manual_seed(seed * 1_000_003 + epoch)
+def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch's global RNGs (dropout, shake-shake) as a pure function of (seed, epoch, rank)."""
+    torch.manual_seed(seed * 1_000_003 + epoch + 7_919 * rank)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -64,13 +73,18 @@ class Trainer:
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         self.device = resolve_device(c.data.device)
+        self.rank, self.world = world()
+        if c.data.batch_size % self.world:
+            raise ValueError(f"data.batch_size {c.data.batch_size} is not divisible by {self.world} workers")
         data = subset(data or datasets.load(c.data), c.data.train_subset, c.data.test_subset, c.train.seed)
         a = c.augment
         common = dict(mean=data.mean, std=data.std, device=self.device, normalize=a.normalize,
                       channels_last=c.train.channels_last)
-        self.train_loader = DeviceLoader(data.train_x, data.train_y, c.data.batch_size, train=True,
-                                         seed=c.train.seed, random_crop=a.random_crop,
-                                         crop_padding=a.crop_padding, hflip=a.hflip, **common)
+        # data.batch_size is the global batch, as in the reference's multi-GPU table.
+        self.train_loader = DeviceLoader(data.train_x, data.train_y, c.data.batch_size // self.world,
+                                         train=True, seed=c.train.seed, random_crop=a.random_crop,
+                                         crop_padding=a.crop_padding, hflip=a.hflip,
+                                         rank=self.rank, world=self.world, **common)
         self.test_loader = DeviceLoader(data.test_x, data.test_y, c.data.eval_batch_size, train=False, **common)
         torch.manual_seed(c.train.seed)  # model initialisation
         options = {k: v for k, v in c.model.items() if k != "name"}
@@ -78,7 +92,10 @@ class Trainer:
         ghost_bn.apply(model, c.train.ghost_batch_size)
         self.model = model.to(self.device, memory_format=torch.channels_last if c.train.channels_last
                               else torch.contiguous_format)
-        self.forward: nn.Module = torch.compile(self.model) if c.train.compile else self.model
+        forward: nn.Module = self.model
+        if self.world > 1:  # DDP averages gradients across ranks; its constructor broadcasts rank 0's weights
+            forward = DistributedDataParallel(forward, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if c.train.compile else forward
         self.optimizer = optim.build(self.model, c.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
         self.augment = augment.build(a, data.num_classes)
@@ -103,7 +120,7 @@ class Trainer:
         """One pass over the training set; returns train/loss, train/error and its timing."""
         c, model, opt = self.config, self.forward, self.optimizer
         loader = self.train_loader
-        seed_everything(c.train.seed, self.epoch)
+        seed_everything(c.train.seed, self.epoch, self.rank)
         gen = loader.generator(self.epoch)
         model.train()
         # Accumulate on the device and read once per epoch: no host sync inside the step.
@@ -133,6 +150,10 @@ class Trainer:
             seen += y.numel()
             if on_step is not None:
                 on_step(i + 1, steps)
+        if self.world > 1:  # epoch metrics over all ranks' images: one all-reduce per epoch
+            totals = torch.stack([loss_sum.double(), wrong.double(), torch.tensor(seen, device=self.device).double()])
+            dist.all_reduce(totals)
+            loss_sum, wrong, seen = totals[0], totals[1], int(totals[2].item())
         self._sync()
         elapsed = time.perf_counter() - start
         self.last_lr = lr

@@ -17,8 +17,10 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                  train: bool, seed: int = 0, random_crop: bool = False, crop_padding: int = 4,
-                 hflip: bool = False, normalize: bool = True, channels_last: bool = False) -> None:
+                 hflip: bool = False, normalize: bool = True, channels_last: bool = False,
+                 rank: int = 0, world: int = 1) -> None:
         self.train, self.seed, self.batch_size = train, seed, batch_size
+        self.rank, self.world = rank, world  # DDP: each rank takes its stride of the shared permutation
         self.hflip, self.channels_last = hflip, channels_last
         self.pad = crop_padding if (train and random_crop) else 0
         self.height, self.width = images.shape[2], images.shape[3]
@@ -32,7 +34,7 @@ class DeviceLoader:
         self.device = device
 
     def __len__(self) -> int:
-        n = self.labels.numel()
+        n = self.labels.numel() // self.world if self.train else self.labels.numel()
         # Training drops the ragged last batch: static shapes, and no BatchNorm over a handful of images.
         return n // self.batch_size if (self.train and n >= self.batch_size) else -(-n // self.batch_size)
 
@@ -40,9 +42,10 @@ class DeviceLoader:
     def num_examples(self) -> int:
         return self.labels.numel()
 
-    def generator(self, epoch: int) -> torch.Generator:
-        """The epoch's RNG: a pure function of (seed, epoch), so a resumed run draws the same numbers."""
-        return torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + epoch)
+    def generator(self, epoch: int, rank: int | None = None) -> torch.Generator:
+        """The epoch's RNG: a pure function of (seed, epoch, rank), so a resumed run draws the same numbers."""
+        rank = self.rank if rank is None else rank
+        return torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + epoch + 7_919 * rank)
 
     def epoch(self, epoch: int = 0, gen: torch.Generator | None = None
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -50,7 +53,11 @@ class DeviceLoader:
         n = self.labels.numel()
         if self.train:
             gen = gen or self.generator(epoch)
-            order = torch.randperm(n, generator=gen, device=self.device)
+            # Every rank draws rank 0's permutation, reshuffled each epoch (the DistributedSampler
+            # with set_epoch), and keeps every world-th index; crops and flips use its own stream.
+            shared = gen if self.rank == 0 else self.generator(epoch, rank=0)
+            order = torch.randperm(n, generator=shared, device=self.device)
+            order = order[:n // self.world * self.world][self.rank::self.world]
         else:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):

@@ -1,0 +1,142 @@
+"""The `sweeplab` command line: train, run, resume, status, best, table, report, export, ui, models.
+
+Exit codes: 0 ok, 2 bad input (the message names the key or file, no traceback), 1 runtime failure.
+Heavy imports (torch, Ray, MLflow) happen inside the commands, so `--help` and bad input are fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from sweeplab.config import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sweeplab.train_cmd import train
+
+    return train(args.config, args.overrides, args.output, args.resume, args.stop_after)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from sweeplab.train_cmd import list_models
+
+    return list_models(args.counts)
+
+
+def _sweeps(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from sweeplab.trainables import launch
+
+        return getattr(launch, name)(args)
+    return handler
+
+
+def _analysis(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        from sweeplab.analysis import commands
+
+        return getattr(commands, name)(args)
+    return handler
+
+
+def _tracking_uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///<cwd>/mlflow.db)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sweeplab", description="Hyperparameter sweeps of image "
+                                 "classification training on Ray, tracked in MLflow.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one config, no Ray")
+    p.add_argument("config", help="YAML config (configs/...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
+    p.add_argument("--output", default=None, help="run folder (default: runs/<config stem>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, metavar="EPOCH", help="stop after this epoch's checkpoint "
+                   "(continue later with --resume)")
+    p.set_defaults(fn=_train)
+
+    p = sub.add_parser("models", help="list the models, their options and parameter counts")
+    p.add_argument("--no-counts", dest="counts", action="store_false", help="skip building each model")
+    p.set_defaults(fn=_models)
+
+    p = sub.add_parser("run", help="run a sweep file on Ray")
+    p.add_argument("sweep", help="sweep YAML (sweeps/...)")
+    p.add_argument("--smoke", action="store_true", help="apply the sweep's smoke block")
+    p.add_argument("--dry-run", action="store_true", help="print the compiled trials; start nothing")
+    p.add_argument("--name", help="launch name (default: <sweep>-<timestamp>)")
+    p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT); default: start a local Ray")
+    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    _tracking_uri(p)
+    p.set_defaults(fn=_sweeps("run"))
+
+    p = sub.add_parser("resume", help="continue a sweep whose driver died")
+    p.add_argument("name", help="launch name (see `sweeplab status`)")
+    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--address", help="Ray cluster address; default: start a local Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    _tracking_uri(p)
+    p.set_defaults(fn=_sweeps("resume"))
+
+    p = sub.add_parser("status", help="list sweeps and the states of their trials")
+    p.add_argument("name", nargs="?", help="launch name; default: all launches")
+    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
+    p.set_defaults(fn=_sweeps("status"))
+
+    p = sub.add_parser("best", help="the best trials of a sweep or launch")
+    p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
+    p.add_argument("--metric", default="val/error")
+    p.add_argument("--top", type=int, default=1)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--yaml", action="store_true", help="write the best config as a `sweeplab train` YAML")
+    _tracking_uri(p)
+    p.set_defaults(fn=_analysis("best"))
+
+    p = sub.add_parser("table", help="rebuild a results table from the logged runs")
+    p.add_argument("table_id", nargs="?")
+    p.add_argument("--list", action="store_true", help="list every table id and the sweep that fills it")
+    p.add_argument("--format", choices=("md", "csv", "html"), default="md")
+    p.add_argument("--out", help="also write the table (and its figures) into this folder")
+    _tracking_uri(p)
+    p.set_defaults(fn=_analysis("table"))
+
+    p = sub.add_parser("report", help="every table and figure with runs behind it, with an index page")
+    p.add_argument("--out", default="report")
+    _tracking_uri(p)
+    p.set_defaults(fn=_analysis("report"))
+
+    p = sub.add_parser("export", help="every trial of a sweep as one Parquet file")
+    p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
+    p.add_argument("--out", required=True, help="FILE.parquet")
+    _tracking_uri(p)
+    p.set_defaults(fn=_analysis("export"))
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    _tracking_uri(p)
+    p.set_defaults(fn=_analysis("ui"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:  # every bad-input error derives from ConfigError
+        print(f"sweeplab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweeplab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
