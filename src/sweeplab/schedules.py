@@ -63,7 +63,8 @@ def piecewise(t: float, epoch: float, epochs: int, c: SchedConfig) -> float:
 @register_schedule
 def sgdr(t: float, epoch: float, epochs: int, c: SchedConfig) -> float:
     """Cosine with warm restarts, periods t0, t0*mult, ...: https://arxiv.org/abs/1608.03983"""
-    period, start = c.sgdr_t0, 0.0
+    # Restarts count from the end of warmup, as the main schedule starts there.
+    period, start, epoch = c.sgdr_t0, 0.0, epoch - c.warmup_epochs
     while epoch >= start + period:
         start, period = start + period, period * c.sgdr_t_mult
     return c.min_lr_factor + (1 - c.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * (epoch - start) / period))

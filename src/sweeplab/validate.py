@@ -66,6 +66,11 @@ def check(c: Config, where: str = "") -> None:
     _require(0 < s.warmup_start_factor <= 1, "sched.warmup_start_factor", "must be in (0, 1]", where)
     _require(0 < s.gamma <= 1, "sched.gamma", "must be in (0, 1]", where)
     _require(all(m > 0 for m in s.milestones), "sched.milestones", "must be positive", where)
+    _require(s.sgdr_t0 > 0, "sched.sgdr_t0", f"must be > 0, got {s.sgdr_t0}", where)
+    _require(s.sgdr_t_mult >= 1, "sched.sgdr_t_mult", f"must be >= 1, got {s.sgdr_t_mult}", where)
+    _require(0 <= s.min_lr_factor <= 1, "sched.min_lr_factor", f"must be in [0, 1], got {s.min_lr_factor}", where)
+    _require(not (s.name == "onecycle" and s.warmup_epochs > 0), "sched.warmup_epochs",
+             "must be 0 with sched.name=onecycle (the cycle's rising half is its warmup)", where)
 
     _require(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}", where)
     _one_of(t.precision, PRECISIONS, "train.precision", where)

@@ -1,0 +1,138 @@
+"""The reference tables sweeplab regenerates, and which sweep files fill them.
+
+The package keeps its own copy of the 49 published tables (`reference/*.json`), plus one table
+of its own, `quickstart`, whose rows are the quickstart sweep's lr x weight-decay grid.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeplab.config import ConfigError
+
+HERE = Path(__file__).resolve().parent
+FILES = ("hysts_tables.json", "other_tables.json")
+QUICKSTART_COLUMNS = ["initial lr", "weight decay", "Test Error", "# of Epochs", "Training Time"]
+# the grid of docs/sweeps.md, used until sweeps/quickstart.yaml exists
+QUICKSTART_GRID = {"optim.lr": [0.05, 0.1, 0.2, 0.4], "optim.weight_decay": [1e-4, 5e-4]}
+
+
+class UnknownTable(ConfigError):
+    """A table id that is not in the reference (exit 2)."""
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    dataset: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    # sweeplab's own tables find a trial's row from its params (column -> dotted key), not from
+    # its `sweeplab.row.<id>` tag: their rows are not fixed by a publication
+    match: dict[str, str] = field(default_factory=dict)
+
+
+def sweeps_dir() -> Path:
+    """./sweeps when it exists, else the sweeps/ folder of the checkout this package lives in."""
+    here = Path.cwd() / "sweeps"
+    return here if here.is_dir() else HERE.parents[2] / "sweeps"
+
+
+def quickstart_table(sweeps: Path | None = None) -> Table:
+    """The quickstart table: one row per (lr, weight decay) of sweeps/quickstart.yaml's grid and smoke grid."""
+    path = (sweeps or sweeps_dir()) / "quickstart.yaml"
+    doc = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    space, smoke = doc.get("space") or {}, (doc.get("smoke") or {}).get("space") or {}
+    full = {k: _values(space.get(k)) or v for k, v in QUICKSTART_GRID.items()}
+    grids = [full] + ([{k: _values(smoke.get(k)) or v for k, v in full.items()}] if smoke else [])
+    points = {(lr, wd) for g in grids for lr in g["optim.lr"] for wd in g["optim.weight_decay"]}
+    rows = [[fmt(lr), fmt(wd), "", "", ""] for lr, wd in sorted(points)]
+    return Table("quickstart", "Quickstart: ResNet-preact-20 on Fashion-MNIST, lr x weight decay",
+                 "FashionMNIST", list(QUICKSTART_COLUMNS), rows,
+                 notes="sweeplab's own table: rows are sweeps/quickstart.yaml's grid (full and --smoke); "
+                       "no published values",
+                 match={"initial lr": "optim.lr", "weight decay": "optim.weight_decay"})
+
+
+def _values(spec: Any) -> list[float]:
+    """The values of a `{grid: [...]}` or `{choice: [...]}` search-space entry, else []."""
+    if not isinstance(spec, dict):
+        return []
+    return [float(v) for v in spec.get("grid") or spec.get("choice") or []]
+
+
+def fmt(value: Any) -> str:
+    """A number as the tables print it: 0.1, 0.0005, 1e-05."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@lru_cache(maxsize=1)
+def _published() -> dict[str, Table]:
+    out: dict[str, Table] = {}
+    for name in FILES:
+        for t in json.loads((HERE / "reference" / name).read_text()):
+            known = {"id", "title", "dataset", "columns", "rows", "notes"}
+            out[t["id"]] = Table(t["id"], t.get("title", ""), t.get("dataset", ""), list(t["columns"]),
+                                 [list(r) for r in t["rows"]], t.get("notes", ""),
+                                 {k: v for k, v in t.items() if k not in known})
+    return out
+
+
+def tables() -> dict[str, Table]:
+    """Every table id -> Table: the 49 published ones, then `quickstart`."""
+    return {**_published(), "quickstart": quickstart_table()}
+
+
+def get(table_id: str) -> Table:
+    """One table; UnknownTable (exit 2) with the nearest ids when there is none."""
+    found = tables()
+    if table_id not in found:
+        import difflib
+
+        near = difflib.get_close_matches(table_id, list(found), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see `sweeplab table --list`"
+        raise UnknownTable(f"unknown table id '{table_id}'{hint}")
+    return found[table_id]
+
+
+def sweeps_by_table(sweeps: Path | None = None) -> dict[str, list[str]]:
+    """Table id -> the sweep files (relative names) whose `tables:` block names it."""
+    folder = sweeps or sweeps_dir()
+    out: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue  # a broken sweep file is `sweeplab run`'s error to report, not the listing's
+        names = doc.get("tables") if isinstance(doc, dict) else None
+        for tid in names or {}:
+            out.setdefault(str(tid), []).append(f"sweeps/{path.name}")
+    return out
+
+
+def same(cell: str, value: Any) -> bool:
+    """A reference cell equals a trial's value: numbers as floats, yes/no as bools, else text."""
+    text = str(cell).strip().lower()
+    if isinstance(value, bool):
+        return text in ("yes", "true") if value else text in ("no", "false")
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return text == str(value).strip().lower()
+
+
+def match_row(table: Table, match: dict[str, str], values: dict[str, Any]) -> int | None:
+    """The index of the first row whose `match` columns equal the trial's values (dotted key -> value)."""
+    cols = [(table.columns.index(col), key) for col, key in match.items()]
+    for i, row in enumerate(table.rows):
+        if all(key in values and same(row[c], values[key]) for c, key in cols):
+            return i
+    return None
