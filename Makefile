@@ -7,6 +7,7 @@ setup: .venv/.installed
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -qq dataset-fashion-mnist || echo "could not install dataset-fashion-mnist")
 	touch $@
 quickstart: setup
-	$(PY) -c "from sweeplab import config, engine; c = config.load(None, ['data.name=fashion_mnist', 'train.epochs=1', 'data.batch_size=128', 'optim.lr=0.1', 'augment.hflip=true']); print(engine.fit(c))"
+	rm -rf runs/quickstart-train
+	.venv/bin/sweeplab train configs/fashion_mnist/resnet_preact20.yaml train.epochs=1 optim.lr=0.1 --output runs/quickstart-train
 test: setup
 	$(PY) -m pytest -q

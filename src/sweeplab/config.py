@@ -96,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = False                # NHWC memory format (faster convs on most backends)
     compile: bool = False                      # torch.compile the model
+    compile_mode: str = "default"              # default | reduce-overhead (CUDA graphs) | max-autotune
     ghost_batch_size: int = 0                  # BatchNorm statistics over chunks of this size, 0 = off
     flip_tta: bool = False                     # average logits of the image and its mirror at eval
     eval_every: int = 1                        # evaluate every N epochs (and always the last)

@@ -77,5 +77,6 @@ def check(c: Config, where: str = "") -> None:
     _require(t.ghost_batch_size >= 0, "train.ghost_batch_size", "must be >= 0 (0 = off)", where)
     _require(t.ghost_batch_size == 0 or d.batch_size % t.ghost_batch_size == 0, "train.ghost_batch_size",
              f"must divide data.batch_size ({d.batch_size})", where)
+    _one_of(t.compile_mode, ("default", "reduce-overhead", "max-autotune"), "train.compile_mode", where)
     _require(t.eval_every >= 1, "train.eval_every", "must be >= 1", where)
     _require(t.threads >= 0, "train.threads", "must be >= 0", where)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # The design's per-epoch metrics: everything else Tune reports (pid, timestamp, ...) is clutter.
 METRICS = ("epoch", "lr", "train/loss", "train/error", "val/loss", "val/error",
-           "time/epoch_s", "time/images_per_s", "time/train_s")
+           "time/epoch_s", "time/images_per_s", "time/train_s", "time/compile_s")
 
 LAUNCH, TRIAL, SWEEP, TABLES = "sweeplab.launch", "sweeplab.trial_id", "sweeplab.sweep", "sweeplab.tables"
 PARENT = "mlflow.parentRunId"
