@@ -1,0 +1,193 @@
+"""Reading a sweep file: every section checked strictly, before anything is compiled or started.
+
+The format is docs/sweeps.md. Each check raises SweepError naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeplab.config import ConfigError, _suggest, load_yaml
+from sweeplab.search_spaces import tables
+from sweeplab.search_spaces.domains import Domain, SweepError, check_key, parse, parse_variants
+from sweeplab.tracking.store import METRICS
+
+TOP = ("name", "config", "overrides", "space", "seeds", "search", "scheduler", "metric", "mode",
+       "resources", "max_concurrent", "tables", "smoke")
+SMOKE = ("overrides", "space", "seeds", "search", "scheduler")
+SEARCH = {"name": str, "num_samples": int, "seed": int}
+SEARCHES = ("grid", "random", "optuna")
+# Scheduler options (besides `name`) and their types; time is always counted in epochs.
+SCHEDULERS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "fifo": {},
+    "asha": {"grace_period": int, "reduction_factor": (int, float), "max_t": int, "brackets": int},
+    "hyperband": {"reduction_factor": (int, float), "max_t": int},
+    "median": {"grace_period": int, "min_samples_required": int},
+    "pbt": {"perturbation_interval": int, "mutate": list, "quantile_fraction": float,
+            "resample_probability": float},
+}
+RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the sweep file's mapping, the base config file's tree); missing or malformed files raise."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SweepError(f"malformed YAML in {path}: {' '.join(str(e).split())}") from None
+    if not isinstance(spec, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping of {', '.join(TOP)}")
+    unknown(spec, TOP, "", path)
+    if not isinstance(spec.get("config"), str):
+        raise SweepError(f"{path}: 'config' must name the base config file, e.g. configs/cifar10/resnet_preact20.yaml")
+    try:
+        return spec, load_yaml(find_config(spec["config"], path))
+    except SweepError:
+        raise
+    except ConfigError as e:
+        raise SweepError(f"{path}: 'config': {e}") from None
+
+
+def find_config(name: str, sweep_path: Path) -> Path:
+    """The base config, relative to the sweep file, the working directory or a folder above the sweep."""
+    p = Path(name)
+    here = sweep_path.resolve().parent
+    for cand in [p] if p.is_absolute() else [here / p, Path.cwd() / p, *(d / p for d in here.parents)]:
+        if cand.is_file():
+            return cand
+    raise SweepError(f"{sweep_path}: 'config' file not found: {name}")
+
+
+def unknown(section: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], where: str, path: Any) -> None:
+    """Raise on the first key of `section` not in `allowed`, suggesting the nearest."""
+    for key in section:
+        if key not in allowed:
+            full = [f"{where}{k}" for k in allowed]
+            raise SweepError(f"{path}: unknown key '{where}{key}'{_suggest(f'{where}{key}', full)}; "
+                             f"valid: {', '.join(allowed) or '(none)'}")
+
+
+def mapping(spec: dict[str, Any], key: str, path: Any) -> dict[str, Any]:
+    """spec[key] as a mapping ({} when absent)."""
+    value = spec.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SweepError(f"{path}: '{key}' must be a mapping, got {value!r}")
+    return value
+
+
+def typed(section: dict[str, Any], types: dict[str, Any], where: str, path: Any) -> None:
+    """Check each value of `section` against its type (ints accepted for floats; no bools)."""
+    for key, value in section.items():
+        want = types[key]
+        want = (int, float) if want is float else want
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise SweepError(f"{path}: '{where}{key}' has the wrong type: {value!r}")
+        if isinstance(value, (int, float)) and value < 0:
+            raise SweepError(f"{path}: '{where}{key}' must be >= 0, got {value!r}")
+
+
+def overrides(section: dict[str, Any], where: str, path: Any) -> dict[str, Any]:
+    """Dotted config keys -> fixed values."""
+    for key in section:
+        check_key(key, where, path)
+    return section
+
+
+def space(section: dict[str, Any], where: str, path: Any) -> dict[str, Domain]:
+    """Dotted config keys (or `variant`) -> Domain."""
+    out: dict[str, Domain] = {}
+    for key, value in section.items():
+        if key == "variant":
+            out[key] = parse_variants(value, path, where)
+        else:
+            check_key(key, where, path)
+            out[key] = parse(key, value, path, where)
+    return out
+
+
+def search(section: dict[str, Any], path: Any) -> dict[str, Any]:
+    """{name, num_samples, seed} with defaults (one pass of a grid; 10 samples for random and TPE)."""
+    unknown(section, SEARCH, "search.", path)
+    typed(section, SEARCH, "search.", path)
+    name = section.get("name", "grid")
+    if name not in SEARCHES:
+        raise SweepError(f"{path}: 'search.name' is {name!r}{_suggest(str(name), list(SEARCHES))}; "
+                         f"valid: {', '.join(SEARCHES)}")
+    out = {"name": name, "num_samples": 1 if name == "grid" else 10, "seed": 0, **section}
+    if out["num_samples"] < 1:
+        raise SweepError(f"{path}: 'search.num_samples' must be >= 1")
+    return out
+
+
+def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
+    """{name, options...}; unknown options of the chosen scheduler are rejected."""
+    name = section.get("name", "fifo")
+    if name not in SCHEDULERS:
+        raise SweepError(f"{path}: 'scheduler.name' is {name!r}{_suggest(str(name), list(SCHEDULERS))}; "
+                         f"valid: {', '.join(SCHEDULERS)}")
+    options = {k: v for k, v in section.items() if k != "name"}
+    unknown(options, SCHEDULERS[name], "scheduler.", path)
+    typed(options, SCHEDULERS[name], "scheduler.", path)
+    for key in ("grace_period", "max_t", "perturbation_interval", "brackets", "min_samples_required"):
+        if key in options and options[key] < 1:
+            raise SweepError(f"{path}: 'scheduler.{key}' must be >= 1")
+    if "reduction_factor" in options and options["reduction_factor"] <= 1:
+        raise SweepError(f"{path}: 'scheduler.reduction_factor' must be > 1")
+    return {"name": name, **options}
+
+
+def resources(section: dict[str, Any], path: Any) -> dict[str, Any]:
+    """{workers, cpus_per_worker, gpus_per_worker}; fractional GPUs let small trials share one."""
+    unknown(section, RESOURCES, "resources.", path)
+    typed(section, RESOURCES, "resources.", path)
+    out = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, **section}
+    if out["workers"] < 1 or out["cpus_per_worker"] <= 0:
+        raise SweepError(f"{path}: 'resources.workers' and 'resources.cpus_per_worker' must be >= 1 and > 0")
+    if out["gpus_per_worker"] > 1 and out["gpus_per_worker"] != int(out["gpus_per_worker"]):
+        raise SweepError(f"{path}: 'resources.gpus_per_worker' above 1 must be a whole number")
+    return out
+
+
+def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:
+    """(metric, mode): a reported design metric, minimised unless `mode: max`."""
+    name, mode = spec.get("metric", "val/error"), spec.get("mode", "min")
+    if name not in METRICS:
+        raise SweepError(f"{path}: 'metric' is {name!r}{_suggest(str(name), list(METRICS))}; "
+                         f"valid: {', '.join(METRICS)}")
+    if mode not in ("min", "max"):
+        raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}")
+    return name, mode
+
+
+def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict[str, dict[str, str]]:
+    """Table id -> {column: dotted key or 'variant'}; ids and columns must exist in the reference."""
+    known = tables.reference()
+    out: dict[str, dict[str, str]] = {}
+    for tid, entry in section.items():
+        if tid not in known:
+            raise SweepError(f"{path}: unknown table id 'tables.{tid}'{_suggest(str(tid), list(known))} "
+                             "(see `sweeplab table --list`)")
+        if not isinstance(entry, dict) or set(entry) - {"match"}:
+            raise SweepError(f"{path}: 'tables.{tid}' must be {{match: {{column: dotted key}}}}")
+        match = entry.get("match") or {}
+        if not isinstance(match, dict):
+            raise SweepError(f"{path}: 'tables.{tid}.match' must map column names to dotted keys")
+        columns = known[tid]["columns"]
+        for col, key in match.items():
+            if col not in columns:
+                raise SweepError(f"{path}: 'tables.{tid}.match' column {col!r} is not in that table"
+                                 f"{_suggest(str(col), columns)}; columns: {', '.join(columns)}")
+            if key == "variant":
+                if not has_variant:
+                    raise SweepError(f"{path}: 'tables.{tid}.match.{col}' is variant, but the space has no variant")
+            else:
+                check_key(key, f"tables.{tid}.match.{col} -> ", path)
+        out[tid] = dict(match)
+    return out

@@ -1,0 +1,279 @@
+"""A compiled sweep: base config, space, searcher, scheduler, resources; trials resolved to Configs.
+
+A trial's config is `config` + `overrides` (+ `smoke.overrides`) + the variant's `set` + the
+sampled point + `train.seed`, then the `expr` values computed from it. The same `resolve` runs in
+the dry-run, in the driver (tags, table rows) and in the trainable, so all three agree.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sweeplab.config import Config, ConfigError, flatten, from_dict, merge, set_dotted
+from sweeplab.search_spaces import spec as S
+from sweeplab.search_spaces import tables
+from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
+
+SEED = "train.seed"
+
+
+@dataclass
+class Trial:
+    """One compiled trial: `point` is what the searcher chose (Tune's config), `derived` the exprs."""
+
+    index: int
+    point: dict[str, Any]
+    derived: dict[str, Any]
+    config: Config
+    rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The trial's space values (point and exprs), by dotted key."""
+        return {**self.point, **self.derived}
+
+
+@dataclass
+class Sweep:
+    """A validated sweep file (see docs/sweeps.md); `smoke` says whether its smoke block is applied."""
+
+    path: str
+    name: str
+    smoke: bool
+    spec: dict[str, Any]            # the file as read, kept for `resume`
+    config_tree: dict[str, Any]     # the base config file's tree, kept for `resume`
+    base: dict[str, Any]            # config + overrides (+ smoke overrides)
+    space: dict[str, Domain]
+    seeds: int
+    search: dict[str, Any]
+    scheduler: dict[str, Any]
+    metric: str
+    mode: str
+    resources: dict[str, Any]
+    max_concurrent: int | None
+    tables: dict[str, dict[str, str]]
+
+    def resolve(self, point: dict[str, Any]) -> Config:
+        """The validated Config of a point (a trial's Tune config)."""
+        return self._resolve(point)[0]
+
+    def _resolve(self, point: dict[str, Any], where: str = "") -> tuple[Config, dict[str, Any]]:
+        tree = copy.deepcopy(self.base)
+        if "variant" in point:
+            bundles = {b["label"]: b["set"] for b in self.space["variant"].args}
+            tree = merge(tree, nested(bundles[point["variant"]]))
+        tree = merge(tree, nested({k: v for k, v in point.items() if k != "variant"}))
+        derived: dict[str, Any] = {}
+        defaults = Config().to_dict()
+        for key, dom in self.space.items():
+            if dom.kind != "expr":
+                continue
+            try:  # names see the whole trial config, defaults included
+                value = evaluate(dom.args, merge(defaults, tree))
+            except Exception as e:  # noqa: BLE001 - any failure of the user's expression is bad input
+                raise SweepError(f"{self.path}: 'space.{key}.expr' failed{where}: {type(e).__name__}: {e}") from None
+            if isinstance(flatten(defaults).get(key), int) and isinstance(value, float) and value.is_integer():
+                value = int(value)  # e.g. data.batch_size: {expr: "2 * 64.0"} is still an int key
+            derived[key] = value
+            tree = merge(tree, nested({key: value}))
+        try:
+            return from_dict(tree, f" in {self.path}{where}"), derived
+        except SweepError:
+            raise
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to every trial: leave the compiled trials behind, a trial needs only `resolve`.
+        return {k: v for k, v in self.__dict__.items() if k != "_trials"}
+
+    def trial(self, point: dict[str, Any]) -> Trial:
+        """The Trial of a point a searcher chose (rows of sweeplab's own tables included)."""
+        trial = self.make_trial(point)
+        trial.rows.update(self.own_row(trial))
+        return trial
+
+    def make_trial(self, point: dict[str, Any], index: int = -1) -> Trial:
+        """Resolve a point into a Trial, with the reference rows it fills."""
+        where = f" (trial {index}: {label(point)})" if index >= 0 else f" ({label(point)})"
+        config, derived = self._resolve(point, where)
+        trial = Trial(index, dict(point), derived, config)
+        trial.rows = self._rows(trial)
+        return trial
+
+    def points(self) -> list[dict[str, Any]]:
+        """The points to run: grid x num_samples x seeds (grid and random search); for optuna, the
+        dry-run's draws from the prior (TPE picks the real ones as results come in)."""
+        rng = random.Random(self.search["seed"])
+        grid = {k: d for k, d in self.space.items() if d.kind == "grid"}
+        out: list[dict[str, Any]] = []
+        for _ in range(self.search["num_samples"]):
+            for combo in itertools.product(*(d.args for d in grid.values())):
+                chosen = dict(zip(grid, combo))
+                point: dict[str, Any] = {}
+                for key, dom in self.space.items():
+                    if dom.kind == "expr":
+                        continue
+                    point[key] = chosen[key] if key in grid else dom.sample(rng)
+                    if key == "variant":
+                        point[key] = point[key]["label"]
+                for seed in range(self.seeds):
+                    out.append({**point, SEED: seed} if self.seeds > 1 else dict(point))
+        return out
+
+    @cached_property
+    def _trials(self) -> list[Trial]:
+        compiled = [self.make_trial(p, i) for i, p in enumerate(self.points())]
+        for trial in compiled:  # sweeplab's own tables (no reference rows) number the sweep's own points
+            trial.rows.update(self._own_rows(trial, compiled))
+        return compiled
+
+    def trials(self) -> list[Trial]:
+        """Every compiled trial, each validated like a `sweeplab train` config."""
+        return list(self._trials)
+
+    def epoch_budget(self) -> int:
+        """Epochs if no trial were stopped early (the most a sweep can cost)."""
+        return sum(t.config.train.epochs for t in self._trials)
+
+    def max_epochs(self) -> int:
+        """The longest trial, in epochs: the schedulers' max_t unless the sweep sets one."""
+        return max(t.config.train.epochs for t in self._trials)
+
+    def check(self) -> None:
+        """Validate every trial config, and the edges of every sampled range, before Ray starts."""
+        first = self._trials[0].point
+        for key, dom in self.space.items():
+            if dom.sampled:
+                for value in dom.extremes():
+                    self.make_trial({**first, key: value["label"] if key == "variant" else value})
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `resume` needs to rebuild this sweep, unaffected by later edits of its files."""
+        return {"path": self.path, "smoke": self.smoke, "spec": self.spec, "config_tree": self.config_tree}
+
+    def _rows(self, trial: Trial) -> dict[str, int]:
+        values = {**flatten(trial.config.to_dict()), **trial.point}
+        rows = {}
+        for tid, match in self.tables.items():
+            row = tables.find_row(tables.reference()[tid], match, values)
+            if row is not None:
+                rows[tid] = row
+        return rows
+
+    def _own_rows(self, trial: Trial, compiled: list[Trial]) -> dict[str, int]:
+        rows = {}
+        for tid, match in self.tables.items():
+            if tables.reference()[tid]["rows"] or not match:
+                continue
+            keys = list(match.values())
+            distinct = sorted({_key(t, keys) for t in compiled}, key=_order)
+            rows[tid] = distinct.index(_key(trial, keys))
+        return rows
+
+    def own_row(self, trial: Trial) -> dict[str, int]:
+        """Rows of sweeplab's own tables for a trial built outside `trials()` (e.g. by the driver)."""
+        own = {}
+        for tid, match in self.tables.items():
+            if tables.reference()[tid]["rows"] or not match:
+                continue
+            keys = list(match.values())
+            for t in self._trials:
+                if _key(t, keys) == _key(trial, keys):
+                    own[tid] = t.rows[tid]
+                    break
+        return own
+
+
+def _key(trial: Trial, keys: list[str]) -> tuple[Any, ...]:
+    values = {**flatten(trial.config.to_dict()), **trial.point}
+    return tuple(values.get(k) for k in keys)
+
+
+def _order(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)) for v in values)
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'optim.lr': 0.1} -> {'optim': {'lr': 0.1}}."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        set_dotted(tree, key, value)
+    return tree
+
+
+def label(point: dict[str, Any]) -> str:
+    """A short human label of a point: 'lr=0.1 weight_decay=0.0005 seed=1'."""
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in point.items())
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: bool) -> Sweep:
+    """Check every section of a sweep file's mapping and compile it into a Sweep."""
+    smoke_block = S.mapping(spec, "smoke", path)
+    S.unknown(smoke_block, S.SMOKE, "smoke.", path)
+    base = copy.deepcopy(config_tree)
+    base = merge(base, nested(S.overrides(S.mapping(spec, "overrides", path), "overrides.", path)))
+    space = S.space(S.mapping(spec, "space", path), "space.", path)
+    smoke_over = S.overrides(S.mapping(smoke_block, "overrides", path), "smoke.overrides.", path)
+    smoke_space = S.space(S.mapping(smoke_block, "space", path), "smoke.space.", path)
+    search = {**S.mapping(spec, "search", path)}
+    scheduler = {**S.mapping(spec, "scheduler", path)}
+    seeds = spec.get("seeds", 1)
+    if smoke:
+        base = merge(base, nested(smoke_over))
+        space.update(smoke_space)
+        seeds = smoke_block.get("seeds", seeds)
+        search.update(S.mapping(smoke_block, "search", path))
+        scheduler.update(S.mapping(smoke_block, "scheduler", path))
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise SweepError(f"{path}: 'seeds' must be an integer >= 1, got {seeds!r}")
+    if seeds > 1 and SEED in space:
+        raise SweepError(f"{path}: 'space.{SEED}' conflicts with 'seeds: {seeds}' (seeds sets train.seed)")
+    search, scheduler = S.search(search, path), S.scheduler(scheduler, path)
+    resources = S.resources(S.mapping(spec, "resources", path), path)
+    if search["name"] == "optuna":
+        grids = [k for k, d in space.items() if d.kind == "grid"]
+        if grids:
+            raise SweepError(f"{path}: 'space.{grids[0]}' is a grid, which optuna (TPE) cannot sample; "
+                             "use {choice: [...]} or search: {name: grid}")
+        if seeds > 1:
+            raise SweepError(f"{path}: 'seeds: {seeds}' needs search grid or random (TPE draws each point once)")
+    if scheduler["name"] == "pbt":
+        if resources["workers"] > 1 or search["name"] == "optuna":
+            raise SweepError(f"{path}: 'scheduler.name' pbt needs one worker per trial and search grid or random")
+        for key in scheduler.setdefault("mutate", [k for k, d in space.items() if k != "variant" and d.kind != "expr"]):
+            if key not in space or key == "variant" or space[key].kind == "expr":
+                raise SweepError(f"{path}: 'scheduler.mutate' names {key!r}, which is not a sampled key of the space")
+    max_concurrent = spec.get("max_concurrent")
+    if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
+                                       or max_concurrent < 1):
+        raise SweepError(f"{path}: 'max_concurrent' must be an integer >= 1, got {max_concurrent!r}")
+    name = spec.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise SweepError(f"{path}: 'name' must be a non-empty string without '/', got {name!r}")
+    metric, mode = S.metric(spec, path)
+    matches = S.table_matches(S.mapping(spec, "tables", path), "variant" in space, path)
+    return Sweep(path, name, smoke, spec, config_tree, base, space, seeds, search, scheduler, metric, mode,
+                 resources, max_concurrent, matches)
+
+
+def load(path: str | Path, smoke: bool = False) -> Sweep:
+    """Read, check and compile a sweep file; every trial config is validated. Raises SweepError."""
+    spec, config_tree = S.read(path)
+    sweep = build(spec, config_tree, str(path), smoke)
+    sweep.check()
+    return sweep
+
+
+def from_snapshot(snap: dict[str, Any]) -> Sweep:
+    """The sweep a launch was started with (see Sweep.snapshot)."""
+    return build(snap["spec"], snap["config_tree"], snap["path"], snap["smoke"])

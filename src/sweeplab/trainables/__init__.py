@@ -1,0 +1,1 @@
+"""Sweeps on Ray: `launch` (the CLI handlers) and `ray_backend` (every Ray call)."""

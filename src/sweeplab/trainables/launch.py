@@ -1,0 +1,223 @@
+"""`sweeplab run | resume | status`: sweep file -> dry-run table, or a Tune run tracked in MLflow.
+
+Everything about the input is checked before Ray starts (bad input exits 2). Each launch keeps
+`sweeplab.json` next to Tune's state in `STORAGE/NAME`: the sweep as it was compiled and the
+tracking URI, so `resume` rebuilds exactly the same trials even if the files were edited since.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeplab.config import _suggest, flatten, from_dict
+from sweeplab.search_spaces import Sweep, SweepError, from_snapshot, load
+
+DEFAULT_STORAGE = "runs/ray"
+META = "sweeplab.json"
+
+
+def resolve_storage(storage: str | None) -> str:
+    """A URI as given, a folder as an absolute path (Tune needs one)."""
+    s = storage or DEFAULT_STORAGE
+    return s if "://" in s else str(Path(s).expanduser().resolve())
+
+
+def run(args: argparse.Namespace) -> int:
+    """`sweeplab run`: validate, then dry-run or launch."""
+    sweep = load(args.sweep, smoke=args.smoke)
+    if args.dry_run:
+        print_trials(sweep)
+        return 0
+    storage = resolve_storage(args.storage)
+    launch = args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in launch or not launch.strip():
+        raise SweepError(f"--name {launch!r}: a launch name is one folder name")
+    if _read_meta(storage, launch) is not None:
+        raise SweepError(f"launch {launch!r} already exists in {storage}; continue it with "
+                         f"`sweeplab resume {launch}` or choose another --name")
+    max_concurrent = args.max_concurrent or sweep.max_concurrent
+    if max_concurrent is not None and max_concurrent < 1:
+        raise SweepError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    from sweeplab.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    meta = {"sweep": sweep.snapshot(), "tracking_uri": uri, "launch": launch, "command": _command()}
+    n = len(sweep.trials())
+    print(f"sweeplab: launch {launch}: {n} trials of {sweep.path}{' (smoke)' if sweep.smoke else ''}, "
+          f"at most {sweep.epoch_budget()} epochs; storage {storage}; tracking {uri}", flush=True)
+    return _drive(sweep, storage, launch, meta, args, max_concurrent, resuming=False)
+
+
+def resume(args: argparse.Namespace) -> int:
+    """`sweeplab resume NAME`: continue a launch whose driver died."""
+    storage = resolve_storage(args.storage)
+    meta = _read_meta(storage, args.name)
+    if meta is None:
+        known = launches(storage)
+        raise SweepError(f"no launch {args.name!r} in {storage}{_suggest(args.name, known)}"
+                         f"{'; launches: ' + ', '.join(known) if known else ''}")
+    sweep = from_snapshot(meta["sweep"])
+    if args.tracking_uri:
+        meta["tracking_uri"] = args.tracking_uri
+    print(f"sweeplab: resuming {args.name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}",
+          flush=True)
+    return _drive(sweep, storage, args.name, meta, args, None, resuming=True)
+
+
+def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: argparse.Namespace,
+           max_concurrent: int | None, resuming: bool) -> int:
+    from sweeplab.tracking import Tracker
+    from sweeplab.trainables import progress, ray_backend
+
+    if resuming:
+        ray_backend.environment(storage, local=args.address is None)
+        if not ray_backend.can_resume(storage, launch):
+            raise SweepError(f"launch {launch!r} in {storage} has no saved Tune state to resume "
+                             "(its driver died before Tune saved any); run the sweep again under another --name")
+    else:
+        _write_meta(storage, launch, meta)
+    address = ray_backend.start(args.address, args.num_cpus, storage)
+    tags = {"sweeplab.sweep_file": sweep.path, "sweeplab.launch": launch, "sweeplab.command": _command(),
+            "sweeplab.ray_address": address, "sweeplab.smoke": str(sweep.smoke).lower(),
+            "sweeplab.tables": ",".join(sweep.tables)}
+    tracker, status = None, "FAILED"
+    try:
+        tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags)
+        driver = progress.Driver(sweep, tracker)
+        if resuming:
+            summaries = ray_backend.resume(sweep, launch, storage, driver)
+        else:
+            summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
+        failed = [s for s in summaries if s.status == "ERROR"]
+        # Ctrl-C: Tune stops the experiment, saves its state and returns with trials unfinished
+        unfinished = [s for s in summaries if s.status not in ("TERMINATED", "ERROR")]
+        status = "KILLED" if unfinished else "FAILED" if failed else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if tracker is not None:
+            driver.safe(tracker.close, status)
+        ray_backend.shutdown()
+    progress.print_summary(sweep, summaries)
+    if unfinished:
+        print(f"sweeplab: stopped with {len(unfinished)} trial(s) unfinished; `sweeplab resume {launch}` "
+              "continues them", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"sweeplab: {len(failed)} trial(s) failed; `sweeplab resume {launch}` retries them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """`sweeplab status [NAME]`: launches and the states of their trials."""
+    from sweeplab.trainables import progress, ray_backend
+
+    storage = resolve_storage(args.storage)
+    names = launches(storage)
+    if args.name and args.name not in names:
+        raise SweepError(f"no launch {args.name!r} in {storage}{_suggest(args.name, names)}")
+    if not names:
+        print(f"no launches in {storage}")
+        return 0
+    ray_backend.environment(storage, local=False)
+    for name in [args.name] if args.name else names:
+        meta = _read_meta(storage, name) or {}
+        try:
+            trials = ray_backend.trials(storage, name)
+        except Exception:  # noqa: BLE001 - a launch whose driver died before Tune saved anything
+            trials = []
+        progress.print_status(name, meta, trials, detail=bool(args.name))
+    return 0
+
+
+def print_trials(sweep: Sweep) -> None:
+    """The dry-run: one line per compiled trial, then the count and the epoch budget."""
+    trials = sweep.trials()
+    s = sweep.search
+    sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.items() if k != "name")
+    print(f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s['name']}"
+          f"{' seed=' + str(s['seed']) if s['name'] != 'grid' else ''}; scheduler {sweep.scheduler['name']}{sched}; "
+          f"metric {sweep.metric} ({sweep.mode})")
+    keys = list(dict.fromkeys(k for t in trials for k in t.values))
+    header = ["#", *keys, "epochs", *(f"row:{tid}" for tid in sweep.tables)]
+    rows = [[str(t.index), *(_fmt(t.values.get(k)) for k in keys), str(t.config.train.epochs),
+             *(str(t.rows.get(tid, "-")) for tid in sweep.tables)] for t in trials]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    if s["name"] == "optuna":
+        print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
+    r = sweep.resources
+    print(f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
+          f"per trial {r['workers']} worker(s) x {r['cpus_per_worker']} CPU, {r['gpus_per_worker']} GPU; "
+          f"max concurrent {sweep.max_concurrent or 'unlimited'}")
+
+
+def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
+    """A `sweeplab train` command line that reproduces the trial of `point`."""
+    config_file = sweep.spec["config"]
+    base = flatten(from_dict(json.loads(json.dumps(sweep.config_tree))).to_dict())
+    flat = flatten(sweep.resolve(point).to_dict())
+    diff = [f"{k}={_fmt(v)}" for k, v in flat.items() if base.get(k) != v]
+    return f"sweeplab train {config_file} {' '.join(diff)}".rstrip()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    return "" if v is None else str(v)
+
+
+def _command() -> str:
+    return " ".join(["sweeplab", *sys.argv[1:]])
+
+
+# ---- launch metadata (local folder or any pyarrow filesystem URI) -----------------------------------
+
+
+def _fs(storage: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(storage)
+
+
+def _write_meta(storage: str, launch: str, meta: dict[str, Any]) -> None:
+    fs, root = _fs(storage)
+    fs.create_dir(f"{root}/{launch}", recursive=True)
+    with fs.open_output_stream(f"{root}/{launch}/{META}") as f:
+        f.write(json.dumps(meta, indent=1).encode())
+
+
+def _read_meta(storage: str, launch: str) -> dict[str, Any] | None:
+    if "://" not in storage:  # the common case, without importing pyarrow
+        path = Path(storage) / launch / META
+        return json.loads(path.read_text()) if path.is_file() else None
+    import pyarrow.fs
+
+    fs, root = _fs(storage)
+    if fs.get_file_info(f"{root}/{launch}/{META}").type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{root}/{launch}/{META}") as f:
+        return json.loads(f.read())
+
+
+def launches(storage: str) -> list[str]:
+    """Launch names under `storage`, oldest first."""
+    if "://" not in storage:
+        root = Path(storage)
+        found = [p.parent for p in root.glob(f"*/{META}")] if root.is_dir() else []
+        return [p.name for p in sorted(found, key=lambda p: (p / META).stat().st_mtime)]
+    import pyarrow.fs
+
+    fs, root = _fs(storage)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                  and _read_meta(storage, i.base_name) is not None)
+
