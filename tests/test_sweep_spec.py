@@ -128,6 +128,38 @@ def test_smoke_block_shrinks_the_sweep(tmp_path):
     assert full.scheduler == {"name": "asha", "grace_period": 5}
 
 
+def test_smoke_resources_merge_into_resources(tmp_path):
+    path = write(tmp_path, space={"optim.lr": {"grid": [0.1]}},
+                 resources={"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1},
+                 smoke={"resources": {"cpus_per_worker": 1, "gpus_per_worker": 0}})
+    full, smoke = load(path), load(path, smoke=True)
+    assert full.resources == {"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1}
+    assert smoke.resources == {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0}  # workers kept
+    for bad, culprit in [({"gpus": 0}, "smoke.resources.gpus"), ({"workers": 0}, "smoke.resources.workers"),
+                         ({"gpus_per_worker": 1.5}, "smoke.resources.gpus_per_worker"),
+                         ({"cpus_per_worker": "one"}, "smoke.resources.cpus_per_worker")]:
+        bad_path = write(tmp_path, "bad.yaml", resources={"workers": 2}, smoke={"resources": bad})
+        for smoke_mode in (False, True):  # checked even when --smoke is not given, like smoke.overrides
+            with pytest.raises(SweepError, match=culprit.replace(".", r"\.")):
+                load(bad_path, smoke=smoke_mode)
+
+
+def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from sweeplab.trainables import ray_backend
+
+    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}},
+                       resources={"workers": 8, "cpus_per_worker": 2, "gpus_per_worker": 1}))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
+    fitted, note = ray_backend.fit_resources(sweep, local=True)
+    assert fitted.resources == {"workers": 8, "cpus_per_worker": 0.25, "gpus_per_worker": 0}  # DDP kept, on gloo
+    assert "gloo" in note and sweep.resources["gpus_per_worker"] == 1  # the loaded sweep is left as it was
+    assert ray_backend.fit_resources(sweep, local=False) == (sweep, None)  # a joined cluster may autoscale GPUs
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
+    assert ray_backend.fit_resources(sweep, local=True) == (sweep, None)
+
+
 @pytest.mark.parametrize("spec, culprit", [
     ({"schedular": {"name": "asha"}}, "did you mean 'scheduler'"),
     ({"space": {"optim.lrr": {"grid": [0.1]}}}, "did you mean 'optim.lr'"),

@@ -5,6 +5,7 @@ copy such as Debian's `dataset-fashion-mnist`); CIFAR comes through torchvision.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,17 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """Load the dataset `cfg.name` on the CPU."""
+    """Load the dataset `cfg.name` on the CPU (cached per process: a reused Tune actor reads it once)."""
+    return _load(cfg.name, cfg.root, cfg.download, tuple(cfg.synthetic_shape), cfg.synthetic_classes,
+                 cfg.synthetic_train, cfg.synthetic_test)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(name: str, root_dir: str, download: bool, shape: tuple[int, ...], classes: int, n_train: int,
+          n_test: int) -> Dataset:
+    # The tensors are shared by every caller: the loader and `subset` only ever index them (copies).
+    cfg = DataConfig(name=name, root=root_dir, download=download, synthetic_shape=list(shape),
+                     synthetic_classes=classes, synthetic_train=n_train, synthetic_test=n_test)
     if cfg.name == "synthetic":
         return synthetic(cfg.synthetic_shape, cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test)
     root = Path(cfg.root).expanduser()

@@ -16,7 +16,7 @@ from sweeplab.tracking.store import METRICS
 
 TOP = ("name", "config", "overrides", "space", "seeds", "search", "scheduler", "metric", "mode",
        "resources", "max_concurrent", "tables", "smoke")
-SMOKE = ("overrides", "space", "seeds", "search", "scheduler")
+SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources")
 SEARCH = {"name": str, "num_samples": int, "seed": int}
 SEARCHES = ("grid", "random", "optuna")
 # Scheduler options (besides `name`) and their types; time is always counted in epochs.
@@ -143,15 +143,16 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
     return {"name": name, **options}
 
 
-def resources(section: dict[str, Any], path: Any) -> dict[str, Any]:
-    """{workers, cpus_per_worker, gpus_per_worker}; fractional GPUs let small trials share one."""
-    unknown(section, RESOURCES, "resources.", path)
-    typed(section, RESOURCES, "resources.", path)
+def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> dict[str, Any]:
+    """{workers, cpus_per_worker, gpus_per_worker}; fractional GPUs let small trials share one.
+    `where` names the section in errors (`smoke.resources.` for the smoke block's merged one)."""
+    unknown(section, RESOURCES, where, path)
+    typed(section, RESOURCES, where, path)
     out = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, **section}
     if out["workers"] < 1 or out["cpus_per_worker"] <= 0:
-        raise SweepError(f"{path}: 'resources.workers' and 'resources.cpus_per_worker' must be >= 1 and > 0")
+        raise SweepError(f"{path}: '{where}workers' and '{where}cpus_per_worker' must be >= 1 and > 0")
     if out["gpus_per_worker"] > 1 and out["gpus_per_worker"] != int(out["gpus_per_worker"]):
-        raise SweepError(f"{path}: 'resources.gpus_per_worker' above 1 must be a whole number")
+        raise SweepError(f"{path}: '{where}gpus_per_worker' above 1 must be a whole number")
     return out
 
 

@@ -239,7 +239,13 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     if seeds > 1 and SEED in space:
         raise SweepError(f"{path}: 'space.{SEED}' conflicts with 'seeds: {seeds}' (seeds sets train.seed)")
     search, scheduler = S.search(search, path), S.scheduler(scheduler, path)
-    resources = S.resources(S.mapping(spec, "resources", path), path)
+    # smoke.resources is merged into resources and checked even without --smoke, like smoke.overrides
+    base_resources = S.mapping(spec, "resources", path)
+    resources = S.resources(base_resources, path)
+    smoke_resources = S.resources({**base_resources, **S.mapping(smoke_block, "resources", path)}, path,
+                                  "smoke.resources.")
+    if smoke:
+        resources = smoke_resources
     if search["name"] == "optuna":
         grids = [k for k, d in space.items() if d.kind == "grid"]
         if grids:

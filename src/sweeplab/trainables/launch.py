@@ -86,6 +86,9 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
             "sweeplab.tables": ",".join(sweep.tables)}
     tracker, status = None, "FAILED"
     try:
+        sweep, note = ray_backend.fit_resources(sweep, local=args.address is None)
+        if note:  # e.g. a multi-GPU sweep's smoke run on a laptop
+            print(f"sweeplab: {note}", flush=True)
         tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags)
         driver = progress.Driver(sweep, tracker)
         if resuming:

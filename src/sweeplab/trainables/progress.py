@@ -69,6 +69,12 @@ class Driver:
         else:
             self.say(trial_id, f"done  {metric}")
 
+    def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None:
+        """Tune runs a failed trial again (FailureConfig) from its last checkpoint: its run stays open."""
+        epoch = int(result.get("epoch", 0))
+        self.say(trial_id, f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
+                           f"retrying from {'its epoch ' + str(epoch) + ' checkpoint' if epoch else 'the start'}")
+
     def _epochs(self, trial_id: str, result: dict[str, Any]) -> int:
         if trial_id not in self.epochs:  # an event of a trial started by an earlier driver
             point = (result.get("config") or {}).get("point")

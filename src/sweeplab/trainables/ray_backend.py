@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Listener(Protocol):
     def trial_start(self, trial_id: str, point: dict[str, Any]) -> None: ...
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None: ...
     def trial_end(self, trial_id: str, result: dict[str, Any], error: str | None) -> None: ...
+    def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None: ...
 
 
 @dataclass
@@ -92,6 +94,37 @@ def shutdown() -> None:
 
         ray.shutdown()
         _STARTED = False
+
+
+def fit_resources(sweep: Sweep, local: bool) -> tuple[Sweep, str | None]:
+    """The sweep with trials this cluster can run, and a note when that changed them. A Ray that
+    sweeplab started here, or a smoke run, on a cluster without GPUs runs GPU-requesting trials on CPU
+    (same number of workers, so DDP is still exercised, over gloo), and every such run caps a trial's
+    CPUs to the largest node: otherwise its trials would wait forever. A joined cluster's full run is
+    left alone, as its autoscaler may still add GPU nodes (cluster.yaml's head node has none)."""
+    if not (local or sweep.smoke):
+        return sweep, None
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    r = dict(sweep.resources)
+    if r["gpus_per_worker"] > 0 and not any(n.get("GPU", 0) for n in nodes):
+        r["gpus_per_worker"] = 0
+    fits = math.floor(100 * largest / r["workers"]) / 100  # Ray keeps 4 decimals of a resource
+    if fits > 0 and r["cpus_per_worker"] > fits:
+        r["cpus_per_worker"] = int(fits) if fits == int(fits) else fits
+    if r == sweep.resources:
+        return sweep, None
+    fitted = copy.copy(sweep)  # the trials and the DDP trainer read `resources` from this copy
+    fitted.resources = r
+    was, w = sweep.resources, r["workers"]
+    now = f"{w} worker(s) x {r['cpus_per_worker']} CPU{' (DDP over gloo)' if w > 1 else ''}"
+    before = f"{w} x {was['cpus_per_worker']} CPU + {was['gpus_per_worker']} GPU"
+    if r["gpus_per_worker"] != was["gpus_per_worker"]:
+        return fitted, f"note: this Ray cluster has no GPU: each trial runs on CPU as {now} instead of {before}"
+    return fitted, (f"note: each trial runs as {now} instead of {before}, "
+                    f"to fit this cluster's largest node ({largest:g} CPU)")
 
 
 def _tune_domain(dom: Domain, variant: bool = False) -> Any:
@@ -180,6 +213,10 @@ def _callback() -> Any:
             if _LISTENER:
                 _LISTENER.trial_end(trial.trial_id, trial.last_result or {}, None)
 
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if _LISTENER:  # failed (e.g. its node died) and will run again from its last checkpoint
+                _LISTENER.trial_retry(trial.trial_id, trial.last_result or {}, _error(trial))
+
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if _LISTENER:
                 _LISTENER.trial_end(trial.trial_id, trial.last_result or {}, _error(trial))
@@ -189,6 +226,8 @@ def _callback() -> Any:
 
 def _error(trial: Any) -> str:
     err = trial.get_error()
+    if err is None and getattr(trial, "error_file", None) and Path(trial.error_file).is_file():
+        err = Path(trial.error_file).read_text()  # the driver's copy: a retried trial's error is not synced yet
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()] if err else []
     return lines[-1] if lines else "failed"
 
@@ -203,6 +242,9 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
         _trainable(sweep, storage, launch), param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=_searcher(sweep),
                                     scheduler=_scheduler(sweep), max_concurrent_trials=max_concurrent,
+                                    # a reused actor has torch imported and the dataset cached:
+                                    # seconds saved on every trial after the first
+                                    reuse_actors=True,
                                     num_samples=sweep.search["num_samples"] if sweep.search["name"] == "optuna" else 1),
         run_config=tune.RunConfig(name=launch, storage_path=storage, verbose=0, callbacks=[_callback()],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -251,6 +293,7 @@ def _summaries_of(trials: list[Any]) -> list[TrialSummary]:
 
 def train_trial(config: dict[str, Any], sweep: Sweep) -> None:
     """One-worker Tune trial: `engine.fit`, reporting each epoch with a checkpoint; resumes from one."""
+    import ray
     from ray import tune
 
     from sweeplab import engine
@@ -261,7 +304,14 @@ def train_trial(config: dict[str, Any], sweep: Sweep) -> None:
         tune.report({**last, "replay": True})  # finished before the driver died: train nothing
         return
     state = worker.adopt(state, conf) if state is not None else None
-    report = worker.Reporter(tune.report, tune.Checkpoint, 0, worker.hardware(conf.data.device))
+    # Each epoch's result says which Ray node ran it (Tune adds hostname and pid, which do not tell two
+    # nodes of one machine apart): where a trial retried after a node died went on is in its result.json.
+    node = ray.get_runtime_context().get_node_id()
+
+    def report_on(metrics: dict[str, Any], **kwargs: Any) -> None:
+        tune.report({**metrics, "node_id": node}, **kwargs)
+
+    report = worker.Reporter(report_on, tune.Checkpoint, 0, worker.hardware(conf.data.device))
     engine.fit(conf, report, checkpoint=state)
 
 
