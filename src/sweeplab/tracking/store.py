@@ -56,6 +56,14 @@ def client(uri: str) -> MlflowClient:
     return _clients[uri]
 
 
+def warm_store(uri: str) -> None:
+    """Create (and migrate) the store now, e.g. in a thread while Ray starts; errors surface later."""
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001 - the Tracker reports store problems with context
+        pass
+
+
 def artifact_location(uri: str, experiment: str) -> str | None:
     """An absolute artifact folder next to a sqlite database (a server chooses its own)."""
     db = sqlite_path(uri)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def resume(args: argparse.Namespace) -> int:
 
 def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: argparse.Namespace,
            max_concurrent: int | None, resuming: bool) -> int:
-    from sweeplab.tracking import Tracker
+    from sweeplab.tracking import Tracker, warm_store
     from sweeplab.trainables import progress, ray_backend
 
     if resuming:
@@ -80,7 +81,11 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
                              "(its driver died before Tune saved any); run the sweep again under another --name")
     else:
         _write_meta(storage, launch, meta)
+    # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.
+    warm = threading.Thread(target=warm_store, args=(meta["tracking_uri"],), daemon=True)
+    warm.start()
     address = ray_backend.start(args.address, args.num_cpus, storage)
+    warm.join()
     tags = {"sweeplab.sweep_file": sweep.path, "sweeplab.launch": launch, "sweeplab.command": _command(),
             "sweeplab.ray_address": address, "sweeplab.smoke": str(sweep.smoke).lower(),
             "sweeplab.tables": ",".join(sweep.tables)}
