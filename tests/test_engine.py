@@ -139,3 +139,13 @@ def test_ddp_ranks_hold_identical_weights_and_agree_on_metrics(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     assert r0["metrics"]["train/loss"] == r1["metrics"]["train/loss"]
+
+
+def test_resume_survives_a_torn_metrics_line(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out)]
+    assert main([*args, "--stop-after", "1"]) == 0
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "train/lo')  # killed mid-append
+    assert main([*args, "--resume"]) == 0
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]

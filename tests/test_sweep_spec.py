@@ -255,3 +255,12 @@ def test_pbt_rejects_ddp_trials(tmp_path):
     with pytest.raises(SweepError, match="pbt"):
         load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}}, scheduler={"name": "pbt"},
                    resources={"workers": 2}))
+
+
+def test_ddp_batch_must_split_evenly_across_workers(tmp_path):
+    with pytest.raises(SweepError, match="data.batch_size"):
+        load(write(tmp_path, space={"data.batch_size": {"grid": [128, 127]}}, resources={"workers": 2}))
+    with pytest.raises(SweepError, match="ghost"):  # 240 / 4 workers = 60 per rank: not whole ghost batches of 48
+        load(write(tmp_path, overrides={**TINY, "data.batch_size": 240, "train.ghost_batch_size": 48},
+                   resources={"workers": 4}))
+    assert len(load(write(tmp_path, space={"data.batch_size": {"grid": [128, 256]}}, resources={"workers": 2})).trials()) == 2

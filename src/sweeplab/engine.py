@@ -160,8 +160,10 @@ class Trainer:
             totals = torch.stack([loss_sum.double(), wrong.double(), torch.tensor(seen, device=self.device).double()])
             dist.all_reduce(totals)
             loss_sum, wrong, seen = totals[0], totals[1], int(totals[2].item())
+            timed_from *= self.world  # every rank's first batch went to compilation
         self._sync()
         elapsed = time.perf_counter() - start
+        self.compiled = True  # a one-step epoch cannot split compilation off; later epochs are not compiling
         self.last_lr = lr
         out = {"train/loss": loss_sum.item() / seen, "train/error": 100.0 * wrong.item() / seen,
                "time/train_s": elapsed, "time/images_per_s": (seen - timed_from) / (elapsed - compile_s)}

@@ -40,8 +40,8 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
     cfg.save(conf, out / "config.yaml")
     if checkpoint is None:
         metrics_path.write_text("")
-    else:  # drop lines of epochs after the checkpoint (the run may have died after logging them)
-        keep = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["epoch"] <= checkpoint["epoch"]]
+    else:  # keep the epochs the checkpoint holds: a killed run may have logged more, or half a line
+        keep = [ln for ln in _lines(metrics_path) if json.loads(ln)["epoch"] <= checkpoint["epoch"]]
         metrics_path.write_text("".join(f"{ln}\n" for ln in keep))
 
     start_epoch = checkpoint["epoch"] if checkpoint else 0
@@ -70,6 +70,18 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
         print(" ".join(f"{k}={v:.4g}" for k, v in last.items()))
     print(f"run folder: {out}")
     return 0
+
+
+def _lines(path: Path) -> list[str]:
+    """The complete JSON lines of a metrics file (none if it is missing)."""
+    good = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            json.loads(line)
+            good.append(line)
+        except ValueError:
+            pass
+    return good
 
 
 def _resume_state(out: Path, conf: cfg.Config) -> dict[str, Any]:

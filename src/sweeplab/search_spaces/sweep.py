@@ -147,6 +147,12 @@ class Sweep:
 
     def check(self) -> None:
         """Validate every trial config, and the edges of every sampled range, before Ray starts."""
+        workers = self.resources["workers"]
+        for t in self._trials:  # DDP splits the global batch: it must split evenly, ghost batches per rank
+            batch, ghost = t.config.data.batch_size, t.config.train.ghost_batch_size
+            if batch % workers or (ghost and (batch // workers) % ghost):
+                raise SweepError(f"{self.path}: 'data.batch_size' {batch} (trial {t.index}) must split into "
+                                 f"{workers} equal per-worker batches{' of whole ghost batches of ' + str(ghost) if ghost else ''}")
         first = self._trials[0].point
         for key, dom in self.space.items():
             if dom.sampled:

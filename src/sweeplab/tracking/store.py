@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeplab.config import ConfigError
+
 for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                      "MLFLOW_DISABLE_AGENT_HINT": "1", "MLFLOW_LOGGING_LEVEL": "WARNING",
                      "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -30,14 +32,22 @@ PARENT = "mlflow.parentRunId"
 _clients: dict[str, MlflowClient] = {}
 
 
+# Stores MLflow 3.17 accepts (its file store is refused); anything else is bad input, caught
+# before Ray starts rather than as a traceback from deep inside MLflow.
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
 def resolve_uri(uri: str | None) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<absolute cwd>/mlflow.db."""
-    if uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    """`uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; a relative sqlite path made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"tracking URI {uri!r} is not one MLflow can use here: give sqlite:///PATH/mlflow.db, "
+                          f"http(s)://HOST:PORT or a database URI ({', '.join(_SCHEMES)})")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():  # so `resume` from another folder finds the same store
+        return f"sqlite:///{Path.cwd().resolve() / db}"
+    return uri
 
 
 def sqlite_path(uri: str) -> Path | None:

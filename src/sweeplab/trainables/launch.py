@@ -63,7 +63,9 @@ def resume(args: argparse.Namespace) -> int:
                          f"{'; launches: ' + ', '.join(known) if known else ''}")
     sweep = from_snapshot(meta["sweep"])
     if args.tracking_uri:
-        meta["tracking_uri"] = args.tracking_uri
+        from sweeplab.tracking import resolve_uri
+
+        meta["tracking_uri"] = resolve_uri(args.tracking_uri)
     print(f"sweeplab: resuming {args.name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}",
           flush=True)
     return _drive(sweep, storage, args.name, meta, args, None, resuming=True)
