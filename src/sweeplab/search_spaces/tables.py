@@ -6,9 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# The package's copy of the reference tables; the shared folder is the fallback while it is being made.
+# The package's own copy of the reference tables (shipped as package data).
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "analysis" / "reference"
-SHARED_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
 
 # `quickstart` is sweeplab's own table (no reference numbers): its rows are the sweep's own
 # distinct points, in sorted order.
@@ -19,10 +18,9 @@ QUICKSTART = {"id": "quickstart", "title": "Quickstart: learning rate x weight d
 
 @lru_cache(maxsize=1)
 def reference() -> dict[str, dict[str, Any]]:
-    """Every reference table by id (package copy if present, else ../shared/reference)."""
-    folder = PACKAGE_DIR if any(PACKAGE_DIR.glob("*.json")) else SHARED_DIR
+    """Every reference table by id, plus `quickstart`."""
     tables: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(PACKAGE_DIR.glob("*.json")):
         data = json.loads(path.read_text())
         for table in data if isinstance(data, list) else data.get("tables", [data]):
             if isinstance(table, dict) and "id" in table:
