@@ -139,6 +139,12 @@ def test_ddp_ranks_hold_identical_weights_and_agree_on_metrics(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     assert r0["metrics"]["train/loss"] == r1["metrics"]["train/loss"]
+    # the ranks score disjoint halves of the test set; together they equal one process scoring all of it
+    single = engine.Trainer(tiny("train.epochs=1", "augment.mixup=1.0"))
+    single.model.load_state_dict(r0["model"])
+    alone = single.evaluate()
+    assert r0["metrics"]["val/error"] == r1["metrics"]["val/error"] == alone["val/error"]
+    assert r0["metrics"]["val/loss"] == pytest.approx(alone["val/loss"], rel=1e-5)
 
 
 def test_resume_survives_a_torn_metrics_line(tmp_path):

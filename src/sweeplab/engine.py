@@ -85,7 +85,8 @@ class Trainer:
                                          train=True, seed=c.train.seed, random_crop=a.random_crop,
                                          crop_padding=a.crop_padding, hflip=a.hflip,
                                          rank=self.rank, world=self.world, **common)
-        self.test_loader = DeviceLoader(data.test_x, data.test_y, c.data.eval_batch_size, train=False, **common)
+        self.test_loader = DeviceLoader(data.test_x, data.test_y, c.data.eval_batch_size, train=False,
+                                        rank=self.rank, world=self.world, **common)
         torch.manual_seed(c.train.seed)  # model initialisation
         options = {k: v for k, v in c.model.items() if k != "name"}
         model = models.build(c.model["name"], data.num_classes, data.shape[0], **options)
@@ -175,6 +176,12 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Test loss and error (percent); with flip TTA the logits of image and mirror are averaged."""
         c, model = self.config, self.forward
+        if self.world > 1:
+            # Each rank scores its stride of the test set with rank 0's BatchNorm statistics, through
+            # the bare model: DDP's wrapper would broadcast the buffers again for every batch.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
+            model = self.model
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
@@ -186,6 +193,10 @@ class Trainer:
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             wrong += (logits.argmax(1) != y).sum()
         n = self.test_loader.num_examples
+        if self.world > 1:
+            totals = torch.stack([loss_sum.double(), wrong.double()])
+            dist.all_reduce(totals)
+            loss_sum, wrong = totals[0], totals[1]
         return {"val/loss": loss_sum.item() / n, "val/error": 100.0 * wrong.item() / n}
 
     def _sync(self) -> None:

@@ -34,7 +34,8 @@ class DeviceLoader:
         self.device = device
 
     def __len__(self) -> int:
-        n = self.labels.numel() // self.world if self.train else self.labels.numel()
+        # Training: equal shards (the remainder is dropped); evaluation: every example exactly once.
+        n = self.labels.numel() // self.world if self.train else len(range(self.rank, self.labels.numel(), self.world))
         # Training drops the ragged last batch: static shapes, and no BatchNorm over a handful of images.
         return n // self.batch_size if (self.train and n >= self.batch_size) else -(-n // self.batch_size)
 
@@ -59,7 +60,7 @@ class DeviceLoader:
             order = torch.randperm(n, generator=shared, device=self.device)
             order = order[:n // self.world * self.world][self.rank::self.world]
         else:
-            order = torch.arange(n, device=self.device)
+            order = torch.arange(self.rank, n, self.world, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
