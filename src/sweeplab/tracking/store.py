@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 from sweeplab.config import ConfigError
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                     "MLFLOW_DISABLE_AGENT_HINT": "1", "MLFLOW_LOGGING_LEVEL": "WARNING",
-                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+# Telemetry is switched off in sweeplab/__init__.py (it runs before this module); these only quiet MLflow.
+for _key, _value in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
     os.environ.setdefault(_key, _value)
 
