@@ -86,7 +86,7 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.
     warm = threading.Thread(target=warm_store, args=(meta["tracking_uri"],), daemon=True)
     warm.start()
-    address = ray_backend.start(args.address, args.num_cpus, storage)
+    address = ray_backend.start(args.address, args.num_cpus, storage, dashboard=sweep.resources["workers"] > 1)
     warm.join()
     tags = {"sweeplab.sweep_file": sweep.path, "sweeplab.launch": launch, "sweeplab.command": _command(),
             "sweeplab.ray_address": address, "sweeplab.smoke": str(sweep.smoke).lower(),

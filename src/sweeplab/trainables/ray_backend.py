@@ -70,8 +70,9 @@ def environment(storage: str, local: bool) -> None:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token.resolve()))
 
 
-def start(address: str | None, num_cpus: int | None, storage: str) -> str:
-    """Start a local Ray on 127.0.0.1 (address None) or join a cluster; return the address."""
+def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bool = True) -> str:
+    """Start a local Ray on 127.0.0.1 (address None) or join a cluster; return the address.
+    `dashboard` False leaves a local Ray's dashboard modules out (a sweep without DDP trials)."""
     global _STARTED
     environment(storage, local=address is None)
     import ray
@@ -81,10 +82,12 @@ def start(address: str | None, num_cpus: int | None, storage: str) -> str:
     tune_import.start()
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     if address is None:
-        # The dashboard stays on (on loopback): Train V2 needs it to clean up after a stopped trial.
+        # DDP trials need the dashboard (on loopback): Train V2 cleans up after a stopped trial through
+        # it. Other sweeps skip its modules: ~2 CPU-seconds that a 2-core laptop would spend while Ray
+        # starts, right before the first trial's start-up (BENCHMARKS.md, "command -> first step").
         ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=100_000_000,
                        _temp_dir=f"/tmp/sweeplab-ray-{os.getuid()}", dashboard_host="127.0.0.1",
-                       include_dashboard=True, **quiet)
+                       include_dashboard=dashboard, **quiet)
     else:
         ctx = ray.init(address=address, **quiet)
     _STARTED = True
