@@ -64,8 +64,12 @@ def overhead(args: argparse.Namespace) -> None:
     first = min(t["first_step"] for t in trials if t["first_step"]) - start
     print(f"{args.sweep} --smoke, max concurrent {args.max_concurrent or 'as in the sweep'}: {len(trials)} trials, "
           f"{sum(t['epochs'] for t in trials)} epochs")
+    tail = start + wall - max(t["end"] for t in trials if t["end"])
     print(f"wall {wall:.1f} s | sum of trial fit times {fit:.1f} s | wall / fit {wall / fit:.2f} "
-          f"| command start -> first step {first:.1f} s")
+          f"| command start -> first step {first:.1f} s | last epoch logged -> command exit {tail:.1f} s")
+    if args.max_concurrent == 1:  # trials back to back: what is left is the hand-over between trials
+        print(f"between trials: {wall - fit - first - tail:.1f} s in all, "
+              f"{(wall - fit - first - tail) / max(1, len(trials) - 1):.2f} s per hand-over")
 
 
 def _grid_sweep(path: Path, scheduler: dict, args: argparse.Namespace) -> None:
