@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +63,32 @@ def _train_step(name: str, opts: dict, shape: tuple[int, ...]) -> None:
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(x)).all()
+
+
+def test_catalog_read_from_source_equals_the_imported_registries() -> None:
+    """Validation reads names and options from the source (no torch); they must be what `build` takes."""
+    import importlib
+    import inspect
+
+    from sweeplab import catalog, optim
+
+    for module, _ in catalog.models().values():
+        importlib.import_module(module)
+    imported = {name: {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+                for name, fn in models._REGISTRY.items()}
+    assert {name: params for name, (_, params) in catalog.models().items()} == imported
+    assert catalog.optimizers() == optim.names() and "lars" in optim.names()
+
+
+def test_validating_a_sweep_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from sweeplab.search_spaces import load; "
+            "s = load('sweeps/quickstart.yaml', smoke=True); s.check(); "
+            "assert len(s.trials()) == 8 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("shape", INPUTS)

@@ -15,7 +15,7 @@ def _one_of(value: str, choices: list[str] | tuple[str, ...], key: str, where: s
 
 def check(c: Config, where: str = "") -> None:
     """Raise ConfigError naming the first bad key of `c`."""
-    from sweeplab import models, optim, schedules
+    from sweeplab import catalog, models, schedules  # no torch: validation stays fast
 
     d, a, o, s, t = c.data, c.augment, c.optim, c.sched, c.train
     _one_of(d.name, DATASETS, "data.name", where)
@@ -53,7 +53,7 @@ def check(c: Config, where: str = "") -> None:
              "(mixup, cutmix, ricap, dual_cutout) per run", where)
     _require(a.dual_cutout == 0 or a.cutout > 0, "augment.dual_cutout", "needs augment.cutout > 0", where)
 
-    _one_of(o.name, optim.names(), "optim.name", where)
+    _one_of(o.name, catalog.optimizers(), "optim.name", where)
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}", where)
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}", where)
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}", where)

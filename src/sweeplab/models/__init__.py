@@ -1,11 +1,19 @@
-"""Model registry: `build(name, num_classes, in_channels, **options)` and `names()`."""
+"""Model registry: `build(name, num_classes, in_channels, **options)`, `names()` and `options(name)`.
+
+Names and options come from `sweeplab.catalog` (the families' source, read without torch), so a
+config is validated without importing torch; `build` imports the model's family module, whose
+`@register_model` functions fill the registry.
+"""
 from __future__ import annotations
 
 import difflib
-import inspect
-from typing import Any, Callable
+import importlib
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+from sweeplab import catalog
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -20,13 +28,13 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def names() -> list[str]:
     """All registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(catalog.models())
 
 
 def options(name: str) -> dict[str, Any]:
     """The options a model takes, with their defaults (num_classes and in_channels excluded)."""
-    params = inspect.signature(_lookup(name)).parameters
-    return {k: p.default for k, p in params.items() if k not in ("num_classes", "in_channels")}
+    params = _lookup(name)[1]
+    return {k: v for k, v in params.items() if k not in ("num_classes", "in_channels")}
 
 
 def check_options(name: str, opts: dict[str, Any]) -> None:
@@ -42,7 +50,8 @@ def check_options(name: str, opts: dict[str, Any]) -> None:
 def build(name: str, num_classes: int = 10, in_channels: int = 3, **opts: Any) -> nn.Module:
     """Build model `name` for `num_classes` classes from `in_channels`-channel images."""
     check_options(name, opts)
-    return _lookup(name)(num_classes=num_classes, in_channels=in_channels, **opts)
+    importlib.import_module(_lookup(name)[0])  # registers the family's models
+    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **opts)
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -50,12 +59,7 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _lookup(name: str) -> Callable[..., nn.Module]:
-    if name not in _REGISTRY:
+def _lookup(name: str) -> tuple[str, dict[str, Any]]:
+    if name not in catalog.models():
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(names())}")
-    return _REGISTRY[name]
-
-
-# Importing the family modules registers them.
-from sweeplab.models import (densenet, pyramidnet, resnet, resnet9, resnet_preact, resnext,  # noqa: E402,F401
-                             se_resnet_preact, shake_shake, vgg, wrn)
+    return catalog.models()[name]
