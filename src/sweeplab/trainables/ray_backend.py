@@ -27,6 +27,9 @@ LOCAL_DEFAULTS = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_GLOBAL_CHECKPOINT_S": "1",            # experiment state saved often: `resume` loses little
+    # Tune's default TensorBoard logger imports torch in the driver (1.5 s, just as the first trial is
+    # scheduled) to write what MLflow already has; `_loggers()` keeps the JSON and CSV ones.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 DDP_STORAGE = "_ddp"  # Ray Train runs of DDP trials, inside the launch's folder
 
@@ -233,6 +236,13 @@ def _callback() -> Any:
     return Forward()
 
 
+def _loggers() -> list[Any]:
+    """Tune's per-trial result.json and progress.csv, which its ExperimentAnalysis (`status`) reads."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def _error(trial: Any) -> str:
     err = trial.get_error()
     if err is None and getattr(trial, "error_file", None) and Path(trial.error_file).is_file():
@@ -255,7 +265,7 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
                                     # seconds saved on every trial after the first
                                     reuse_actors=True,
                                     num_samples=sweep.search["num_samples"] if sweep.search["name"] == "optuna" else 1),
-        run_config=tune.RunConfig(name=launch, storage_path=storage, verbose=0, callbacks=[_callback()],
+        run_config=tune.RunConfig(name=launch, storage_path=storage, verbose=0, callbacks=[_callback(), *_loggers()],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=1)))
     return _summaries(tuner.fit())
