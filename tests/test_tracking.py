@@ -113,3 +113,14 @@ def test_results_keep_only_numeric_design_metrics(uri: str) -> None:
     t.trial_result("t", {"epoch": 1, "val/error": "n/a", "lr": True, "train/loss": float("nan"), "pid": 1})
     run = client(uri).get_run(t._children["t"])
     assert set(run.data.metrics) == {"epoch", "train/loss"}
+
+
+def test_epochs_are_timestamped_when_the_trial_measured_them(uri: str) -> None:
+    """The driver may log an epoch seconds after the trial reported it; MLflow keeps the trial's time."""
+    t = Tracker(uri, "quickstart", "qs-4", {})
+    t.trial_start("t", trial_config(0.1, 1e-4, 0), {})
+    t.trial_result("t", {"epoch": 1, "val/error": 40.0}, at=1_700_000_000.25)
+    t.trial_result("t", {"epoch": 2, "val/error": 30.0})  # no time given: logged now
+    history = client(uri).get_metric_history(t._children["t"], "val/error")
+    assert [(m.step, m.timestamp) for m in history][0] == (1, 1_700_000_000_250)
+    assert history[1].timestamp > 1_700_000_000_250

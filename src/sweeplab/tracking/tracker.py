@@ -58,13 +58,14 @@ class Tracker:
         """Add or overwrite tags of a trial's run (e.g. sweeplab.hardware)."""
         self._set_tags(self._run_id(trial_id), tags)
 
-    def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        """Log one epoch's design metrics at step=epoch, in one batch; Ray's bookkeeping is dropped."""
+    def trial_result(self, trial_id: str, metrics: dict[str, Any], at: float | None = None) -> None:
+        """Log one epoch's design metrics at step=epoch, in one batch, timestamped `at` (unix seconds,
+        when the trial measured them; default now); Ray's bookkeeping is dropped."""
         from mlflow.entities import Metric
 
         if "epoch" not in metrics:
             return
-        step, now = int(metrics["epoch"]), int(time.time() * 1000)
+        step, now = int(metrics["epoch"]), int((at or time.time()) * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k in METRICS and _number(v)]
         if batch:
             self.client.log_batch(self._run_id(trial_id), metrics=batch)

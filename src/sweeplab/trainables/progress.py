@@ -53,7 +53,7 @@ class Driver:
         metrics = {k: result[k] for k in METRICS if k in result}
         if result.get("val_stale"):  # carried forward for the scheduler, not measured this epoch
             metrics = {k: v for k, v in metrics.items() if not k.startswith("val/")}
-        self.safe(self.tracker.trial_result, trial_id, metrics)
+        self.safe(self.tracker.trial_result, trial_id, metrics, result.get("reported_at"))
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics)
         self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,9 @@ class Reporter:
                  extra: dict[str, Any] | None = None) -> None:
         import torch
 
-        out = {**metrics, **(extra or {})}
+        # When the epoch was measured, on this worker: the driver logs it to MLflow with this time,
+        # not with whenever the result reached it (seconds later on a busy driver).
+        out = {**metrics, **(extra or {}), "reported_at": time.time()}
         if "val/error" in metrics:
             self.val = {k: metrics[k] for k in ("val/loss", "val/error")}
         else:  # eval_every > 1: schedulers need the metric every epoch; flagged so tracking skips it
