@@ -26,6 +26,7 @@ def sweeplab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     ("model.dept=20", "model.depth"),
     ("augment.mixup=true augment.cutmix=true", "augment"),
     ("nonsense", "key=value"),
+    ("--stop-after 0", "--stop-after"),
 ])
 def test_bad_values_exit_2_naming_the_key(tmp_path, override, culprit):
     out = tmp_path / "run"
@@ -34,6 +35,8 @@ def test_bad_values_exit_2_naming_the_key(tmp_path, override, culprit):
     assert culprit in r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists()
+    if "=" in override and override.split("=")[0] in r.stderr:  # a bad override is named as one
+        assert "(with " in r.stderr, r.stderr
 
 
 def test_missing_and_malformed_yaml_name_the_file(tmp_path):

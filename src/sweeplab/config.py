@@ -200,10 +200,12 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """Load a YAML config, apply `key=value` overrides, validate; raise ConfigError if bad."""
     tree = load_yaml(path) if path is not None else {}
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or []))
     for key, value in items:
         set_dotted(tree, key, value)
-    where = f" in {path}" if path is not None else ""
+    # an error may come from the file or from an override: name both
+    where = (f" in {path}" if path is not None else "") + \
+        (f" (with {' '.join(f'{k}={v}' for k, v in items)})" if items else "")
     return from_dict(tree, where)
 
 

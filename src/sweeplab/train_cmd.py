@@ -23,6 +23,8 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
           stop_after: int | None = None) -> int:
     """Validate, train with a per-epoch progress bar, write the run folder; return the exit code."""
     conf = cfg.load(config_path, overrides)  # validation first: nothing is touched if it fails
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after {stop_after}: must be an epoch >= 1 (it stops after that epoch's checkpoint)")
     out = Path(output or Path("runs") / Path(config_path).stem)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
     checkpoint = _resume_state(out, conf) if resume else None
@@ -58,13 +60,13 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         bar.update(1)
         if stop_after is not None and metrics["epoch"] >= stop_after:
-            raise _Pause
+            raise _Pause(int(metrics["epoch"]))
 
     try:
         last = engine.fit(conf, on_epoch, checkpoint=checkpoint, data=data)
-    except _Pause:  # e.g. a time-sliced queue: the run continues later with --resume
+    except _Pause as paused:  # e.g. a time-sliced queue: the run continues later with --resume
         last = {}
-        print(f"stopped after epoch {stop_after}; continue with --resume", file=sys.stderr)
+        print(f"stopped after epoch {paused.args[0]}; continue with --resume", file=sys.stderr)
     bar.close()
     if last:
         print(" ".join(f"{k}={v:.4g}" for k, v in last.items()))
