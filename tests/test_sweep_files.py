@@ -17,7 +17,7 @@ import pytest
 
 from sweeplab import models
 from sweeplab.search_spaces import Sweep, load
-from sweeplab.search_spaces import tables as ref
+from sweeplab.analysis import reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -37,7 +37,7 @@ def point_key(point: dict) -> tuple:
 
 def reference_tables(sweep: Sweep) -> list[str]:
     """The tables of `sweep` that have reference rows (sweeplab's own tables number their rows themselves)."""
-    return [tid for tid in sweep.tables if ref.reference()[tid]["rows"]]
+    return [tid for tid in sweep.tables if not ref.tables()[tid].match]
 
 
 def test_sweeps_found() -> None:
@@ -87,7 +87,7 @@ def test_sweep_seeds_match_the_reference_statistic(path: Path) -> None:
     """A table that reports a median of N runs is swept with at least N seeds."""
     sweep = compiled(path)
     for tid in reference_tables(sweep):
-        for column in ref.reference()[tid]["columns"]:
+        for column in ref.tables()[tid].columns:
             m = re.search(r"median of (\d+)", column)
             if m:
                 assert sweep.seeds >= int(m.group(1)), f"{path.name}: {tid} reports '{column}'"
@@ -122,10 +122,10 @@ def test_every_reference_row_is_filled_by_exactly_one_sweep() -> None:
         for key in seen:
             owners[key].append(path.name)
     missing, doubled = [], []
-    for tid, table in ref.reference().items():
-        if not table["rows"]:
+    for tid, table in ref.tables().items():
+        if table.match:
             continue  # sweeplab's own tables (quickstart) have no reference rows
-        for i, row in enumerate(table["rows"]):
+        for i, row in enumerate(table.rows):
             who = owners.get((tid, i), [])
             if not who:
                 missing.append(f"{tid}[{i}] {row[0]!r}")
@@ -137,5 +137,5 @@ def test_every_reference_row_is_filled_by_exactly_one_sweep() -> None:
 
 def test_all_reference_tables_are_present() -> None:
     """The 45 tables of the reference README and the 4 of the Flax example and the fast-training posts."""
-    with_rows = [tid for tid, t in ref.reference().items() if t["rows"]]
+    with_rows = [tid for tid, t in ref.tables().items() if not t.match]
     assert len(with_rows) == 49

@@ -6,6 +6,7 @@ of its own, `quickstart`, whose rows are the quickstart sweep's lr x weight-deca
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -123,8 +124,8 @@ def same(cell: str, value: Any) -> bool:
     text = str(cell).strip().lower()
     if isinstance(value, bool):
         return text in ("yes", "true") if value else text in ("no", "false")
-    try:
-        return float(text) == float(value)
+    try:  # 0.1 in a table equals 0.1 computed as 0.05 * 2
+        return math.isclose(float(text), float(value), rel_tol=1e-9)
     except (TypeError, ValueError):
         return text == str(value).strip().lower()
 

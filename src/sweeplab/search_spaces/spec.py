@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from sweeplab.config import ConfigError, _suggest, load_yaml
-from sweeplab.search_spaces import tables
+from sweeplab.analysis import reference
 from sweeplab.search_spaces.domains import Domain, SweepError, check_key, parse, parse_variants
 from sweeplab.tracking.store import METRICS
 
@@ -169,7 +169,7 @@ def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:
 
 def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict[str, dict[str, str]]:
     """Table id -> {column: dotted key or 'variant'}; ids and columns must exist in the reference."""
-    known = tables.reference()
+    known = reference.tables()
     out: dict[str, dict[str, str]] = {}
     for tid, entry in section.items():
         if tid not in known:
@@ -180,7 +180,7 @@ def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict
         match = entry.get("match") or {}
         if not isinstance(match, dict):
             raise SweepError(f"{path}: 'tables.{tid}.match' must map column names to dotted keys")
-        columns = known[tid]["columns"]
+        columns = known[tid].columns
         for col, key in match.items():
             if col not in columns:
                 raise SweepError(f"{path}: 'tables.{tid}.match' column {col!r} is not in that table"

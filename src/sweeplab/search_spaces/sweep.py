@@ -16,7 +16,7 @@ from typing import Any
 
 from sweeplab.config import Config, ConfigError, flatten, from_dict, merge, set_dotted
 from sweeplab.search_spaces import spec as S
-from sweeplab.search_spaces import tables
+from sweeplab.analysis import reference
 from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
 
 SEED = "train.seed"
@@ -90,7 +90,7 @@ class Sweep:
 
     def __getstate__(self) -> dict[str, Any]:
         # Shipped to every trial: leave the compiled trials behind, a trial needs only `resolve`.
-        return {k: v for k, v in self.__dict__.items() if k != "_trials"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_trials", "_published")}
 
     def trial(self, point: dict[str, Any]) -> Trial:
         """The Trial of a point a searcher chose (rows of sweeplab's own tables included)."""
@@ -163,11 +163,17 @@ class Sweep:
         """What `resume` needs to rebuild this sweep, unaffected by later edits of its files."""
         return {"path": self.path, "smoke": self.smoke, "spec": self.spec, "config_tree": self.config_tree}
 
+    @cached_property
+    def _published(self) -> dict[str, reference.Table]:
+        """The published tables this sweep fills (sweeplab's own ones, which match by params, left out)."""
+        known = reference.tables()
+        return {tid: known[tid] for tid in self.tables if not known[tid].match}
+
     def _rows(self, trial: Trial) -> dict[str, int]:
         values = {**flatten(trial.config.to_dict()), **trial.point}
         rows = {}
-        for tid, match in self.tables.items():
-            row = tables.find_row(tables.reference()[tid], match, values)
+        for tid, table in self._published.items():
+            row = reference.match_row(table, self.tables[tid], values)
             if row is not None:
                 rows[tid] = row
         return rows
@@ -175,7 +181,7 @@ class Sweep:
     def _own_rows(self, trial: Trial, compiled: list[Trial]) -> dict[str, int]:
         rows = {}
         for tid, match in self.tables.items():
-            if tables.reference()[tid]["rows"] or not match:
+            if tid in self._published or not match:
                 continue
             keys = list(match.values())
             distinct = sorted({_key(t, keys) for t in compiled}, key=_order)
@@ -186,7 +192,7 @@ class Sweep:
         """Rows of sweeplab's own tables for a trial built outside `trials()` (e.g. by the driver)."""
         own = {}
         for tid, match in self.tables.items():
-            if tables.reference()[tid]["rows"] or not match:
+            if tid in self._published or not match:
                 continue
             keys = list(match.values())
             for t in self._trials:
