@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from sweeplab.config import ConfigError, _suggest, load_yaml
 from sweeplab.analysis import reference
+from sweeplab.config import ConfigError, _suggest, load_yaml
 from sweeplab.search_spaces.domains import Domain, SweepError, check_key, parse, parse_variants
 from sweeplab.tracking.store import METRICS
 

@@ -14,9 +14,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from sweeplab.analysis import reference
 from sweeplab.config import Config, ConfigError, flatten, from_dict, merge, set_dotted
 from sweeplab.search_spaces import spec as S
-from sweeplab.analysis import reference
 from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
 
 SEED = "train.seed"
