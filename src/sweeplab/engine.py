@@ -78,8 +78,12 @@ class Trainer:
             raise ValueError(f"data.batch_size {c.data.batch_size} is not divisible by {self.world} workers")
         data = subset(data or datasets.load(c.data), c.data.train_subset, c.data.test_subset, c.train.seed)
         a = c.augment
+        # NHWC on CUDA only: on CPU this torch build's oneDNN convolution backward corrupts the heap
+        # with channels_last on some CPUs (a strided 1x1 conv with < 8 input channels aborts with
+        # "corrupted double-linked list" on an AVX2 AMD EPYC, 1 or 2 threads; BENCHMARKS.md).
+        channels_last = c.train.channels_last and self.device.type == "cuda"
         common = dict(mean=data.mean, std=data.std, device=self.device, normalize=a.normalize,
-                      channels_last=c.train.channels_last)
+                      channels_last=channels_last)
         # data.batch_size is the global batch, as in the reference's multi-GPU table.
         self.train_loader = DeviceLoader(data.train_x, data.train_y, c.data.batch_size // self.world,
                                          train=True, seed=c.train.seed, random_crop=a.random_crop,
@@ -91,7 +95,7 @@ class Trainer:
         options = {k: v for k, v in c.model.items() if k != "name"}
         model = models.build(c.model["name"], data.num_classes, data.shape[0], **options)
         ghost_bn.apply(model, c.train.ghost_batch_size)
-        self.model = model.to(self.device, memory_format=torch.channels_last if c.train.channels_last
+        self.model = model.to(self.device, memory_format=torch.channels_last if channels_last
                               else torch.contiguous_format)
         forward: nn.Module = self.model
         if self.world > 1:  # DDP averages gradients across ranks; its constructor broadcasts rank 0's weights
