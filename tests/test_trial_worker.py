@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sweeplab import config
+from sweeplab import config, engine
 from sweeplab.trainables import worker
 
 
@@ -25,6 +25,12 @@ class FakeCheckpoint:
         yield self.path
 
 
+def state_of(epoch: int, **model: torch.Tensor) -> dict:
+    """An engine checkpoint's layout (engine.Trainer.state_dict) with a stand-in model."""
+    return {"version": engine.CHECKPOINT_VERSION, "epoch": epoch, "step": 10 * epoch, "model": model,
+            "optimizer": {"state": {}, "param_groups": []}, "scaler": {}, "config": {}}
+
+
 def test_reporter_checkpoints_each_epoch_and_restore_reads_it(tmp_path):
     reports = []
 
@@ -35,13 +41,13 @@ def test_reporter_checkpoints_each_epoch_and_restore_reads_it(tmp_path):
         reports.append((metrics, kept))
 
     r = worker.Reporter(report, FakeCheckpoint, rank=0, hardware="cpu x1 threads")
-    r({"epoch": 1, "val/error": 50.0, "val/loss": 1.0}, lambda: {"epoch": 1, "w": torch.ones(2)})
-    r({"epoch": 2}, lambda: {"epoch": 2, "w": torch.zeros(2)})  # no evaluation this epoch
+    r({"epoch": 1, "val/error": 50.0, "val/loss": 1.0}, lambda: state_of(1, w=torch.ones(2)))
+    r({"epoch": 2}, lambda: state_of(2, w=torch.zeros(2)))  # no evaluation this epoch
     (m1, c1), (m2, c2) = reports
     assert m1["hardware"] == "cpu x1 threads" and "hardware" not in m2
     assert m2["val/error"] == 50.0 and m2["val_stale"] is True and "val_stale" not in m1
     state, last = worker.restore(c2)
-    assert state["epoch"] == 2 and torch.equal(state["w"], torch.zeros(2))
+    assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.zeros(2))
     assert last == {"epoch": 2}  # the measured metrics, not the carried-forward ones
     assert worker.restore(None) == (None, {})
 

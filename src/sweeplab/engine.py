@@ -7,7 +7,12 @@ a checkpoint continues bit for bit as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
+import pickle
+import re
 import time
+import warnings
+import zipfile
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -24,6 +29,42 @@ from sweeplab.data.loader import DeviceLoader
 EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 StepCallback = Callable[[int, int], None]
 CHECKPOINT_VERSION = 1
+_STATE_KEYS = {"version", "epoch", "step", "model", "optimizer", "scaler", "config"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, truncated, corrupt, refused or of another version."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state, read as tensors and plain data only: with weights_only a file that names
+    any other object (a crafted pickle calling os.system, say) is refused, never unpickled."""
+    try:
+        # torch.load does not check the zip's CRCs: a flipped bit in the weights would load silently
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if (bad := z.testzip()) is not None:
+                    raise CheckpointError(f"{path}: corrupt (checksum mismatch in {bad})")
+        with warnings.catch_warnings():  # torch warns about a crafted file's pickle protocol: say it once, below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except pickle.UnpicklingError as e:  # torch's safe unpickler met something it does not allow
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        what = (f"it names code ({code.group(1)}), not only tensors and plain data" if code
+                else "corrupt, or it holds objects other than tensors and plain data")
+        raise CheckpointError(f"{path}: refused: {what}; it was not unpickled") from None
+    except Exception as e:  # a truncated zip, an empty file, a read error: torch raises many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: truncated or corrupt ({first[:120]})") from None
+    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+        raise CheckpointError(f"{path}: not a sweeplab checkpoint")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state['version']!r}, this sweeplab reads {CHECKPOINT_VERSION}")
+    return state
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,6 +6,7 @@ either and is tested without a cluster.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,15 +42,65 @@ class Reporter:
             self.report(out, checkpoint=self.checkpoint_cls.from_directory(d))
 
 
+class Unrecoverable(RuntimeError):
+    """No checkpoint of a trial loads: `resume` would fail the same way, so the trial must be rerun."""
+
+
 def restore(checkpoint: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """(engine state, last metrics) of a checkpoint, or (None, {})."""
+    """(engine state, last metrics) of a checkpoint, or (None, {}). When the latest one cannot be read,
+    the newest older checkpoint folder beside it that can (Tune and Train keep two) is used instead."""
     if checkpoint is None:
         return None, {}
-    import torch
+    from sweeplab.engine import CheckpointError
 
-    with checkpoint.as_directory() as d:
-        return (torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False),
-                json.loads((Path(d) / "metrics.json").read_text()))
+    problems = []
+    try:
+        with checkpoint.as_directory() as d:
+            return _load(Path(d))
+    except CheckpointError as e:
+        problems.append(str(e))
+    for folder in _older(checkpoint):
+        try:
+            state, metrics = _load(folder)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        print(f"sweeplab: {problems[0]}; continuing from {folder} (epoch {state['epoch']})", file=sys.stderr)
+        return state, metrics
+    raise Unrecoverable(f"this trial cannot be resumed from its checkpoints and must be rerun: {'; '.join(problems)}")
+
+
+def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine state and metrics of one checkpoint folder, read as tensors and plain data only."""
+    from sweeplab.engine import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(folder / "state.pt")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'metrics.json'}: unreadable ({e.__class__.__name__})") from None
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{folder / 'metrics.json'}: not a JSON object")
+    return state, metrics
+
+
+def _older(checkpoint: Any) -> list[Path]:
+    """The checkpoint folders beside a local one that are older (Tune's checkpoint_000003 before
+    checkpoint_000004, Train's dated names likewise), newest first; none for remote storage."""
+    fs = getattr(checkpoint, "filesystem", None)
+    if fs is not None and type(fs).__name__ != "LocalFileSystem":
+        return []
+    latest = Path(str(getattr(checkpoint, "path", "") or ""))
+    if not latest.name.startswith("checkpoint_") or not latest.parent.is_dir():
+        return []
+
+    def order(p: Path) -> tuple[int, str]:  # numbers compare as numbers past checkpoint_999999
+        suffix = p.name[len("checkpoint_"):]
+        return (int(suffix), "") if suffix.isdigit() else (-1, suffix)
+
+    siblings = [p for p in latest.parent.iterdir()
+                if p.name.startswith("checkpoint_") and p.is_dir() and order(p) < order(latest)]
+    return sorted(siblings, key=order, reverse=True)
 
 
 def adopt(state: dict[str, Any], conf: Any) -> dict[str, Any]:
