@@ -37,7 +37,7 @@ def test_synthetic_run_lowers_the_loss():
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "checkpoint.pt", weights_only=False)["model"]
+    return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
 
 
 def test_resume_is_bit_exact(tmp_path, capsys):

@@ -1,22 +1,32 @@
 """`sweeplab train` (one run, no Ray) and `sweeplab models`.
 
-A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per epoch) and
-checkpoint.pt (rewritten after every epoch, atomically); `--resume` continues from it.
+A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per epoch),
+checkpoint.pt (rewritten after every epoch, atomically) and checkpoint.prev.pt (the one before);
+`--resume` continues from the newest of the two that loads.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sweeplab import config as cfg
 from sweeplab.config import ConfigError
 
 
+CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+
+
 class _Pause(Exception):
     """Raised after the checkpoint of the `--stop-after` epoch is written."""
+
+
+class _WriteFailed(Exception):
+    """Writing a file of the run folder failed (a full disk, typically); carries the path and the OSError."""
 
 
 def train(config_path: str, overrides: list[str], output: str | None, resume: bool,
@@ -26,9 +36,9 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after {stop_after}: must be an epoch >= 1 (it stops after that epoch's checkpoint)")
     out = Path(output or Path("runs") / Path(config_path).stem)
-    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    checkpoint = _resume_state(out, conf) if resume else None
-    if not resume and ckpt_path.exists():
+    ckpt_path, prev_path, metrics_path = out / CHECKPOINT, out / PREVIOUS, out / "metrics.jsonl"
+    checkpoint, used = _resume_state(out, conf) if resume else (None, None)
+    if not resume and (ckpt_path.exists() or prev_path.exists()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
 
     import torch  # heavy imports after validation, so bad input fails in well under a second
@@ -38,40 +48,87 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
     from sweeplab.data import datasets
 
     data = datasets.load(conf.data)  # a missing dataset fails here, before the folder is written
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(conf, out / "config.yaml")
-    if checkpoint is None:
-        metrics_path.write_text("")
-    else:  # keep the epochs the checkpoint holds: a killed run may have logged more, or half a line
-        keep = [ln for ln in _lines(metrics_path) if json.loads(ln)["epoch"] <= checkpoint["epoch"]]
-        metrics_path.write_text("".join(f"{ln}\n" for ln in keep))
-
-    start_epoch = checkpoint["epoch"] if checkpoint else 0
-    bar = tqdm(total=conf.train.epochs, initial=start_epoch, unit="epoch", file=sys.stderr,
-               dynamic_ncols=True)
+    saved = checkpoint["epoch"] if checkpoint else 0  # the epoch of the newest complete checkpoint
 
     def on_epoch(metrics: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
-        with metrics_path.open("a") as f:
+        nonlocal saved
+        with _writing(metrics_path), metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state(), tmp)
-        os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a torn checkpoint
+        with _writing(ckpt_path, tmp):
+            with tmp.open("wb") as f:  # through a Python file: a full disk raises OSError, not torch's RuntimeError
+                torch.save(state(), f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it replaces anything
+            if ckpt_path.exists():
+                os.replace(ckpt_path, prev_path)  # the last two are kept: one may be unreadable later
+            os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a torn checkpoint
+        saved = int(metrics["epoch"])
         shown = {k: metrics[k] for k in ("train/loss", "val/error", "time/images_per_s") if k in metrics}
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         bar.update(1)
         if stop_after is not None and metrics["epoch"] >= stop_after:
             raise _Pause(int(metrics["epoch"]))
 
+    bar = None
+    last: dict[str, float] = {}
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        with _writing(out / "config.yaml"):
+            cfg.save(conf, out / "config.yaml")
+        if used is not None and used != ckpt_path and ckpt_path.exists():
+            # set aside, so the next epoch's rotation does not make it the kept older checkpoint
+            with _writing(ckpt_path):
+                os.replace(ckpt_path, out / "checkpoint.bad.pt")
+        # keep the epochs the checkpoint holds: a killed run may have logged more, or half a line
+        keep = [ln for ln in _lines(metrics_path) if json.loads(ln)["epoch"] <= saved] if checkpoint else []
+        _replace_text(metrics_path, "".join(f"{ln}\n" for ln in keep))
+        bar = tqdm(total=conf.train.epochs, initial=saved, unit="epoch", file=sys.stderr, dynamic_ncols=True)
         last = engine.fit(conf, on_epoch, checkpoint=checkpoint, data=data)
     except _Pause as paused:  # e.g. a time-sliced queue: the run continues later with --resume
-        last = {}
+        bar.close()
         print(f"stopped after epoch {paused.args[0]}; continue with --resume", file=sys.stderr)
-    bar.close()
+    except _WriteFailed as failed:
+        if bar is not None:
+            bar.close()
+        path, err = failed.args
+        what = (f"disk full: could not write {path}" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+                else f"could not write {path} ({err.strerror or err})")
+        then = (f"the checkpoint of epoch {saved} is kept: free some space and continue with --resume"
+                if saved else "no epoch was checkpointed: free some space and run it again")
+        print(f"sweeplab: error: {what}; {then}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
     if last:
         print(" ".join(f"{k}={v:.4g}" for k, v in last.items()))
     print(f"run folder: {out}")
     return 0
+
+
+@contextmanager
+def _writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Turn an OSError while writing `path` into _WriteFailed naming it; remove the half-written `tmp`."""
+    try:
+        yield
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__  # torch.save's zip writer raises a RuntimeError over the OSError
+        if isinstance(e, Exception) and cause is not None:
+            raise _WriteFailed(path, cause) from e
+        raise
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a full disk must not leave the kept metrics truncated."""
+    tmp = path.with_suffix(".tmp")
+    with _writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def _lines(path: Path) -> list[str]:
@@ -86,21 +143,33 @@ def _lines(path: Path) -> list[str]:
     return good
 
 
-def _resume_state(out: Path, conf: cfg.Config) -> dict[str, Any]:
-    """Load OUTPUT/checkpoint.pt, refusing one trained with a different config (bar the epoch count)."""
-    path = out / "checkpoint.pt"
-    if not path.exists():
-        raise ConfigError(f"--resume: no checkpoint at {path}")
-    import torch
+def _resume_state(out: Path, conf: cfg.Config) -> tuple[dict[str, Any], Path]:
+    """The newest checkpoint of OUTPUT that loads (checkpoint.pt, else checkpoint.prev.pt) and its path,
+    refusing one trained with a different config (bar the epoch count)."""
+    paths = [out / CHECKPOINT, out / PREVIOUS]
+    if not any(p.exists() for p in paths):
+        raise ConfigError(f"--resume: no checkpoint at {paths[0]}")
+    from sweeplab import engine
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    problems = []
+    for path in paths:
+        try:
+            state = engine.load_checkpoint(path)
+        except engine.CheckpointError as e:
+            problems.append(str(e))
+            continue
+        break
+    else:
+        raise ConfigError(f"--resume: no checkpoint of {out} can be used: {'; '.join(problems)}")
     old, new = cfg.flatten(state["config"]), conf.flat()
     old.pop("train.epochs", None)
     changed = sorted(k for k in old.keys() | new.keys() if k != "train.epochs" and old.get(k) != new.get(k))
     if changed:
         raise ConfigError(f"--resume: {path} was trained with a different config ({', '.join(changed[:5])}); "
                           "only train.epochs may change")
-    return state
+    if problems:  # e.g. a crash between the two renames leaves no checkpoint.pt: the older one is whole
+        print(f"sweeplab: warning: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
+    return state, path
 
 
 def list_models(counts: bool) -> int:
