@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,11 +146,101 @@ def valid_keys() -> list[str]:
     return keys
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(f"duplicate key '{key}' on line {line} (first on line {seen[key]}); "
+                                            "YAML would silently keep only the last")
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping with one key twice."""
+
+
+MAX_YAML_BYTES = 10_000_000      # a config or sweep file is a few KB; anything this big is not one
+MAX_YAML_VALUES = 100_000        # counted with aliases expanded: refuses "billion laughs" and self-references
+
+
+def read_yaml(path: Path, kind: str) -> Any:
+    """The YAML document in `path` (a `kind` file: config or sweep), with every number finite and no
+    key twice; a file that is missing, unreadable, binary, huge or malformed raises ConfigError."""
+    if "\0" in str(path):
+        raise ConfigError(f"{kind} file name {str(path)!r} contains a NUL byte")
+    if not path.is_file():
+        what = "not found" if not path.is_symlink() and not path.exists() else "is not a regular file"
+        raise ConfigError(f"{kind} file {what}: {path}")
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{kind} file {path} is larger than {MAX_YAML_BYTES // 1_000_000} MB: not a {kind} file")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {kind} file {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{kind} file {path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
+    try:
+        tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML in {path}: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"malformed YAML in {path}: nested too deeply") from None
+    check_tree(tree, f" in {path}")
+    return tree
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: what is wrong and where."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        return f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else e.problem
+    return " ".join(str(e).split())
+
+
+def check_tree(tree: Any, where: str, prefix: str = "") -> None:
+    """Raise ConfigError on a non-finite number anywhere in `tree` (naming its dotted key), or on a
+    tree too big or too deep to be a config once aliases are expanded."""
+    budget = [MAX_YAML_VALUES]
+
+    def walk(node: Any, key: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > 50:
+            near = key if len(key) < 60 else f"{key[:60]}..."
+            raise ConfigError(f"the YAML{where} is too large or refers to itself (near '{near}'): "
+                              f"more than {MAX_YAML_VALUES} values or 50 levels once its aliases are expanded")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"'{key}'{where} is {node}: numbers must be finite")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k), depth + 1)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]", depth + 1)
+
+    walk(tree, prefix, 0)
+
+
 def parse_value(text: str) -> Any:
     """A command-line value, read as a YAML scalar or list ('0.1' -> 0.1, '[1,2]' -> [1, 2])."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
@@ -166,20 +257,26 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping; `base: other.yaml` (relative to this file) is merged underneath."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in {path}: {str(e).splitlines()[0]}") from None
+    tree = read_yaml(path, "config") or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")
+    here = path.resolve()
+    if here in _chain:  # `base:` chains that come back would recurse forever
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(here):], here))
+        raise ConfigError(f"{path}: 'base' includes itself: {cycle}")
     base = tree.pop("base", None)
     if base is not None:
-        tree = merge(load_yaml(path.parent / base), tree)
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"'base' in {path} must name a config file, got {base!r}")
+        try:
+            tree = merge(load_yaml(path.parent / base, (*_chain, here)), tree)
+        except ConfigError as e:
+            if _chain:  # the outermost file adds its name once
+                raise
+            raise ConfigError(f"{e} (the 'base' of {path})") from None
     return tree
 
 
@@ -255,20 +352,27 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"'{key}'{where} must be a list of {item.__name__}, got {value!r}")
         return [_coerce(key, v, item, where) for v in value]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads '1e-4' as a string; accept it as the float it means
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if abs(value) < 1e300 else math.inf
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"'{key}'{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    if hint is float and not math.isfinite(value):  # nan passes every range check; inf hangs or overflows
+        raise ConfigError(f"'{key}'{where} must be a finite number, got {value}")
+    if hint is int and abs(value) > MAX_INT:
+        raise ConfigError(f"'{key}'{where} is out of range: {value}")
     return value
 
 
-def _suggest(key: str, candidates: list[str]) -> str:
-    near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+MAX_INT = 2**63 - 1  # what a C long holds: torch, numpy and Ray take no bigger count
+
+
+def _suggest(key: Any, candidates: list[str]) -> str:
+    near = difflib.get_close_matches(str(key), candidates, n=1, cutoff=0.5)
     return f"; did you mean '{near[0]}'?" if near else ""
 
 
