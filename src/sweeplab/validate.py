@@ -16,6 +16,7 @@ def _one_of(value: str, choices: list[str] | tuple[str, ...], key: str, where: s
 def check(c: Config, where: str = "") -> None:
     """Raise ConfigError naming the first bad key of `c`."""
     from sweeplab import catalog, models, schedules  # no torch: validation stays fast
+    from sweeplab.models import rules
 
     d, a, o, s, t = c.data, c.augment, c.optim, c.sched, c.train
     _one_of(d.name, DATASETS, "data.name", where)
@@ -28,13 +29,17 @@ def check(c: Config, where: str = "") -> None:
     _require(len(d.synthetic_shape) == 3 and min(d.synthetic_shape) >= 1, "data.synthetic_shape",
              "must be [channels, height, width]", where)
     _require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2", where)
+    _require(d.synthetic_train >= 1 and d.synthetic_test >= 1, "data.synthetic_train",
+             "and data.synthetic_test must be >= 1", where)
 
     name = c.model.get("name")
     _require(isinstance(name, str), "model.name", f"must be a model name; valid: {', '.join(models.names())}",
              where)
     _one_of(name, models.names(), "model.name", where)
-    try:
+    try:  # the family's own rules (models/rules.py), without torch: e.g. a depth it cannot build
         models.check_options(name, {k: v for k, v in c.model.items() if k != "name"})
+    except rules.OptionError as e:
+        raise ConfigError(f"'{e.key}'{where} {e.message}") from None
     except ValueError as e:
         raise ConfigError(f"{e}{where}") from None
 
@@ -46,6 +51,10 @@ def check(c: Config, where: str = "") -> None:
     for key in ("mixup", "cutmix", "ricap", "dual_cutout"):
         _require(getattr(a, key) >= 0, f"augment.{key}", "must be >= 0 (0 = off)", where)
     _require(0.0 <= a.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)", where)
+    for key, top in (("random_erasing_area", 1.0), ("random_erasing_ratio", None)):
+        v = getattr(a, key)
+        _require(len(v) == 2 and 0 < v[0] <= v[1] and (top is None or v[1] <= top), f"augment.{key}",
+                 f"must be [lo, hi] with 0 < lo <= hi{' <= 1' if top else ''}, got {v}", where)
     mixers = [k for k in ("mixup", "cutmix", "ricap", "dual_cutout") if getattr(a, k) > 0]
     # Two batch mixers would silently overwrite each other's targets: refuse instead.
     _require(len(mixers) <= 1, f"augment.{mixers[-1] if mixers else ''}",
@@ -58,7 +67,10 @@ def check(c: Config, where: str = "") -> None:
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}", where)
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}", where)
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)", where)
-    _require(len(o.betas) == 2, "optim.betas", "must be two numbers", where)
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+             f"must be two numbers in [0, 1), got {o.betas}", where)
+    _require(o.lars_eps > 0, "optim.lars_eps", f"must be > 0, got {o.lars_eps}", where)
+    _require(o.lars_trust_coefficient >= 0, "optim.lars_trust_coefficient", "must be >= 0 (0 = off)", where)
 
     _one_of(s.name, schedules.names(), "sched.name", where)
     _one_of(s.warmup_kind, ("linear", "exponential"), "sched.warmup_kind", where)
@@ -69,6 +81,7 @@ def check(c: Config, where: str = "") -> None:
     _require(s.sgdr_t0 > 0, "sched.sgdr_t0", f"must be > 0, got {s.sgdr_t0}", where)
     _require(s.sgdr_t_mult >= 1, "sched.sgdr_t_mult", f"must be >= 1, got {s.sgdr_t_mult}", where)
     _require(0 <= s.min_lr_factor <= 1, "sched.min_lr_factor", f"must be in [0, 1], got {s.min_lr_factor}", where)
+    _require(0 < s.onecycle_peak < 1, "sched.onecycle_peak", f"must be in (0, 1), got {s.onecycle_peak}", where)
     _require(not (s.name == "onecycle" and s.warmup_epochs > 0), "sched.warmup_epochs",
              "must be 0 with sched.name=onecycle (the cycle's rising half is its warmup)", where)
 

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from sweeplab import catalog
+from sweeplab.models import rules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,13 +39,15 @@ def options(name: str) -> dict[str, Any]:
 
 
 def check_options(name: str, opts: dict[str, Any]) -> None:
-    """Raise ValueError naming the first option `name` does not take, with the nearest valid one."""
+    """Raise ValueError naming the first option `name` does not take (with the nearest valid one), or
+    one of the wrong type or that the family cannot build (`rules.OptionError`, torch-free)."""
     valid = options(name)
     for key in opts:
         if key not in valid:
-            near = difflib.get_close_matches(key, list(valid), n=1)
+            near = difflib.get_close_matches(str(key), [str(k) for k in valid], n=1)
             hint = f"; did you mean 'model.{near[0]}'?" if near else f"; valid: {', '.join(sorted(valid))}"
             raise ValueError(f"model '{name}' has no option 'model.{key}'{hint}")
+    rules.check(name, opts, valid)
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, **opts: Any) -> nn.Module:

@@ -26,13 +26,3 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-def stage_depth(depth: int, block_type: str, per_block: dict[str, int], extra: int = 2) -> int:
-    """Blocks per stage for a 3-stage CIFAR net: depth = 3 * layers_per_block * n + extra."""
-    if block_type not in per_block:
-        raise ValueError(f"block_type must be one of {sorted(per_block)}, got {block_type!r}")
-    layers = 3 * per_block[block_type]
-    if depth < layers + extra or (depth - extra) % layers:
-        raise ValueError(f"depth must be {layers}n+{extra} for {block_type} blocks, got {depth}")
-    return (depth - extra) // layers

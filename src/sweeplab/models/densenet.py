@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 class DenseLayer(nn.Module):
@@ -55,9 +55,8 @@ def densenet(num_classes: int = 10, in_channels: int = 3, depth: int = 100,
              block_type: str = "bottleneck", growth_rate: int = 12, compression_rate: float = 0.5,
              drop_rate: float = 0.0) -> nn.Module:
     """DenseNet / DenseNet-BC (Huang et al. 2017): https://arxiv.org/abs/1608.06993"""
-    n = stage_depth(depth, block_type, {"basic": 1, "bottleneck": 2}, extra=4)
-    if not 0 < compression_rate <= 1:
-        raise ValueError(f"compression_rate must be in (0, 1], got {compression_rate}")
+    n = rules.densenet(depth=depth, block_type=block_type, growth_rate=growth_rate,
+                       compression_rate=compression_rate, drop_rate=drop_rate)
     bottleneck = block_type == "bottleneck"
     channels = 2 * growth_rate if bottleneck and compression_rate < 1 else 16
     layers: list[nn.Module] = [conv3x3(in_channels, channels)]

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 class ShakeDropFunction(torch.autograd.Function):
@@ -84,9 +84,7 @@ class PyramidBlock(nn.Module):
 def pyramidnet(num_classes: int = 10, in_channels: int = 3, depth: int = 272,
                block_type: str = "bottleneck", alpha: int = 200, shakedrop: float = 0.0) -> nn.Module:
     """PyramidNet (Han et al. 2017), ShakeDrop (Yamada et al. 2018): https://arxiv.org/abs/1610.02915"""
-    n = stage_depth(depth, block_type, {"basic": 2, "bottleneck": 3})
-    if not 0 <= shakedrop < 1:
-        raise ValueError(f"shakedrop (the last block's drop probability) must be in [0, 1), got {shakedrop}")
+    n = rules.pyramidnet(depth=depth, block_type=block_type, alpha=alpha, shakedrop=shakedrop)
     bottleneck = block_type == "bottleneck"
     total = 3 * n
     layers: list[nn.Module] = [conv3x3(in_channels, 16), nn.BatchNorm2d(16)]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 def _projection(cin: int, cout: int, stride: int) -> nn.Module:
@@ -52,7 +52,7 @@ class BottleneckBlock(BasicBlock):
 def resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 110, block_type: str = "basic",
            initial_channels: int = 16) -> nn.Module:
     """ResNet (He et al. 2015) for 32x32 inputs: https://arxiv.org/abs/1512.03385"""
-    n = stage_depth(depth, block_type, {"basic": 2, "bottleneck": 3})
+    n = rules.resnet(depth=depth, block_type=block_type, initial_channels=initial_channels)
     block = BasicBlock if block_type == "basic" else BottleneckBlock
     layers: list[nn.Module] = [conv3x3(in_channels, initial_channels), nn.BatchNorm2d(initial_channels),
                                nn.ReLU(inplace=True)]

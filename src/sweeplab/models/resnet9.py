@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sweeplab.models import register_model
+from sweeplab.models import register_model, rules
 from sweeplab.models.common import conv3x3, init_weights
 
 
@@ -48,8 +48,7 @@ class Scale(nn.Module):
 def resnet9(num_classes: int = 10, in_channels: int = 3, channels: int = 64,
             celu_alpha: float = 0.0) -> nn.Module:
     """ResNet-9 (Page 2018, DAWNBench): https://myrtle.ai/learn/how-to-train-your-resnet/"""
-    if celu_alpha < 0:
-        raise ValueError(f"celu_alpha must be >= 0 (0 = ReLU), got {celu_alpha}")
+    rules.resnet9(channels=channels, celu_alpha=celu_alpha)
     c1, c2, c3, c4 = channels, 2 * channels, 4 * channels, 8 * channels
 
     def block(cin: int, cout: int) -> list[nn.Module]:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 Attention = Callable[[int], nn.Module]  # channels -> a module applied to the residual branch
@@ -80,10 +80,9 @@ class ResNetPreact(nn.Module):
                  initial_channels: int, remove_first_relu: bool, add_last_bn: bool,
                  preact_stage: list[bool], attention: Attention | None = None) -> None:
         super().__init__()
-        n = stage_depth(depth, block_type, {"basic": 2, "bottleneck": 3})
+        n = rules.resnet_preact(depth=depth, block_type=block_type, initial_channels=initial_channels,
+                                preact_stage=preact_stage)
         block = BasicBlock if block_type == "basic" else BottleneckBlock
-        if len(preact_stage) != 3:
-            raise ValueError(f"preact_stage needs 3 booleans, got {preact_stage}")
         self.stem = conv3x3(in_channels, initial_channels)
         layers, cin = [], initial_channels
         for i, (width, stride) in enumerate(zip((1, 2, 4), (1, 2, 2))):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 class ResNeXtBlock(nn.Module):
@@ -37,7 +37,7 @@ class ResNeXtBlock(nn.Module):
 def resnext(num_classes: int = 10, in_channels: int = 3, depth: int = 29, cardinality: int = 8,
             base_channels: int = 64) -> nn.Module:
     """ResNeXt-depth (cardinality)x(base_channels)d (Xie et al. 2017): https://arxiv.org/abs/1611.05431"""
-    n = stage_depth(depth, "bottleneck", {"bottleneck": 3})
+    n = rules.resnext(depth=depth, cardinality=cardinality, base_channels=base_channels)
     stem = 64
     layers: list[nn.Module] = [conv3x3(in_channels, stem), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
     cin = stem

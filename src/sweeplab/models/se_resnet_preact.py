@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
+from sweeplab.models import register_model, rules
 from sweeplab.models.resnet_preact import ResNetPreact
 
 
@@ -34,8 +34,8 @@ def se_resnet_preact(num_classes: int = 10, in_channels: int = 3, depth: int = 1
                      remove_first_relu: bool = False, add_last_bn: bool = False,
                      preact_stage: list[bool] = (True, True, True), se_reduction: int = 16) -> nn.Module:
     """SE-ResNet-preact (Hu et al. 2018): https://arxiv.org/abs/1709.01507"""
-    if se_reduction < 1:
-        raise ValueError(f"se_reduction must be >= 1, got {se_reduction}")
+    rules.se_resnet_preact(se_reduction=se_reduction, depth=depth, block_type=block_type,
+                           initial_channels=initial_channels, preact_stage=preact_stage)
     # init_weights only zeroes Linear biases, so the SE layers keep PyTorch's default weight init
     return ResNetPreact(num_classes, in_channels, depth, block_type, initial_channels,
                         remove_first_relu, add_last_bn, list(preact_stage),

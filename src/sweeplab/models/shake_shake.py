@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 class ShakeShakeFunction(torch.autograd.Function):
@@ -86,7 +86,7 @@ def shake_shake(num_classes: int = 10, in_channels: int = 3, depth: int = 26, in
                 shake_forward: bool = True, shake_backward: bool = True,
                 shake_image: bool = True) -> nn.Module:
     """Shake-Shake-depth 2x(initial_channels)d (Gastaldi 2017): https://arxiv.org/abs/1705.07485"""
-    n = stage_depth(depth, "basic", {"basic": 2})
+    n = rules.shake_shake(depth=depth, initial_channels=initial_channels)
     shake = (shake_forward, shake_backward, shake_image)
     layers: list[nn.Module] = [conv3x3(in_channels, 16), nn.BatchNorm2d(16)]
     cin = 16

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from sweeplab.models import register_model
+from sweeplab.models import register_model, rules
 from sweeplab.models.common import init_weights
 
 
@@ -19,9 +19,7 @@ from sweeplab.models.common import init_weights
 def vgg(num_classes: int = 10, in_channels: int = 3, n_channels: int = 64, n_layers: int = 15,
         use_bn: bool = True) -> nn.Module:
     """VGG-like (Simonyan & Zisserman 2014) for 32x32 inputs: https://arxiv.org/abs/1409.1556"""
-    if n_layers < 6 or n_layers % 3:
-        raise ValueError(f"n_layers must be 3n+3 (n convs in each of 3 stages), got {n_layers}")
-    per_stage = (n_layers - 3) // 3
+    per_stage = rules.vgg(n_channels=n_channels, n_layers=n_layers)
     layers: list[nn.Module] = []
     cin = in_channels
     for width in (n_channels, 2 * n_channels, 4 * n_channels):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeplab.models import register_model
-from sweeplab.models.common import conv1x1, conv3x3, init_weights, stage_depth
+from sweeplab.models import register_model, rules
+from sweeplab.models.common import conv1x1, conv3x3, init_weights
 
 
 class WideBlock(nn.Module):
@@ -35,7 +35,7 @@ class WideBlock(nn.Module):
 def wrn(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widening_factor: int = 10,
         drop_rate: float = 0.0) -> nn.Module:
     """WRN-depth-k (Zagoruyko & Komodakis 2016): https://arxiv.org/abs/1605.07146"""
-    n = stage_depth(depth, "basic", {"basic": 2}, extra=4)
+    n = rules.wrn(depth=depth, widening_factor=widening_factor, drop_rate=drop_rate)
     widths = [16 * widening_factor, 32 * widening_factor, 64 * widening_factor]
     layers: list[nn.Module] = [conv3x3(in_channels, 16)]
     cin = 16
