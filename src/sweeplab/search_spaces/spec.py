@@ -4,13 +4,12 @@ The format is docs/sweeps.md. Each check raises SweepError naming the file and t
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sweeplab.analysis import reference
-from sweeplab.config import ConfigError, _suggest, load_yaml
+from sweeplab.config import ConfigError, _suggest, load_yaml, read_yaml
 from sweeplab.search_spaces.domains import Domain, SweepError, check_key, parse, parse_variants
 from sweeplab.tracking.store import METRICS
 
@@ -34,12 +33,10 @@ RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker":
 def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the sweep file's mapping, the base config file's tree); missing or malformed files raise."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SweepError(f"malformed YAML in {path}: {' '.join(str(e).split())}") from None
+    try:  # missing, unreadable, binary, malformed, duplicate keys, non-finite numbers
+        spec = read_yaml(path, "sweep")
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
     if not isinstance(spec, dict):
         raise SweepError(f"{path}: a sweep file is a mapping of {', '.join(TOP)}")
     unknown(spec, TOP, "", path)
@@ -89,6 +86,8 @@ def typed(section: dict[str, Any], types: dict[str, Any], where: str, path: Any)
         want = (int, float) if want is float else want
         if isinstance(value, bool) or not isinstance(value, want):
             raise SweepError(f"{path}: '{where}{key}' has the wrong type: {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SweepError(f"{path}: '{where}{key}' must be a finite number, got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise SweepError(f"{path}: '{where}{key}' must be >= 0, got {value!r}")
 
@@ -123,7 +122,12 @@ def search(section: dict[str, Any], path: Any) -> dict[str, Any]:
     out = {"name": name, "num_samples": 1 if name == "grid" else 10, "seed": 0, **section}
     if out["num_samples"] < 1:
         raise SweepError(f"{path}: 'search.num_samples' must be >= 1")
+    if out["seed"] > MAX_SEED:  # numpy's and optuna's seeds are 32-bit
+        raise SweepError(f"{path}: 'search.seed' must be at most {MAX_SEED}, got {out['seed']}")
     return out
+
+
+MAX_SEED = 2**32 - 1
 
 
 def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
@@ -140,6 +144,15 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
             raise SweepError(f"{path}: 'scheduler.{key}' must be >= 1")
     if "reduction_factor" in options and options["reduction_factor"] <= 1:
         raise SweepError(f"{path}: 'scheduler.reduction_factor' must be > 1")
+    # Tune's PBT refuses a quantile above 0.5 (the top and bottom quantiles would overlap)
+    for key, top in (("quantile_fraction", 0.5), ("resample_probability", 1.0)):
+        if key in options and not 0 <= options[key] <= top:
+            raise SweepError(f"{path}: 'scheduler.{key}' must be in [0, {top:g}], got {options[key]!r}")
+    if not all(isinstance(k, str) for k in options.get("mutate", [])):
+        raise SweepError(f"{path}: 'scheduler.mutate' must list dotted keys of the space, got {options['mutate']!r}")
+    if options.get("grace_period", 1) > options.get("max_t", math.inf):
+        raise SweepError(f"{path}: 'scheduler.grace_period' ({options['grace_period']}) must be <= "
+                         f"'scheduler.max_t' ({options['max_t']})")
     return {"name": name, **options}
 
 
@@ -149,8 +162,10 @@ def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> 
     unknown(section, RESOURCES, where, path)
     typed(section, RESOURCES, where, path)
     out = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, **section}
-    if out["workers"] < 1 or out["cpus_per_worker"] <= 0:
-        raise SweepError(f"{path}: '{where}workers' and '{where}cpus_per_worker' must be >= 1 and > 0")
+    if out["workers"] < 1:
+        raise SweepError(f"{path}: '{where}workers' must be an integer >= 1, got {out['workers']!r}")
+    if out["cpus_per_worker"] <= 0:
+        raise SweepError(f"{path}: '{where}cpus_per_worker' must be > 0, got {out['cpus_per_worker']!r}")
     if out["gpus_per_worker"] > 1 and out["gpus_per_worker"] != int(out["gpus_per_worker"]):
         raise SweepError(f"{path}: '{where}gpus_per_worker' above 1 must be a whole number")
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +21,8 @@ from sweeplab.search_spaces import spec as S
 from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
 
 SEED = "train.seed"
+MAX_RUNGS = 100     # ASHA / HyperBand rungs: a reduction_factor of 1.0001 would make tens of thousands
+MAX_TRIALS = 10_000  # a sweep above this needs `--max-trials`: the dry-run alone would take minutes and GBs
 
 
 @dataclass
@@ -100,11 +103,19 @@ class Sweep:
 
     def make_trial(self, point: dict[str, Any], index: int = -1) -> Trial:
         """Resolve a point into a Trial, with the reference rows it fills."""
-        where = f" (trial {index}: {label(point)})" if index >= 0 else f" ({label(point)})"
+        where = (f" (trial {index}{': ' + label(point) if point else ''})" if index >= 0
+                 else f" ({label(point)})" if point else "")
         config, derived = self._resolve(point, where)
         trial = Trial(index, dict(point), derived, config)
         trial.rows = self._rows(trial)
         return trial
+
+    def size(self) -> tuple[int, str]:
+        """(the number of trials, how it is made up), computed without enumerating them."""
+        grids = [len(d.args) for d in self.space.values() if d.kind == "grid"]
+        n = math.prod(grids) * self.search["num_samples"] * self.seeds
+        return n, (f"grid {' x '.join(map(str, grids)) or 1} x num_samples {self.search['num_samples']} "
+                   f"x seeds {self.seeds}")
 
     def points(self) -> list[dict[str, Any]]:
         """The points to run: grid x num_samples x seeds (grid and random search); for optuna, the
@@ -158,6 +169,25 @@ class Sweep:
             if dom.sampled:
                 for value in dom.extremes():
                     self.make_trial({**first, key: value["label"] if key == "variant" else value})
+        self._check_scheduler()
+
+    def _check_scheduler(self) -> None:
+        """Scheduler options against the trials' length: a grace period no trial reaches never stops one,
+        and ASHA or HyperBand with more rungs than this build them all in the driver."""
+        s = self.scheduler
+        max_t = s.get("max_t", self.max_epochs())
+        if s["name"] in ("asha", "median") and s.get("grace_period", 1) > max_t:
+            raise SweepError(f"{self.path}: 'scheduler.grace_period' ({s['grace_period']}) is longer than the "
+                             f"longest trial ({max_t} epochs{'' if 'max_t' in s else ', train.epochs'})")
+        if s["name"] in ("asha", "hyperband"):
+            rf = s.get("reduction_factor", 4 if s["name"] == "asha" else 3)
+            rungs = int(math.log(max_t / s.get("grace_period", 1)) / math.log(rf)) + 1
+            if rungs > MAX_RUNGS:
+                raise SweepError(f"{self.path}: 'scheduler.reduction_factor' {rf} makes {rungs} rungs over "
+                                 f"{max_t} epochs (at most {MAX_RUNGS}); use 2 or more")
+            if s.get("brackets", 1) > rungs:
+                raise SweepError(f"{self.path}: 'scheduler.brackets' ({s['brackets']}) must be at most the "
+                                 f"number of rungs ({rungs}: grace_period x reduction_factor^k up to {max_t})")
 
     def snapshot(self) -> dict[str, Any]:
         """What `resume` needs to rebuild this sweep, unaffected by later edits of its files."""
@@ -284,10 +314,16 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
                  resources, max_concurrent, matches)
 
 
-def load(path: str | Path, smoke: bool = False) -> Sweep:
-    """Read, check and compile a sweep file; every trial config is validated. Raises SweepError."""
+def load(path: str | Path, smoke: bool = False, max_trials: int | None = None) -> Sweep:
+    """Read, check and compile a sweep file; every trial config is validated. Raises SweepError.
+    More than `max_trials` trials (default MAX_TRIALS) is refused before any is enumerated."""
     spec, config_tree = S.read(path)
     sweep = build(spec, config_tree, str(path), smoke)
+    cap = MAX_TRIALS if max_trials is None else max_trials
+    n, parts = sweep.size()
+    if n > cap:
+        raise SweepError(f"{path}: {n} trials ({parts}) is more than the cap of {cap}; "
+                         f"run it with --max-trials {n} if you mean it")
     sweep.check()
     return sweep
 
