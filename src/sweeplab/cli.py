@@ -9,11 +9,54 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, NoReturn
 
 from sweeplab.config import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr, like every other bad input (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"sweeplab: error: {_one_line(message)} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a key, say) shown escaped: an error is one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            within = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {within}, got {value}")
+        return value
+    return parse
+
+
+def folder(text: str) -> str:
+    """An argparse type: a folder to write into, or a URI; a path through an existing file is refused
+    here, before anything starts (it would fail later, with a traceback, after Ray started)."""
+    if "://" in text:
+        return text
+    path = Path(text).expanduser()
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise argparse.ArgumentTypeError(f"{p} is a file, not a folder" if p.is_file() else
+                                                 f"{p} is not a folder")
+            break
+    return text
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -50,16 +93,16 @@ def _tracking_uri(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sweeplab", description="Hyperparameter sweeps of image "
-                                 "classification training on Ray, tracked in MLflow.")
+    ap = Parser(prog="sweeplab", description="Hyperparameter sweeps of image "
+                "classification training on Ray, tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one config, no Ray")
     p.add_argument("config", help="YAML config (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
-    p.add_argument("--output", default=None, help="run folder (default: runs/<config stem>)")
+    p.add_argument("--output", default=None, type=folder, help="run folder (default: runs/<config stem>)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
-    p.add_argument("--stop-after", type=int, metavar="EPOCH", help="stop after this epoch's checkpoint "
+    p.add_argument("--stop-after", type=count(1), metavar="EPOCH", help="stop after this epoch's checkpoint "
                    "(continue later with --resume)")
     p.set_defaults(fn=_train)
 
@@ -73,29 +116,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the compiled trials; start nothing")
     p.add_argument("--name", help="launch name (default: <sweep>-<timestamp>)")
     p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT); default: start a local Ray")
-    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
-    p.add_argument("--max-concurrent", type=int, help="at most N trials at once")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--max-concurrent", type=count(1), help="at most N trials at once")
+    p.add_argument("--max-trials", type=count(1), metavar="N", help="refuse sweeps of more than N trials "
+                   "(default: 10000), checked before any trial is compiled")
+    p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
     _tracking_uri(p)
     p.set_defaults(fn=_sweeps("run"))
 
     p = sub.add_parser("resume", help="continue a sweep whose driver died")
     p.add_argument("name", help="launch name (see `sweeplab status`)")
-    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
     p.add_argument("--address", help="Ray cluster address; default: start a local Ray")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
     _tracking_uri(p)
     p.set_defaults(fn=_sweeps("resume"))
 
     p = sub.add_parser("status", help="list sweeps and the states of their trials")
     p.add_argument("name", nargs="?", help="launch name; default: all launches")
-    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
     p.set_defaults(fn=_sweeps("status"))
 
     p = sub.add_parser("best", help="the best trials of a sweep or launch")
     p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
     p.add_argument("--metric", default="val/error")
-    p.add_argument("--top", type=int, default=1)
+    p.add_argument("--top", type=count(1), default=1)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--yaml", action="store_true", help="write the best config as a `sweeplab train` YAML")
@@ -122,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_analysis("export"))
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=count(1, 65535), default=5000)
     _tracking_uri(p)
     p.set_defaults(fn=_analysis("ui"))
     return ap
@@ -133,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ConfigError as e:  # every bad-input error derives from ConfigError
-        print(f"sweeplab: error: {e}", file=sys.stderr)
+        print(f"sweeplab: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sweeplab: interrupted", file=sys.stderr)
