@@ -38,21 +38,42 @@ class Tracker:
         self._set_tags(self.parent_id, all_tags)
 
     def trial_start(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> None:
-        """Create (or re-open after a resume) the trial's child run with params, tags and config.yaml."""
-        run_id = self._find(trial_id)
+        """Create (or re-open after a resume) the trial's child run with params, tags and config.yaml.
+        Safe to call again after a failure part-way: what is there already is not logged twice."""
+        reopened = self._find(trial_id) is not None
+        self.ensure_trial(trial_id, config, tags)
+        if reopened:
+            self.client.update_run(self._children[trial_id], status="RUNNING")
+
+    def ensure_trial(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> list[str]:
+        """The trial's child run as its start logs it: created if missing; params, config.yaml and tags it
+        lacks are added (its status is left alone). Returns what was missing ([] when nothing was)."""
+        from mlflow.entities import Param
+
         base = {PARENT: self.parent_id, SWEEP: self.experiment, LAUNCH: self.launch, TRIAL: trial_id}
+        run_id, fixed = self._find(trial_id), []
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=base).info.run_id
             self._children[trial_id] = run_id
-            if config:  # params are immutable: written once, when the run is new
-                from mlflow.entities import Param
-
-                params = [Param(k, _param(v)) for k, v in sorted(flatten(config).items())]
-                self.client.log_batch(run_id, params=params)
-                self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+            fixed.append("run")
+            have_params, have_tags, have_config = {}, dict(base), False
         else:
-            self.client.update_run(run_id, status="RUNNING")
-        self._set_tags(run_id, {**base, **tags})
+            run = self.client.get_run(run_id)
+            have_params, have_tags = dict(run.data.params), dict(run.data.tags)
+            have_config = bool(config) and any(a.path == "config.yaml" for a in self.client.list_artifacts(run_id))
+        if config:  # params are immutable: only the missing ones are written (MLflow splits a batch over 100)
+            params = [Param(k, _param(v)) for k, v in sorted(flatten(config).items()) if k not in have_params]
+            if params:
+                self.client.log_batch(run_id, params=params)
+                fixed.append("params")
+            if not have_config:
+                self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+                fixed.append("config.yaml")
+        missing = {k: v for k, v in {**base, **tags}.items() if have_tags.get(k) != str(v)}
+        if missing:
+            self._set_tags(run_id, missing)
+            fixed.append("tags")
+        return fixed
 
     def trial_tags(self, trial_id: str, tags: dict[str, str]) -> None:
         """Add or overwrite tags of a trial's run (e.g. sweeplab.hardware)."""
@@ -75,6 +96,16 @@ class Tracker:
         run_id = self._run_id(trial_id)
         self._set_tags(run_id, {"stopped_early": "true" if stopped_early and not failed else "false"})
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def logged_epochs(self, trial_id: str) -> set[int]:
+        """The epochs MLflow holds metrics of for a trial (the steps of its `epoch` metric; one batch per epoch)."""
+        run_id = self._find(trial_id)
+        return set() if run_id is None else {m.step for m in self.client.get_metric_history(run_id, "epoch")}
+
+    def run_status(self, trial_id: str) -> str | None:
+        """The status of a trial's run (RUNNING, FINISHED, FAILED, KILLED), None when it has none."""
+        run_id = self._find(trial_id)
+        return None if run_id is None else self.client.get_run(run_id).info.status
 
     def close(self, status: str = "FINISHED") -> None:
         """Close the launch's parent run."""

@@ -1,35 +1,77 @@
 """The driver side of a sweep: trial events -> MLflow (through the Tracker) and short progress lines.
 
 Tune's own reporter prints a wide table every few seconds; a sweep of long trials reads better as
-one line per trial start, per epoch and per end.
+one line per trial start, per epoch and per end. A tracking call that fails is retried; what MLflow
+still did not take is recorded in `Driver.lost` (never just a warning), and `Driver.reconcile`
+logs it again from Tune's own per-trial results.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from sweeplab.search_spaces import Sweep, label
 from sweeplab.tracking import METRICS
 
 SHOWN = ("train/loss", "val/error", "time/images_per_s")
+ENDED = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune's final states -> the child run's status
+
+
+@dataclass
+class Lost:
+    """Something MLflow did not take after every retry: a trial ('' for the launch's parent run) and what."""
+
+    trial_id: str
+    what: str
+    error: str
 
 
 class Driver:
     """The Listener of ray_backend: tags and logs each trial, prints its progress."""
 
+    # Seconds between tries of a tracking call: a locked SQLite file or a restarting server recovers
+    # in seconds; a full disk does not, and then costs the driver ~3 s per call before it gives up.
+    RETRY_DELAYS: tuple[float, ...] = (0.25, 1.0, 2.0)
+
     def __init__(self, sweep: Sweep, tracker: Any, out: Any = None) -> None:
         self.sweep, self.tracker, self.out = sweep, tracker, out or sys.stdout
         self.start = time.monotonic()
         self.epochs: dict[str, int] = {}
+        self.lost: list[Lost] = []  # what MLflow still lacks; reconcile() removes what it logs again
 
-    def safe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Call the tracker; a tracking failure is reported, never allowed to stop the sweep."""
-        try:
-            fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            print(f"sweeplab: warning: tracking failed ({getattr(fn, '__name__', fn)}): "
-                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    def safe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Call the tracker (e.g. `tracker.close`) with retries; a failure is recorded in `lost`, never raised."""
+        name = getattr(fn, "__name__", str(fn))
+        what = f"parent run end ({(args or ('FINISHED',))[0]})" if name == "close" else name
+        return self._log("", what, fn, *args, **kwargs)
+
+    def lost_trials(self) -> list[str]:
+        """The trials MLflow still lacks something of, in order of their first loss ('' = the parent run)."""
+        return list(dict.fromkeys(x.trial_id for x in self.lost))
+
+    def _log(self, trial_id: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """`fn(*args, **kwargs)`, tried again after each of RETRY_DELAYS; False (and one line) if it never worked."""
+        for delay in (*self.RETRY_DELAYS, None):
+            try:
+                fn(*args, **kwargs)
+                return True
+            except Exception as e:  # noqa: BLE001 - tracking must not stop the sweep; the loss is recorded
+                if delay is None:
+                    self._lose(trial_id, what, e)
+                    return False
+                time.sleep(delay)
+        return False
+
+    def _lose(self, trial_id: str, what: str, e: BaseException) -> None:
+        error = f"{type(e).__name__}: {_first_line(e)}"
+        self.lost.append(Lost(trial_id, what, error))
+        whose = f"trial {trial_id}" if trial_id else f"launch {getattr(self.tracker, 'launch', '')}".rstrip()
+        print(f"sweeplab: tracking lost {whose}: {what} (after {len(self.RETRY_DELAYS) + 1} tries: {error})",
+              file=sys.stderr, flush=True)
 
     def say(self, trial_id: str, text: str) -> None:
         print(f"[{time.monotonic() - self.start:6.0f}s] {trial_id}  {text}", file=self.out, flush=True)
@@ -37,11 +79,8 @@ class Driver:
     def trial_start(self, trial_id: str, point: dict[str, Any]) -> None:
         trial = self.sweep.trial(point)
         self.epochs[trial_id] = trial.config.train.epochs
-        tags = {"sweeplab.trial_id": trial_id, "sweeplab.seed": str(trial.config.train.seed),
-                "sweeplab.variant": str(point.get("variant", "")), "sweeplab.tables": ",".join(trial.rows),
-                "sweeplab.smoke": str(self.sweep.smoke).lower(),
-                **{f"sweeplab.row.{tid}": str(row) for tid, row in trial.rows.items()}}
-        self.safe(self.tracker.trial_start, trial_id, trial.config.to_dict(), tags)
+        self._log(trial_id, "run (params, config.yaml, tags)", self.tracker.trial_start,
+                  trial_id, trial.config.to_dict(), self._tags(trial_id, trial.config.train.seed, trial.rows, point))
         self.say(trial_id, f"start  {label(trial.values)}")
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -49,18 +88,19 @@ class Driver:
             self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}")
             return
         if isinstance(result.get("hardware"), str):
-            self.safe(self.tracker.trial_tags, trial_id, {"sweeplab.hardware": result["hardware"]})
-        metrics = {k: result[k] for k in METRICS if k in result}
-        if result.get("val_stale"):  # carried forward for the scheduler, not measured this epoch
-            metrics = {k: v for k, v in metrics.items() if not k.startswith("val/")}
-        self.safe(self.tracker.trial_result, trial_id, metrics, result.get("reported_at"))
+            self._log(trial_id, "hardware tag", self.tracker.trial_tags,
+                      trial_id, {"sweeplab.hardware": result["hardware"]})
+        metrics = _metrics(result)
+        self._log(trial_id, f"epoch {int(result.get('epoch', 0))} metrics", self.tracker.trial_result,
+                  trial_id, metrics, result.get("reported_at"))
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics)
         self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}")
 
     def trial_end(self, trial_id: str, result: dict[str, Any], error: str | None) -> None:
         epoch, epochs = int(result.get("epoch", 0)), self._epochs(trial_id, result)
         stopped = error is None and epoch < epochs
-        self.safe(self.tracker.trial_end, trial_id, failed=error is not None, stopped_early=stopped)
+        self._log(trial_id, f"end ({'FAILED' if error is not None else 'FINISHED'})", self.tracker.trial_end,
+                  trial_id, failed=error is not None, stopped_early=stopped)
         metric = f"{self.sweep.metric} {result[self.sweep.metric]:.4g}" if self.sweep.metric in result else ""
         if error is not None:
             self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}")
@@ -75,11 +115,110 @@ class Driver:
         self.say(trial_id, f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
                            f"retrying from {'its epoch ' + str(epoch) + ' checkpoint' if epoch else 'the start'}")
 
+    def reconcile(self, trials: Iterable[Any]) -> list[str]:
+        """Log again, from Tune's results, what MLflow lacks of each trial: its run (params, config.yaml,
+        tags), the epochs it has no metrics of (each exactly once) and the end of a finished or failed
+        trial. Idempotent. `trials` are ray_backend.TrialSummary (trial_id, status, point, result, path).
+        Returns one line per trial logged again; `lost` keeps only what still could not be logged."""
+        relogged: list[str] = []
+        for t in trials:
+            results = tune_results(getattr(t, "path", None))
+            point = t.point or _point(results)
+            if not point or (not results and not t.result and t.status not in ENDED):
+                continue  # not started yet (or no trace of it): Tune's trial_start logs it when it runs
+            done: list[str] = []
+            if self._log(t.trial_id, "reconcile from Tune's results", self._reconcile, t, point, results, done):
+                self.lost = [x for x in self.lost if x.trial_id != t.trial_id]
+            if done:
+                line = f"{t.trial_id}: {', '.join(dict.fromkeys(done))}"
+                relogged.append(line)
+                print(f"sweeplab: logged again from Tune's results: {line}", file=sys.stderr, flush=True)
+        return relogged
+
+    def _reconcile(self, t: Any, point: dict[str, Any], results: list[dict[str, Any]], done: list[str]) -> None:
+        trial, tr = self.sweep.trial(point), self.tracker
+        by_epoch = {int(r["epoch"]): r for r in results or [t.result or {}]
+                    if _number(r.get("epoch")) and not r.get("replay")}  # the last report of each epoch
+        tags = self._tags(t.trial_id, trial.config.train.seed, trial.rows, point)
+        hardware = [r["hardware"] for r in results or [t.result or {}] if isinstance(r.get("hardware"), str)]
+        if hardware:
+            tags["sweeplab.hardware"] = hardware[-1]
+        done += tr.ensure_trial(t.trial_id, trial.config.to_dict(), tags)
+        logged = tr.logged_epochs(t.trial_id)
+        for epoch in sorted(set(by_epoch) - logged):
+            tr.trial_result(t.trial_id, _metrics(by_epoch[epoch]), by_epoch[epoch].get("reported_at"))
+            done.append(f"epoch {epoch} metrics")
+        want = ENDED.get(t.status)
+        if want and tr.run_status(t.trial_id) != want:
+            last = max(by_epoch, default=0)
+            tr.trial_end(t.trial_id, failed=want == "FAILED",
+                         stopped_early=want == "FINISHED" and last < trial.config.train.epochs)
+            done.append(f"end ({want})")
+
+    def _tags(self, trial_id: str, seed: int, rows: dict[str, int], point: dict[str, Any]) -> dict[str, str]:
+        return {"sweeplab.trial_id": trial_id, "sweeplab.seed": str(seed),
+                "sweeplab.variant": str(point.get("variant", "")), "sweeplab.tables": ",".join(rows),
+                "sweeplab.smoke": str(self.sweep.smoke).lower(),
+                **{f"sweeplab.row.{tid}": str(row) for tid, row in rows.items()}}
+
     def _epochs(self, trial_id: str, result: dict[str, Any]) -> int:
         if trial_id not in self.epochs:  # an event of a trial started by an earlier driver
             point = (result.get("config") or {}).get("point")
             self.epochs[trial_id] = self.sweep.resolve(point).train.epochs if point else 0
         return self.epochs[trial_id]
+
+
+def tune_results(path: str | Path | None) -> list[dict[str, Any]]:
+    """Every result Tune wrote to a trial folder's result.json (JSON lines); a torn last line is skipped."""
+    if not path:
+        return []
+    try:
+        if "://" in str(path):  # a storage URI: Tune's own file system layer reads it
+            import pyarrow.fs
+
+            fs, root = pyarrow.fs.FileSystem.from_uri(str(path))
+            with fs.open_input_stream(f"{root.rstrip('/')}/result.json") as f:
+                text = f.read().decode()
+        else:
+            text = (Path(path) / "result.json").read_text()
+    except (OSError, ValueError):
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The design metrics of one result; val/* left out when carried forward rather than measured."""
+    metrics = {k: result[k] for k in METRICS if k in result}
+    if result.get("val_stale"):  # carried forward for the scheduler, not measured this epoch
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("val/")}
+    return metrics
+
+
+def _point(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for r in reversed(results):
+        config = r.get("config")
+        if isinstance(config, dict) and isinstance(config.get("point"), dict):
+            return config["point"]
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line, short: MLflow's SQL errors carry the whole statement."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def finished(sweep: Sweep, summaries: list[Any]) -> list[Any]:
