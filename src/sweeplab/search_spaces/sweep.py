@@ -17,6 +17,7 @@ from typing import Any
 
 from sweeplab.analysis import reference
 from sweeplab.config import Config, ConfigError, flatten, from_dict, merge, set_dotted
+from sweeplab.names import check_name
 from sweeplab.search_spaces import spec as S
 from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
 
@@ -306,8 +307,10 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
                                        or max_concurrent < 1):
         raise SweepError(f"{path}: 'max_concurrent' must be an integer >= 1, got {max_concurrent!r}")
     name = spec.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise SweepError(f"{path}: 'name' must be a non-empty string without '/', got {name!r}")
+    try:  # it names the MLflow experiment and, with a timestamp, the launch's folder
+        check_name(name, "'name'")
+    except ConfigError as e:
+        raise SweepError(f"{path}: {e}") from None
     metric, mode = S.metric(spec, path)
     matches = S.table_matches(S.mapping(spec, "tables", path), "variant" in space, path)
     return Sweep(path, name, smoke, spec, config_tree, base, space, seeds, search, scheduler, metric, mode,

@@ -1,0 +1,28 @@
+"""Names that become folder names (launches, sweeps): one path component, printable, no tricks."""
+from __future__ import annotations
+
+import unicodedata
+
+from sweeplab.config import ConfigError
+
+MAX_LENGTH = 128
+
+
+def check_name(name: object, what: str) -> str:
+    """`name` if it is safe as a single folder name under a storage root, else ConfigError naming `what`.
+
+    A launch name is joined onto --storage: a separator or '..' would write outside it, and control
+    characters (newlines) would forge lines in `sweeplab status` and in logs.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what} must be a non-empty name, got {name!r}")
+    bad = [c for c in name if unicodedata.category(c)[0] == "C"]
+    if bad:
+        raise ConfigError(f"{what} {name!r} contains a control character ({bad[0]!r})")
+    if "/" in name or "\\" in name:
+        raise ConfigError(f"{what} {name!r} must be one folder name, without '/' or '\\'")
+    if name.startswith(".") or name != name.strip():
+        raise ConfigError(f"{what} {name!r} must not start with '.' or with/end in spaces")
+    if len(name) > MAX_LENGTH:
+        raise ConfigError(f"{what} is {len(name)} characters long; at most {MAX_LENGTH}")
+    return name
