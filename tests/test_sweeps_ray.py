@@ -161,9 +161,19 @@ def test_ddp_trial_keeps_ranks_identical(tmp_path):
     # 64 images in batches of 64: one optimiser step per epoch, so "after each epoch" is "after each step"
     path = write_sweep(tmp_path, name="ddp", overrides={"train.epochs": 3, "data.synthetic_train": 64},
                        space={"optim.lr": {"grid": [0.5]}}, resources={"workers": 2, "cpus_per_worker": 1})
-    r = subprocess.run(cli(tmp_path, "run", str(path), "--name", "ddp", "--num-cpus", "2"), capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+    proc = subprocess.Popen(cli(tmp_path, "run", str(path), "--name", "ddp", "--num-cpus", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, sockets = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        if sockets is None and " epoch 1/" in line:  # both ranks joined the process group and still train
+            sockets = listening(descendants(proc.pid))
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, "".join(lines)
+    # the rendezvous (torch's TCPStore) and gloo's pairs listen on loopback like the rest of the local Ray
+    assert sockets is not None and any("ray::RayTrainWorker" in p or "ray::_RayTrainWorker" in p
+                                       for _, p in sockets), sockets
+    assert all(addr in LOOPBACK for addr, _ in sockets), sockets
     (result,) = (tmp_path / "ray" / "ddp").glob("train_ddp_trial_*/result.json")
     epochs = [json.loads(line) for line in result.read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]

@@ -97,6 +97,12 @@ class Tracker:
         self._set_tags(run_id, {"stopped_early": "true" if stopped_early and not failed else "false"})
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
+    def trial_interrupted(self, trial_id: str) -> None:
+        """Mark a trial's open run KILLED (the sweep was stopped; `resume` re-opens it as RUNNING)."""
+        run_id = self._find(trial_id)
+        if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "KILLED")
+
     def logged_epochs(self, trial_id: str) -> set[int]:
         """The epochs MLflow holds metrics of for a trial (the steps of its `epoch` metric; one batch per epoch)."""
         run_id = self._find(trial_id)

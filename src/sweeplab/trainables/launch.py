@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab.config import _suggest, flatten, from_dict
+from sweeplab.names import check_name
 from sweeplab.search_spaces import Sweep, SweepError, from_snapshot, load
 
 DEFAULT_STORAGE = "runs/ray"
@@ -29,14 +31,12 @@ def resolve_storage(storage: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`sweeplab run`: validate, then dry-run or launch."""
-    sweep = load(args.sweep, smoke=args.smoke)
+    sweep = load(args.sweep, smoke=args.smoke, max_trials=args.max_trials)
     if args.dry_run:
         print_trials(sweep)
         return 0
     storage = resolve_storage(args.storage)
-    launch = args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "/" in launch or not launch.strip():
-        raise SweepError(f"--name {launch!r}: a launch name is one folder name")
+    launch = check_name(args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name")
     if _read_meta(storage, launch) is not None:
         raise SweepError(f"launch {launch!r} already exists in {storage}; continue it with "
                          f"`sweeplab resume {launch}` or choose another --name")
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def resume(args: argparse.Namespace) -> int:
     """`sweeplab resume NAME`: continue a launch whose driver died."""
     storage = resolve_storage(args.storage)
+    check_name(args.name, "launch name")  # joined onto --storage: never a path out of it
     meta = _read_meta(storage, args.name)
     if meta is None:
         known = launches(storage)
@@ -74,19 +75,29 @@ def resume(args: argparse.Namespace) -> int:
 def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: argparse.Namespace,
            max_concurrent: int | None, resuming: bool) -> int:
     from sweeplab.tracking import Tracker, warm_store
-    from sweeplab.trainables import progress, ray_backend
+    from sweeplab.trainables import launch_state, progress, ray_backend
 
     if resuming:
         ray_backend.environment(storage, local=args.address is None)
-        if not ray_backend.can_resume(storage, launch):
-            raise SweepError(f"launch {launch!r} in {storage} has no saved Tune state to resume "
-                             "(its driver died before Tune saved any); run the sweep again under another --name")
+        try:  # Tune unpickles its state: only a copy this user's key signed is put back for it to read
+            aside = ray_backend.prepare_resume(storage, launch)
+        except launch_state.StateError as e:
+            print(f"sweeplab: cannot resume {launch}: {e}; start the sweep again under another --name",
+                  file=sys.stderr)
+            return 1
+        if aside:
+            print(f"sweeplab: moved aside unread, as they differ from the last verified Tune state: "
+                  f"{', '.join(aside)}; resuming from the verified copy", file=sys.stderr, flush=True)
     else:
         _write_meta(storage, launch, meta)
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.
     warm = threading.Thread(target=warm_store, args=(meta["tracking_uri"],), daemon=True)
     warm.start()
     address = ray_backend.start(args.address, args.num_cpus, storage, dashboard=sweep.resources["workers"] > 1)
+    # SIGTERM (a scheduler's kill, `timeout`, `ray job stop`) ends the sweep like Ctrl-C does: Tune stops
+    # the trials and saves its state, so the launch stays resumable. Set after ray.init, which installs
+    # its own handler (a C++ stack dump).
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     warm.join()
     tags = {"sweeplab.sweep_file": sweep.path, "sweeplab.launch": launch, "sweeplab.command": _command(),
             "sweeplab.ray_address": address, "sweeplab.smoke": str(sweep.smoke).lower(),
@@ -98,14 +109,19 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
             print(f"sweeplab: {note}", flush=True)
         tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags)
         driver = progress.Driver(sweep, tracker)
-        if resuming:
+        if resuming:  # what an earlier driver could not log (killed, full disk) comes from Tune's results
+            driver.reconcile(ray_backend.trials(storage, launch))
             summaries = ray_backend.resume(sweep, launch, storage, driver)
         else:
             summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
+        if driver.lost:  # the store may be back by now: log again from Tune's results what failed
+            driver.reconcile(summaries)
         failed = [s for s in summaries if s.status == "ERROR"]
         # Ctrl-C: Tune stops the experiment, saves its state and returns with trials unfinished
         unfinished = [s for s in summaries if s.status not in ("TERMINATED", "ERROR")]
         status = "KILLED" if unfinished else "FAILED" if failed else "FINISHED"
+        for t in unfinished:  # stopped by Ctrl-C or SIGTERM: KILLED in MLflow until `resume` re-opens them
+            driver.safe(tracker.trial_interrupted, t.trial_id)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -114,21 +130,32 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
             driver.safe(tracker.close, status)
         ray_backend.shutdown()
     progress.print_summary(sweep, summaries)
+    if driver.lost:  # never silent: the sweep ran, but its record in MLflow is incomplete
+        who = ", ".join(t or "the parent run" for t in driver.lost_trials())
+        print(f"sweeplab: MLflow is missing data of {who}; `sweeplab resume {launch}` logs it again from "
+              "Tune's results once the store works", file=sys.stderr)
     if unfinished:
         print(f"sweeplab: stopped with {len(unfinished)} trial(s) unfinished; `sweeplab resume {launch}` "
               "continues them", file=sys.stderr)
         return 1
-    if failed:
-        print(f"sweeplab: {len(failed)} trial(s) failed; `sweeplab resume {launch}` retries them", file=sys.stderr)
-    return 1 if failed else 0
+    lost = [s for s in failed if s.error and "cannot be resumed" in s.error]
+    if lost:
+        print(f"sweeplab: {len(lost)} trial(s) have no readable checkpoint and must be run again "
+              f"({', '.join(s.trial_id for s in lost)})", file=sys.stderr)
+    if len(failed) > len(lost):
+        print(f"sweeplab: {len(failed) - len(lost)} trial(s) failed; `sweeplab resume {launch}` retries them",
+              file=sys.stderr)
+    return 1 if failed or driver.lost else 0
 
 
 def status(args: argparse.Namespace) -> int:
     """`sweeplab status [NAME]`: launches and the states of their trials."""
-    from sweeplab.trainables import progress, ray_backend
+    from sweeplab.trainables import launch_state, progress, ray_backend
 
     storage = resolve_storage(args.storage)
     names = launches(storage)
+    if args.name:
+        check_name(args.name, "launch name")
     if args.name and args.name not in names:
         raise SweepError(f"no launch {args.name!r} in {storage}{_suggest(args.name, names)}")
     if not names:
@@ -139,6 +166,9 @@ def status(args: argparse.Namespace) -> int:
         meta = _read_meta(storage, name) or {}
         try:
             trials = ray_backend.trials(storage, name)
+        except launch_state.StateError as e:  # no copy of Tune's state this user's key signed: not read
+            print(f"sweeplab: {name}: {e}", file=sys.stderr)
+            trials = []
         except Exception:  # noqa: BLE001 - a launch whose driver died before Tune saved anything
             trials = []
         progress.print_status(name, meta, trials, detail=bool(args.name))

@@ -13,13 +13,14 @@ import logging
 import math
 import os
 import secrets
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from sweeplab.search_spaces import Domain, Sweep
-from sweeplab.trainables import worker
+from sweeplab.trainables import launch_state, ray_ddp, worker
 
 LOCAL_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",   # a local node binds 127.0.0.1, not the external address
@@ -52,10 +53,13 @@ class TrialSummary:
     point: dict[str, Any]
     result: dict[str, Any]
     error: str | None = None
+    path: str | None = None     # the trial's folder (Tune's result.json), when it is local
 
 
 _LISTENER: Listener | None = None  # the driver's listener; the (pickled) Tune callback looks it up here
+_KEEPER: launch_state.Keeper | None = None  # signs copies of Tune's state as the experiment goes
 _STARTED = False
+_LOCAL = False  # this process started the Ray it uses: one machine, so DDP stays on loopback
 
 
 def environment(storage: str, local: bool) -> None:
@@ -67,16 +71,22 @@ def environment(storage: str, local: bool) -> None:
         token = Path(storage) / ".ray_auth_token"
         if not token.exists():
             token.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = token.with_name(f".ray_auth_token.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.write(fd, secrets.token_hex(32).encode())
             os.close(fd)
+            try:  # atomic, never overwrites: two first sweeps in one new folder share the winner's token
+                os.link(tmp, token)
+            except FileExistsError:
+                pass
+            os.unlink(tmp)
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token.resolve()))
 
 
 def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bool = True) -> str:
     """Start a local Ray on 127.0.0.1 (address None) or join a cluster; return the address.
     `dashboard` False leaves a local Ray's dashboard modules out (a sweep without DDP trials)."""
-    global _STARTED
+    global _STARTED, _LOCAL
     environment(storage, local=address is None)
     import ray
 
@@ -89,13 +99,25 @@ def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bo
         # it. Other sweeps skip its modules: ~2 CPU-seconds that a 2-core laptop would spend while Ray
         # starts, right before the first trial's start-up (BENCHMARKS.md, "command -> first step").
         ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=100_000_000,
-                       _temp_dir=f"/tmp/sweeplab-ray-{os.getuid()}", dashboard_host="127.0.0.1",
+                       _temp_dir=private_temp_dir(), dashboard_host="127.0.0.1",
                        include_dashboard=dashboard, **quiet)
     else:
         ctx = ray.init(address=address, **quiet)
-    _STARTED = True
+    _STARTED, _LOCAL = True, address is None
     tune_import.join()
     return ctx.address_info.get("gcs_address", address or "local")
+
+
+def private_temp_dir() -> str:
+    """Ray's temp folder, inside a folder of this user's with mode 0700: Ray makes its own folders
+    world-writable (sockets, logs, session files), so the folder above them is what keeps them private."""
+    path = Path(tempfile.gettempdir()) / f"sweeplab-ray-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if st.st_uid != os.getuid() or not path.is_dir() or path.is_symlink():
+        raise RuntimeError(f"{path} is not a folder of this user: remove it, or set TMPDIR elsewhere")
+    os.chmod(path, 0o700)
+    return str(path / "ray")  # Ray chmods its own folder to 0777: the one above it stays private
 
 
 def shutdown() -> None:
@@ -200,7 +222,8 @@ def _trainable(sweep: Sweep, storage: str, launch: str) -> Any:
         fn = tune.with_parameters(train_trial, sweep=sweep)
         return tune.with_resources(fn, {"cpu": r["cpus_per_worker"], "gpu": r["gpus_per_worker"]})
     # The trial's own function only launches the TorchTrainer, whose workers hold the CPUs and GPUs.
-    fn = tune.with_parameters(train_ddp_trial, sweep=sweep, storage=f"{storage.rstrip('/')}/{launch}/{DDP_STORAGE}")
+    fn = tune.with_parameters(ray_ddp.train_ddp_trial, sweep=sweep,
+                              storage=f"{storage.rstrip('/')}/{launch}/{DDP_STORAGE}", loopback=_LOCAL)
     return tune.with_resources(fn, {"cpu": 0, "memory": 10_000_000})
 
 
@@ -233,6 +256,10 @@ def _callback() -> Any:
             if _LISTENER:
                 _LISTENER.trial_end(trial.trial_id, trial.last_result or {}, _error(trial))
 
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if _KEEPER:  # Tune saves its state every TUNE_GLOBAL_CHECKPOINT_S; copy it when it changed
+                _KEEPER.maybe_copy()
+
     return Forward()
 
 
@@ -253,10 +280,9 @@ def _error(trial: Any) -> str:
 
 def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurrent: int | None) -> list[TrialSummary]:
     """Run a sweep as a Tune experiment `storage/launch`; return every trial's summary."""
-    global _LISTENER
     from ray import tune
 
-    _LISTENER = listener
+    _watch(listener, storage, launch)
     tuner = tune.Tuner(
         _trainable(sweep, storage, launch), param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=_searcher(sweep),
@@ -266,36 +292,62 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
                                     reuse_actors=True,
                                     num_samples=sweep.search["num_samples"] if sweep.search["name"] == "optuna" else 1),
         run_config=tune.RunConfig(name=launch, storage_path=storage, verbose=0, callbacks=[_callback(), *_loggers()],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  # two: the older is the fallback when the newest is unreadable
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                   failure_config=tune.FailureConfig(max_failures=1)))
-    return _summaries(tuner.fit())
+    return _fit(tuner)
+
+
+def _watch(listener: Listener, storage: str, launch: str) -> None:
+    global _LISTENER, _KEEPER
+    _LISTENER = listener
+    _KEEPER = launch_state.Keeper(f"{storage}/{launch}") if "://" not in storage else None
+
+
+def _fit(tuner: Any) -> list[TrialSummary]:
+    try:
+        results = tuner.fit()
+    finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`
+        if _KEEPER:
+            _KEEPER.maybe_copy(force=True)
+    return _summaries(results)
 
 
 def resume(sweep: Sweep, launch: str, storage: str, listener: Listener) -> list[TrialSummary]:
     """Continue `storage/launch`: unfinished and errored trials from their checkpoints, the searcher's
-    state restored; finished trials are not run again."""
-    global _LISTENER
+    state restored; finished trials are not run again. Tune reads only the state `prepare_resume`
+    put back from a verified copy."""
     from ray import tune
 
-    _LISTENER = listener
+    _watch(listener, storage, launch)
     path = f"{storage.rstrip('/')}/{launch}"
     tuner = tune.Tuner.restore(path, _trainable(sweep, storage, launch), resume_unfinished=True,
                                resume_errored=True, param_space=param_space(sweep))
-    return _summaries(tuner.fit())
+    return _fit(tuner)
 
 
-def can_resume(storage: str, launch: str) -> bool:
-    """Whether Tune saved a restorable state for this launch."""
-    from ray import tune
-
-    return tune.Tuner.can_restore(f"{storage.rstrip('/')}/{launch}")
+def prepare_resume(storage: str, launch: str) -> list[str]:
+    """Put the launch's newest verified Tune state back in place (launch_state.StateError if there is
+    none); return the names of live files that did not match it and were moved aside unread."""
+    if "://" in storage:  # remote storage: Tune's own state, as stored (docs/cluster.md)
+        return []
+    return launch_state.reinstate(f"{storage.rstrip('/')}/{launch}")[1]
 
 
 def trials(storage: str, launch: str) -> list[TrialSummary]:
-    """The trials of a launch as last saved, read from storage without starting Ray."""
+    """The trials of a launch as last saved (its newest verified copy), read without starting Ray."""
     from ray.tune import ExperimentAnalysis
 
-    return _summaries_of(ExperimentAnalysis(f"{storage.rstrip('/')}/{launch}").trials)
+    path = f"{storage.rstrip('/')}/{launch}"
+    source = path
+    if "://" not in storage:
+        copy = launch_state.verified(path)
+        if launch_state.differing(path, copy):  # a running sweep's newer state, or not its own: the copy
+            source = str(copy)
+            # read from the copy's folder, Tune looks for each trial's result files there: they are not
+            # needed (the state holds each trial's last result), nor is its warning
+            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    return _summaries_of(ExperimentAnalysis(source).trials)
 
 
 def _summaries(results: Any) -> list[TrialSummary]:
@@ -304,7 +356,16 @@ def _summaries(results: Any) -> list[TrialSummary]:
 
 def _summaries_of(trials: list[Any]) -> list[TrialSummary]:
     return [TrialSummary(t.trial_id, t.status, dict(t.config.get("point", {})), dict(t.last_result or {}),
-                         _error(t) if t.status == "ERROR" else None) for t in trials]
+                         _error(t) if t.status == "ERROR" else None, _local_path(t)) for t in trials]
+
+
+def _local_path(trial: Any) -> str | None:
+    """The trial's folder on this machine, if its storage is a local folder."""
+    try:
+        path = trial.path
+    except Exception:  # noqa: BLE001 - a trial restored without storage context
+        return None
+    return path if path and "://" not in path and Path(path).is_dir() else None
 
 
 # ---- the trial functions: they run in Ray's workers ----------------------------------------------
@@ -332,53 +393,3 @@ def train_trial(config: dict[str, Any], sweep: Sweep) -> None:
 
     report = worker.Reporter(report_on, tune.Checkpoint, 0, worker.hardware(conf.data.device))
     engine.fit(conf, report, checkpoint=state)
-
-
-def train_ddp_trial(config: dict[str, Any], sweep: Sweep, storage: str) -> None:
-    """Multi-worker Tune trial: the same `fit` under Ray Train's TorchTrainer (Train V2: launched from
-    the trial, metrics forwarded to Tune by TuneReportCallback). Train restores its own latest checkpoint
-    when a run of the same name exists, which is how a resumed DDP trial continues."""
-    import ray.train
-    from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    conf = sweep.resolve(config["point"])
-    r = sweep.resources
-    gpu = r["gpus_per_worker"] > 0
-    per_worker = {"CPU": r["cpus_per_worker"], **({"GPU": r["gpus_per_worker"]} if gpu else {})}
-    trainer = TorchTrainer(
-        ddp_worker, train_loop_config={"config": conf.to_dict(), "workers": r["workers"]},
-        scaling_config=ray.train.ScalingConfig(num_workers=r["workers"], use_gpu=gpu, resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=storage,
-                                       callbacks=[TuneReportCallback()],
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
-    trainer.fit()
-
-
-def ddp_worker(loop_config: dict[str, Any]) -> None:
-    """One DDP rank: the engine shards each epoch across ranks and all-reduces the epoch metrics."""
-    import ray.train
-    import torch
-    from ray.train.torch import get_device
-
-    from sweeplab import engine
-    from sweeplab.config import from_dict
-
-    conf = from_dict(copy.deepcopy(loop_config["config"]))
-    rank = ray.train.get_context().get_world_rank()
-    if conf.data.device in ("auto", "cuda") and torch.cuda.is_available():
-        conf.data.device = str(get_device())  # this rank's GPU, not cuda:0
-    state, last = worker.restore(ray.train.get_checkpoint())
-    if state is not None and state["epoch"] >= conf.train.epochs:
-        ray.train.report({**last, "replay": True})
-        return
-    report = worker.Reporter(ray.train.report, ray.train.Checkpoint, rank,
-                             worker.hardware(conf.data.device, loop_config["workers"]))
-
-    def on_epoch(metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]]) -> None:
-        spread = worker.weight_spread(state_fn()["model"], conf.data.device)  # every rank takes part
-        report(metrics, state_fn, {"ddp/weight_spread": spread})
-
-    engine.fit(conf, on_epoch, checkpoint=state)
