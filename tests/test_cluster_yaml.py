@@ -76,3 +76,10 @@ def test_docs_show_the_cluster_workflow() -> None:
     for needle in ("ray up cluster.yaml", "ray job submit", "sweeplab run", "--storage /shared/ray",
                    "sweeplab status", "sweeplab resume", "ray down cluster.yaml"):
         assert needle in text, needle
+
+
+def test_shared_folder_belongs_to_a_group_not_to_everyone(cluster: dict[str, Any]) -> None:
+    init = " ".join(cluster["initialization_commands"])
+    assert "1777" not in init and "777" not in init  # a world-writable folder lets anyone plant state
+    assert "chmod 2770 /shared" in init and "chgrp 2000 /shared" in init
+    assert "--group-add 2000" in cluster["docker"]["run_options"]
