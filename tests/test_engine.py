@@ -155,3 +155,19 @@ def test_resume_survives_a_torn_metrics_line(tmp_path):
         f.write('{"epoch": 2, "train/lo')  # killed mid-append
     assert main([*args, "--resume"]) == 0
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_channels_last_default_trains_a_tiny_model_without_crashing(tmp_path):
+    # On an AVX2-only CPU, torch's oneDNN NHWC conv backward corrupted the heap for a strided 1x1 conv
+    # with 4 input channels (the tests' tiny ResNet); the engine keeps such CPUs NCHW (nhwc_is_safe).
+    import subprocess
+    import sys
+
+    config = Path(__file__).parents[1] / "configs/fashion_mnist/resnet_preact20.yaml"
+    r = subprocess.run([sys.executable, "-m", "sweeplab.cli", "train", str(config), "data.name=synthetic",
+                        "data.synthetic_shape=[1,8,8]", "data.synthetic_train=256", "data.synthetic_test=64",
+                        "data.batch_size=64", "data.device=cpu", "model.depth=8", "model.initial_channels=4",
+                        "train.threads=1", "train.epochs=2", "train.channels_last=true",
+                        "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()

@@ -67,6 +67,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def nhwc_is_safe(device: torch.device) -> bool:
+    """Whether channels_last may be used: on CUDA, and on CPUs whose torch kernels are AVX-512 ones.
+    On an AVX2-only CPU this torch build's oneDNN convolution backward corrupts the heap with NHWC
+    (a strided 1x1 conv with < 8 input channels aborts with "corrupted double-linked list", with 1
+    or 2 threads; BENCHMARKS.md), so those CPUs train NCHW."""
+    return device.type == "cuda" or (device.type == "cpu"
+                                     and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present, else the CPU."""
     if name == "auto":
@@ -119,10 +128,7 @@ class Trainer:
             raise ValueError(f"data.batch_size {c.data.batch_size} is not divisible by {self.world} workers")
         data = subset(data or datasets.load(c.data), c.data.train_subset, c.data.test_subset, c.train.seed)
         a = c.augment
-        # NHWC on CUDA only: on CPU this torch build's oneDNN convolution backward corrupts the heap
-        # with channels_last on some CPUs (a strided 1x1 conv with < 8 input channels aborts with
-        # "corrupted double-linked list" on an AVX2 AMD EPYC, 1 or 2 threads; BENCHMARKS.md).
-        channels_last = c.train.channels_last and self.device.type == "cuda"
+        channels_last = c.train.channels_last and nhwc_is_safe(self.device)
         common = dict(mean=data.mean, std=data.std, device=self.device, normalize=a.normalize,
                       channels_last=channels_last)
         # data.batch_size is the global batch, as in the reference's multi-GPU table.
