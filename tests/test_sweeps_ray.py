@@ -171,8 +171,7 @@ def test_ddp_trial_keeps_ranks_identical(tmp_path):
     proc.wait(timeout=600)
     assert proc.returncode == 0, "".join(lines)
     # the rendezvous (torch's TCPStore) and gloo's pairs listen on loopback like the rest of the local Ray
-    assert sockets is not None and any("ray::RayTrainWorker" in p or "ray::_RayTrainWorker" in p
-                                       for _, p in sockets), sockets
+    assert sockets is not None and any("RayTrain" in p for _, p in sockets), sockets  # ss cuts names at 15
     assert all(addr in LOOPBACK for addr, _ in sockets), sockets
     (result,) = (tmp_path / "ray" / "ddp").glob("train_ddp_trial_*/result.json")
     epochs = [json.loads(line) for line in result.read_text().splitlines()]
