@@ -1,5 +1,5 @@
 PY := .venv/bin/python
-.PHONY: quickstart test setup
+.PHONY: quickstart test test-fast setup
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
 	test -d .venv || python3 -m venv .venv
@@ -15,3 +15,6 @@ quickstart: setup
 	.venv/bin/sweeplab table quickstart
 test: setup
 	$(PY) -m pytest -q
+# The quick loop while editing: everything but the tests marked slow (CI runs them all, via `make test`).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
