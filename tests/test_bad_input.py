@@ -277,6 +277,13 @@ case("run-storage-is-a-file", ["run", "s.yaml", "--storage", "f", "--tracking-ur
 case("run-storage-under-a-file", ["run", "s.yaml", "--storage", "f/st", "--tracking-uri", "sqlite:///mlflow.db",
                                   "--address", "127.0.0.1:9"], "--storage", **{"s.yaml": OK_SWEEP, "f": "x\n"})
 case("resume-num-cpus-0", ["resume", "x", "--storage", "st", "--num-cpus", "0"], "--num-cpus")
+# ---- names: a launch or sweep name is one folder name inside --storage, never a path out of it ----
+for i, name in enumerate(["..", "../escaped", "a/b", "a\\b", ".hidden", "a\nb", " ", "x" * 200]):
+    real(f"run-name-{i}", OK_SWEEP, "--name", "--name", name)
+    case(f"resume-name-{i}", ["resume", name, "--storage", "st"], "launch name")
+for i, name in enumerate(["../up", "a/b", "'.x'", '"a\\nb"']):
+    real(f"sweep-name-{i}", sweep(OK_SPACE + f"name: {name}\n"), ("s.yaml", "'name'"))
+case("status-name-dotdot", ["status", "..", "--storage", "st"], "launch name")
 case("status-storage-is-a-file", ["status", "--storage", "f"], "--storage", f="x\n")
 for value in ("0", "-1"):
     case(f"best-top-{value}", ["best", "quickstart", "--top", value, "--tracking-uri", "sqlite:///mlflow.db"],

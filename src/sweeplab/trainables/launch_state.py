@@ -116,11 +116,13 @@ class Keeper:
 def verified(launch_dir: str | Path) -> Path:
     """The newest copy of the launch's state whose files all verify; StateError if there is none."""
     root = Path(launch_dir) / STATE_DIR
+    copies = sorted(root.glob("[0-9]*"), reverse=True) if root.is_dir() else []
+    if not copies:
+        raise StateError(f"{launch_dir} has no saved Tune state (its driver died before Tune saved any)")
     k = key(create=False)
     if k is None:
         raise StateError(f"no signing key at {key_file()}: this launch's state cannot be verified here "
                          "(resume it on the machine and account that started it, or set SWEEPLAB_KEY_FILE)")
-    copies = sorted(root.glob("[0-9]*"), reverse=True) if root.is_dir() else []
     problems = []
     for copy in copies:
         try:
@@ -133,10 +135,8 @@ def verified(launch_dir: str | Path) -> Path:
         if ok:
             return copy
         problems.append(copy.name)
-    if problems:
-        raise StateError(f"the saved Tune state of {launch_dir} does not verify (copies {', '.join(problems)}): "
-                         "it was changed by someone else or is torn; it was not read")
-    raise StateError(f"{launch_dir} has no saved Tune state (its driver died before Tune saved any)")
+    raise StateError(f"the saved Tune state of {launch_dir} does not verify (copies {', '.join(problems)}): "
+                     "it was changed by someone else or is torn; it was not read")
 
 
 def differing(launch_dir: str | Path, copy: Path) -> list[str]:
