@@ -50,6 +50,21 @@ def test_unchanged_state_is_not_copied_again_and_two_copies_are_kept(tmp_path):
     assert copies == ["000003", "000004"]
 
 
+def test_a_copy_that_cannot_be_written_keeps_the_older_one(tmp_path, capsys, monkeypatch):
+    d = launch(tmp_path)
+    keeper = ls.Keeper(d, min_interval_s=0)
+    keeper.maybe_copy()
+    (d / "tuner.pkl").write_bytes(b"tuner v2")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ls.shutil, "copy2", full)
+    assert not keeper.maybe_copy()  # no exception into Tune's event loop
+    assert "could not copy" in capsys.readouterr().err
+    assert ls.verified(d).name == "000001" and sorted(p.name for p in (d / ls.STATE_DIR).iterdir()) == ["000001"]
+
+
 def test_a_tampered_copy_is_refused_and_an_older_good_one_used(tmp_path):
     d = launch(tmp_path)
     keeper = ls.Keeper(d, min_interval_s=0)

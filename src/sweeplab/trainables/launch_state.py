@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class Keeper:
         self.min_interval_s = min_interval_s
         self._seen: dict[str, tuple[int, int]] = {}
         self._last = 0.0
+        self._warned = False
         existing = [int(p.name) for p in (self.dir / STATE_DIR).glob("[0-9]*")] if (self.dir / STATE_DIR).is_dir() else []
         self._seq = max(existing, default=0)
 
@@ -91,11 +93,20 @@ class Keeper:
         stamp = {p.name: (st.st_mtime_ns, st.st_size) for p in files for st in [p.stat()]}
         if stamp == self._seen or not any(p.name.startswith("experiment_state") for p in files):
             return False
-        self._copy(files)
+        try:
+            if not self._copy(files):  # caught mid-write: the next step copies it whole
+                return False
+        except OSError as e:  # a full disk: the older copies stay; the sweep goes on, and tries again
+            shutil.rmtree(self.dir / STATE_DIR / f"tmp-{self._seq}", ignore_errors=True)
+            if not self._warned:
+                print(f"sweeplab: warning: could not copy Tune's state ({e}); `resume` would continue from "
+                      "the last copy that was made", file=sys.stderr, flush=True)
+                self._warned = True
+            return False
         self._seen = stamp
         return True
 
-    def _copy(self, files: list[Path]) -> None:
+    def _copy(self, files: list[Path]) -> bool:
         assert self.key is not None
         root = self.dir / STATE_DIR
         root.mkdir(mode=0o700, exist_ok=True)
@@ -106,11 +117,31 @@ class Keeper:
         digests = {}
         for f in files:  # copy first, then sign the copy: a file Tune rewrites meanwhile stays consistent
             shutil.copy2(f, tmp / f.name)
+            if not _whole(tmp / f.name):  # Tune's syncer uploads in the background: never sign a torn file
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
             digests[f.name] = _digest(self.key, tmp / f.name)
         (tmp / DIGESTS).write_text(json.dumps(digests, indent=1))
         os.replace(tmp, root / f"{self._seq:06d}")  # a copy is complete, or it does not exist
         for old in sorted(root.glob("[0-9]*"))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
+        return True
+
+
+def _whole(path: Path) -> bool:
+    """False for a state file caught part-written: empty, a pickle without its final STOP opcode, or
+    JSON that does not parse. Other content is taken as it is."""
+    data = path.read_bytes()
+    if not data:
+        return False
+    if data[:1] == b"\x80":  # pickle protocol 2+
+        return data.endswith(b".")
+    if data[:1] in (b"{", b"["):
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+    return True
 
 
 def verified(launch_dir: str | Path) -> Path:
@@ -128,7 +159,7 @@ def verified(launch_dir: str | Path) -> Path:
         try:
             digests = json.loads((copy / DIGESTS).read_text())
             files = {p.name for p in copy.iterdir() if p.name != DIGESTS}
-            ok = files == set(digests) and all(hmac.compare_digest(_digest(k, copy / n), d)
+            ok = files == set(digests) and all(hmac.compare_digest(_digest(k, copy / n), d) and _whole(copy / n)
                                                for n, d in digests.items())
         except (OSError, ValueError, AttributeError, TypeError):
             ok = False
