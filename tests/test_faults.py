@@ -292,7 +292,7 @@ def test_planted_tune_pickles_never_run(tmp_path):
     other.write_bytes(secrets.token_bytes(32))
     for key in (other, tmp_path / "nokey" / "state.key"):
         r = sweeplab(cli(tmp_path, "resume", "plant", "--num-cpus", "2"), keyed(tmp_path, key), 120)
-        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.returncode == 2, r.stdout + r.stderr  # refused: not this account's state (bad input)
         assert "cannot resume plant" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "nokey").exists()  # resume never makes a key up
@@ -304,7 +304,7 @@ def test_planted_tune_pickles_never_run(tmp_path):
     for copy in copies:
         (copy / "tuner.pkl").write_bytes(payload)
     r = sweeplab(cli(tmp_path, "resume", "plant", "--num-cpus", "2"), env, 120)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     assert re.search(r"does not verify", r.stderr), r.stderr
     assert len([ln for ln in r.stderr.splitlines() if "does not verify" in ln]) == 1, r.stderr
     assert "Traceback" not in r.stderr

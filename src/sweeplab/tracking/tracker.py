@@ -26,6 +26,7 @@ class Tracker:
         self.experiment, self.launch = experiment, launch
         self.experiment_id = ensure_experiment(self.client, self.uri, experiment)
         self._children: dict[str, str] = {}  # trial id -> run id
+        self._logged: dict[str, set[int]] = {}  # trial id -> epochs in MLflow
         all_tags = {SWEEP: experiment, LAUNCH: launch, **tags, "sweeplab.git_commit": git_commit()}
         found = search(self.client, [self.experiment_id],
                        f"tags.`{LAUNCH}` = {quote(launch)} and tags.`{PARENT}` IS NULL")
@@ -87,9 +88,17 @@ class Tracker:
         if "epoch" not in metrics:
             return
         step, now = int(metrics["epoch"]), int((at or time.time()) * 1000)
+        run_id = self._run_id(trial_id)
+        if trial_id not in self._logged:  # a run re-opened after a resume may hold epochs already
+            self._logged[trial_id] = self.logged_epochs(trial_id)
+        if step in self._logged[trial_id]:
+            # A trial resumed or retried from an older checkpoint trains some epochs again (bit for bit,
+            # bar the timings): each epoch is in MLflow once, as first logged.
+            return
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k in METRICS and _number(v)]
         if batch:
-            self.client.log_batch(self._run_id(trial_id), metrics=batch)
+            self.client.log_batch(run_id, metrics=batch)
+            self._logged[trial_id].add(step)
 
     def trial_end(self, trial_id: str, failed: bool, stopped_early: bool) -> None:
         """Close the trial's run: FAILED on error, else FINISHED (also when a scheduler stopped it)."""

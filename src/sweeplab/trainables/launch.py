@@ -81,10 +81,10 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
         ray_backend.environment(storage, local=args.address is None)
         try:  # Tune unpickles its state: only a copy this user's key signed is put back for it to read
             aside = ray_backend.prepare_resume(storage, launch)
-        except launch_state.StateError as e:
-            print(f"sweeplab: cannot resume {launch}: {e}; start the sweep again under another --name",
-                  file=sys.stderr)
-            return 1
+        except launch_state.StateError as e:  # refused (not this key's): bad input, exit 2; none saved: 1
+            print(f"sweeplab: {'error: ' if e.refused else ''}cannot resume {launch}: {e}; start the sweep "
+                  "again under another --name", file=sys.stderr)
+            return 2 if e.refused else 1
         if aside:
             print(f"sweeplab: moved aside unread, as they differ from the last verified Tune state: "
                   f"{', '.join(aside)}; resuming from the verified copy", file=sys.stderr, flush=True)
@@ -116,10 +116,11 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
             summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
         if driver.lost:  # the store may be back by now: log again from Tune's results what failed
             driver.reconcile(summaries)
+        summaries, missing = _settled(summaries, ray_backend, storage, launch, _expected(sweep))
         failed = [s for s in summaries if s.status == "ERROR"]
-        # Ctrl-C: Tune stops the experiment, saves its state and returns with trials unfinished
+        # Ctrl-C or SIGTERM: Tune stops the experiment, saves its state and returns with trials unfinished
         unfinished = [s for s in summaries if s.status not in ("TERMINATED", "ERROR")]
-        status = "KILLED" if unfinished else "FAILED" if failed else "FINISHED"
+        status = "KILLED" if unfinished or missing else "FAILED" if failed else "FINISHED"
         for t in unfinished:  # stopped by Ctrl-C or SIGTERM: KILLED in MLflow until `resume` re-opens them
             driver.safe(tracker.trial_interrupted, t.trial_id)
     except KeyboardInterrupt:
@@ -134,8 +135,8 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
         who = ", ".join(t or "the parent run" for t in driver.lost_trials())
         print(f"sweeplab: MLflow is missing data of {who}; `sweeplab resume {launch}` logs it again from "
               "Tune's results once the store works", file=sys.stderr)
-    if unfinished:
-        print(f"sweeplab: stopped with {len(unfinished)} trial(s) unfinished; `sweeplab resume {launch}` "
+    if unfinished or missing:
+        print(f"sweeplab: stopped with {len(unfinished) + missing} trial(s) unfinished; `sweeplab resume {launch}` "
               "continues them", file=sys.stderr)
         return 1
     lost = [s for s in failed if s.error and "cannot be resumed" in s.error]
@@ -146,6 +147,26 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
         print(f"sweeplab: {len(failed) - len(lost)} trial(s) failed; `sweeplab resume {launch}` retries them",
               file=sys.stderr)
     return 1 if failed or driver.lost else 0
+
+
+def _expected(sweep: Sweep) -> int:
+    """How many trials the sweep has when it is complete."""
+    return sweep.search["num_samples"] if sweep.search["name"] == "optuna" else len(sweep.points())
+
+
+def _settled(summaries: list[Any], backend: Any, storage: str, launch: str, expected: int) -> tuple[list[Any], int]:
+    """The trials as Tune saved them, and how many were never created. Interrupted (Ctrl-C, SIGTERM),
+    Tune returns the trials it stopped as TERMINATED and leaves out those it had not started; its
+    saved state, which `resume` continues from, says RUNNING or PENDING."""
+    try:
+        saved = {t.trial_id: t for t in backend.trials(storage, launch)}
+    except Exception:  # noqa: BLE001 - nothing saved to compare with: what fit returned stands
+        return summaries, max(0, expected - len(summaries))
+    out = [saved[s.trial_id] if s.status == "TERMINATED" and s.trial_id in saved
+           and saved[s.trial_id].status not in ("TERMINATED", "ERROR") else s for s in summaries]
+    seen = {s.trial_id for s in out}
+    out += [t for tid, t in saved.items() if tid not in seen]
+    return out, max(0, expected - len(out))
 
 
 def status(args: argparse.Namespace) -> int:

@@ -27,7 +27,12 @@ SKIP = {".validate_storage_marker"}
 
 
 class StateError(Exception):
-    """No verified copy of a launch's Tune state can be used."""
+    """No verified copy of a launch's Tune state can be used. `refused`: copies exist but none is this
+    key's (planted, tampered or another account's: bad input); else there is no copy at all."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 def key_file() -> Path:
@@ -153,7 +158,8 @@ def verified(launch_dir: str | Path) -> Path:
     k = key(create=False)
     if k is None:
         raise StateError(f"no signing key at {key_file()}: this launch's state cannot be verified here "
-                         "(resume it on the machine and account that started it, or set SWEEPLAB_KEY_FILE)")
+                         "(resume it on the machine and account that started it, or set SWEEPLAB_KEY_FILE)",
+                         refused=True)
     problems = []
     for copy in copies:
         try:
@@ -167,7 +173,7 @@ def verified(launch_dir: str | Path) -> Path:
             return copy
         problems.append(copy.name)
     raise StateError(f"the saved Tune state of {launch_dir} does not verify (copies {', '.join(problems)}): "
-                     "it was changed by someone else or is torn; it was not read")
+                     "it was changed by someone else or is torn; it was not read", refused=True)
 
 
 def differing(launch_dir: str | Path, copy: Path) -> list[str]:

@@ -300,8 +300,18 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
 
 def _watch(listener: Listener, storage: str, launch: str) -> None:
     global _LISTENER, _KEEPER
+    _no_pickled_errors()
     _LISTENER = listener
     _KEEPER = launch_state.Keeper(f"{storage}/{launch}") if "://" not in storage else None
+
+
+def _no_pickled_errors() -> None:
+    """Tune reads a failed trial's `error.pkl` from the storage folder with cloudpickle (building the
+    results of `fit`, in the driver): a planted file would run code, a torn one (full disk) raises.
+    Its `error.txt` says the same in text, and `Trial.get_error` reads that: use only it."""
+    from ray.tune.experiment.trial import Trial
+
+    Trial.get_pickled_error = lambda self: None  # type: ignore[method-assign]
 
 
 def _fit(tuner: Any) -> list[TrialSummary]:
@@ -338,6 +348,7 @@ def trials(storage: str, launch: str) -> list[TrialSummary]:
     """The trials of a launch as last saved (its newest verified copy), read without starting Ray."""
     from ray.tune import ExperimentAnalysis
 
+    _no_pickled_errors()
     path = f"{storage.rstrip('/')}/{launch}"
     source = path
     if "://" not in storage:
