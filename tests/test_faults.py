@@ -361,14 +361,16 @@ def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
 
 @pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
+    # enough epochs that the signed state catches up with a trial's newest checkpoint before it ends
+    EPOCHS = 8  # noqa: N806
     env = keyed(tmp_path)
-    path = write_sweep(tmp_path, name="ckpt", overrides={"train.epochs": 4, **SLOW},
+    path = write_sweep(tmp_path, name="ckpt", overrides={"train.epochs": EPOCHS, **SLOW},
                        space={"optim.lr": {"grid": [0.01, 0.1]}}, max_concurrent=2)
     d = Driver(cli(tmp_path, "run", str(path), "--name", "ckpt", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
     first = d.until(r"\] (\S+_\d{5})  start")
     assert first is not None, d.out
-    assert d.until(r" epoch 2/4 ") is not None, d.out
+    assert d.until(rf" epoch 2/{EPOCHS} ") is not None, d.out
     launch = tmp_path / "ray" / "ckpt"
 
     def resumable() -> tuple[str, int] | None:
@@ -397,9 +399,9 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
     assert "2 trials: 2 finished" in r.stdout, r.stdout + r.stderr
     # the corrupted epoch was trained again, from the older checkpoint
     epochs = [json.loads(line)["epoch"] for line in (folder / "result.json").read_text().splitlines()]
-    assert epochs.count(index + 1) >= 2 and epochs[-1] == 4, (newest, epochs)
+    assert epochs.count(index + 1) >= 2 and epochs[-1] == EPOCHS, (newest, epochs)
     ids = trial_ids(first.group(1), 2)
-    assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "ckpt", ids, 4)
+    assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "ckpt", ids, EPOCHS)
     assert_tune_finished_once(tmp_path / "ray", "ckpt", ids, env)
 
 
