@@ -5,6 +5,7 @@ ResNet's shortcut, in a child process per thread count, and prints whether each 
 
     python benchmarks/nhwc_crash.py
 """
+
 from __future__ import annotations
 
 import subprocess

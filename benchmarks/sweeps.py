@@ -13,6 +13,7 @@ packing:  a sweep of small ResNet-preact-20 trials on CIFAR-shaped synthetic dat
           per device (fractional GPUs on a GPU; on a CPU the cores are split between the trials):
           the aggregate training images/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,9 @@ import time
 from pathlib import Path
 
 import yaml
+from mlflow import MlflowClient
 
 import sweeplab  # noqa: F401  (sets the no-telemetry switches before mlflow is imported)
-from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,25 +36,46 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_sweep(sweep: Path, work: Path, name: str, *extra: str) -> tuple[float, float, list[dict]]:
     """Run a sweep in its own storage and store; return (wall s, start epoch time, trials)."""
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "sweeplab.cli", "run", str(sweep), "--name", name, "--storage",
-           str(work / "ray"), "--tracking-uri", uri, "--num-cpus", str(os.cpu_count()), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeplab.cli",
+        "run",
+        str(sweep),
+        "--name",
+        name,
+        "--storage",
+        str(work / "ray"),
+        "--tracking-uri",
+        uri,
+        "--num-cpus",
+        str(os.cpu_count()),
+        *extra,
+    ]
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.time() - start
     client = MlflowClient(uri)
     exps = client.search_experiments()
-    runs = client.search_runs([e.experiment_id for e in exps], "tags.`sweeplab.trial_id` IS NOT NULL",
-                              max_results=10_000)
+    runs = client.search_runs(
+        [e.experiment_id for e in exps], "tags.`sweeplab.trial_id` IS NOT NULL", max_results=10_000
+    )
     trials = []
     for r in runs:
         hist = {k: client.get_metric_history(r.info.run_id, k) for k in ("val/error", "time/epoch_s", "epoch")}
         epochs = sorted(hist["epoch"], key=lambda m: m.step)
-        trials.append({"params": r.data.params, "tags": r.data.tags, "epochs": len(epochs),
-                       "val_error": r.data.metrics.get("val/error"),
-                       "fit_s": sum(m.value for m in hist["time/epoch_s"]),
-                       "end": epochs[-1].timestamp / 1000 if epochs else None,
-                       # the first epoch began `time/epoch_s` before its metrics were logged
-                       "first_step": (epochs[0].timestamp / 1000 - hist["time/epoch_s"][0].value) if epochs else None})
+        trials.append(
+            {
+                "params": r.data.params,
+                "tags": r.data.tags,
+                "epochs": len(epochs),
+                "val_error": r.data.metrics.get("val/error"),
+                "fit_s": sum(m.value for m in hist["time/epoch_s"]),
+                "end": epochs[-1].timestamp / 1000 if epochs else None,
+                # the first epoch began `time/epoch_s` before its metrics were logged
+                "first_step": (epochs[0].timestamp / 1000 - hist["time/epoch_s"][0].value) if epochs else None,
+            }
+        )
     return wall, start, trials
 
 
@@ -75,40 +97,62 @@ def overhead(args: argparse.Namespace) -> None:
         tail = start + wall - max(t["end"] for t in trials if t["end"])
         firsts.append(first)
         ratios.append(wall / fit)
-        print(f"{args.sweep} --smoke, max concurrent {args.max_concurrent or 'as in the sweep'}: {len(trials)} trials, "
-              f"{sum(t['epochs'] for t in trials)} epochs; CPU stolen by the hypervisor "
-              f"{100 * spent[7] / max(1, sum(spent)):.1f}%")
-        print(f"wall {wall:.1f} s | sum of trial fit times {fit:.1f} s | wall / fit {wall / fit:.2f} "
-              f"| command start -> first step {first:.1f} s | last epoch logged -> command exit {tail:.1f} s")
+        print(
+            f"{args.sweep} --smoke, max concurrent {args.max_concurrent or 'as in the sweep'}: {len(trials)} trials, "
+            f"{sum(t['epochs'] for t in trials)} epochs; CPU stolen by the hypervisor "
+            f"{100 * spent[7] / max(1, sum(spent)):.1f}%"
+        )
+        print(
+            f"wall {wall:.1f} s | sum of trial fit times {fit:.1f} s | wall / fit {wall / fit:.2f} "
+            f"| command start -> first step {first:.1f} s | last epoch logged -> command exit {tail:.1f} s"
+        )
         if args.max_concurrent == 1:  # trials back to back: what is left is the hand-over between trials
-            print(f"between trials: {wall - fit - first - tail:.1f} s in all, "
-                  f"{(wall - fit - first - tail) / max(1, len(trials) - 1):.2f} s per hand-over", flush=True)
+            print(
+                f"between trials: {wall - fit - first - tail:.1f} s in all, "
+                f"{(wall - fit - first - tail) / max(1, len(trials) - 1):.2f} s per hand-over",
+                flush=True,
+            )
     # The first run also reads torch's and Ray's files from disk where the OS had evicted them (this
     # project's VM pages idle memory out within minutes); the later runs show the warm figure.
     for label, sl in (("all runs", slice(None)), ("runs 2+ (warm page cache)", slice(1, None))):
         f, r = firsts[sl], ratios[sl]
         if len(f) > 1:
-            print(f"median of {label}: command start -> first step {statistics.median(f):.1f} s "
-                  f"(range {min(f):.1f}-{max(f):.1f}), wall / fit {statistics.median(r):.2f} "
-                  f"(range {min(r):.2f}-{max(r):.2f})")
+            print(
+                f"median of {label}: command start -> first step {statistics.median(f):.1f} s "
+                f"(range {min(f):.1f}-{max(f):.1f}), wall / fit {statistics.median(r):.2f} "
+                f"(range {min(r):.2f}-{max(r):.2f})"
+            )
 
 
 def _grid_sweep(path: Path, scheduler: dict, args: argparse.Namespace) -> None:
     lrs, wds = [0.01, 0.03, 0.1, 0.3], [5e-5, 5e-4, 5e-3]
-    spec = {"name": path.stem, "config": str(ROOT / "configs/fashion_mnist/resnet_preact20.yaml"),
-            "overrides": {"train.epochs": args.epochs, "data.train_subset": args.train_subset,
-                          "model.depth": 8, "train.threads": 1, "data.device": "cpu"},
-            "space": {"optim.lr": {"grid": lrs}, "optim.weight_decay": {"grid": wds}},
-            "search": {"name": "grid"}, "scheduler": scheduler, "max_concurrent": 2,
-            "resources": {"workers": 1, "cpus_per_worker": 1}, "smoke": {}}
+    spec = {
+        "name": path.stem,
+        "config": str(ROOT / "configs/fashion_mnist/resnet_preact20.yaml"),
+        "overrides": {
+            "train.epochs": args.epochs,
+            "data.train_subset": args.train_subset,
+            "model.depth": 8,
+            "train.threads": 1,
+            "data.device": "cpu",
+        },
+        "space": {"optim.lr": {"grid": lrs}, "optim.weight_decay": {"grid": wds}},
+        "search": {"name": "grid"},
+        "scheduler": scheduler,
+        "max_concurrent": 2,
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "smoke": {},
+    }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def asha(args: argparse.Namespace) -> None:
     found = {}
     with tempfile.TemporaryDirectory(prefix="sweeplab-bench-") as tmp:
-        for kind, sched in (("grid", {"name": "fifo"}),
-                            ("asha", {"name": "asha", "grace_period": 1, "reduction_factor": 3})):
+        for kind, sched in (
+            ("grid", {"name": "fifo"}),
+            ("asha", {"name": "asha", "grace_period": 1, "reduction_factor": 3}),
+        ):
             path = Path(tmp) / f"fmnist_{kind}.yaml"
             _grid_sweep(path, sched, args)
             wall, _, trials = run_sweep(path, Path(tmp) / kind, kind)
@@ -122,12 +166,16 @@ def asha(args: argparse.Namespace) -> None:
     a_best = min(finished, key=lambda t: t["val_error"])
     g_epochs, a_epochs = sum(t["epochs"] for t in grid), sum(t["epochs"] for t in stopped)
     print(f"grid of {len(grid)} configs x {args.epochs} epochs, ResNet-preact-8, {args.train_subset} FMNIST images")
-    print(f"full grid: best lr={key(g_best)[0]} wd={key(g_best)[1]} val/error {g_best['val_error']:.2f}% "
-          f"| {g_epochs} epochs | wall {grid_wall:.0f} s")
-    print(f"ASHA     : best lr={key(a_best)[0]} wd={key(a_best)[1]} val/error {a_best['val_error']:.2f}% "
-          f"(same config in the full grid: {full[key(a_best)]:.2f}%) | {a_epochs} epochs "
-          f"({100 * a_epochs / g_epochs:.0f}% of the grid's) | wall {asha_wall:.0f} s | "
-          f"{len(stopped) - len(finished)} of {len(stopped)} trials stopped early")
+    print(
+        f"full grid: best lr={key(g_best)[0]} wd={key(g_best)[1]} val/error {g_best['val_error']:.2f}% "
+        f"| {g_epochs} epochs | wall {grid_wall:.0f} s"
+    )
+    print(
+        f"ASHA     : best lr={key(a_best)[0]} wd={key(a_best)[1]} val/error {a_best['val_error']:.2f}% "
+        f"(same config in the full grid: {full[key(a_best)]:.2f}%) | {a_epochs} epochs "
+        f"({100 * a_epochs / g_epochs:.0f}% of the grid's) | wall {asha_wall:.0f} s | "
+        f"{len(stopped) - len(finished)} of {len(stopped)} trials stopped early"
+    )
     print(f"gap to the grid's best: {full[key(a_best)] - g_best['val_error']:+.2f} points")
 
 
@@ -139,22 +187,39 @@ def packing(args: argparse.Namespace) -> None:
     for k in args.per_device:
         with tempfile.TemporaryDirectory(prefix="sweeplab-bench-") as tmp:
             path = Path(tmp) / f"pack{k}.yaml"
-            resources = ({"workers": 1, "cpus_per_worker": max(1, cores // (2 * k)), "gpus_per_worker": 1 / k}
-                         if gpu else {"workers": 1, "cpus_per_worker": max(1, cores // k)})
-            spec = {"name": f"pack{k}", "config": str(ROOT / "configs/cifar10/resnet_preact20.yaml"),
-                    "overrides": {"data.name": "synthetic", "data.synthetic_shape": [3, 32, 32],
-                                  "data.synthetic_train": args.images, "data.synthetic_test": 1000,
-                                  "train.epochs": args.epochs, "train.threads": 0 if gpu else max(1, cores // k),
-                                  "train.channels_last": gpu, "train.precision": "bf16" if gpu else "fp32"},
-                    "space": {"train.seed": {"grid": list(range(args.trials))}},
-                    "search": {"name": "grid"}, "scheduler": {"name": "fifo"}, "max_concurrent": k,
-                    "resources": resources}
+            resources = (
+                {"workers": 1, "cpus_per_worker": max(1, cores // (2 * k)), "gpus_per_worker": 1 / k}
+                if gpu
+                else {"workers": 1, "cpus_per_worker": max(1, cores // k)}
+            )
+            spec = {
+                "name": f"pack{k}",
+                "config": str(ROOT / "configs/cifar10/resnet_preact20.yaml"),
+                "overrides": {
+                    "data.name": "synthetic",
+                    "data.synthetic_shape": [3, 32, 32],
+                    "data.synthetic_train": args.images,
+                    "data.synthetic_test": 1000,
+                    "train.epochs": args.epochs,
+                    "train.threads": 0 if gpu else max(1, cores // k),
+                    "train.channels_last": gpu,
+                    "train.precision": "bf16" if gpu else "fp32",
+                },
+                "space": {"train.seed": {"grid": list(range(args.trials))}},
+                "search": {"name": "grid"},
+                "scheduler": {"name": "fifo"},
+                "max_concurrent": k,
+                "resources": resources,
+            }
             path.write_text(yaml.safe_dump(spec, sort_keys=False))
             _, _, trials = run_sweep(path, Path(tmp), f"pack{k}")
         images = sum(t["epochs"] for t in trials) * args.images
         busy = max(t["end"] for t in trials) - min(t["first_step"] for t in trials)
-        print(f"{k} per device: {len(trials)} trials, aggregate {images / busy:,.0f} training images/s "
-              f"(from first step to last epoch, evaluation included)", flush=True)
+        print(
+            f"{k} per device: {len(trials)} trials, aggregate {images / busy:,.0f} training images/s "
+            f"(from first step to last epoch, evaluation included)",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ Both are timed over whole passes after a warm-up pass; the rounds alternate so d
     python benchmarks/throughput.py                                  # defaults: FMNIST, preact-20
     python benchmarks/throughput.py train.channels_last=true --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,16 @@ def plain_loop_images_per_s(conf: config.Config, data: datasets.Dataset, n: int)
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
     x = (data.train_x[:n].float() / 255 - mean) / std
-    loader = DataLoader(TensorDataset(x, data.train_y[:n]), batch_size=conf.data.batch_size, shuffle=True,
-                        drop_last=True)
+    loader = DataLoader(
+        TensorDataset(x, data.train_y[:n]), batch_size=conf.data.batch_size, shuffle=True, drop_last=True
+    )
     torch.manual_seed(0)
-    model = models.build(conf.model["name"], data.num_classes, data.shape[0],
-                         **{k: v for k, v in conf.model.items() if k != "name"})
-    opt = torch.optim.SGD(model.parameters(), lr=conf.optim.lr, momentum=0.9, nesterov=True,
-                          weight_decay=conf.optim.weight_decay)
+    model = models.build(
+        conf.model["name"], data.num_classes, data.shape[0], **{k: v for k, v in conf.model.items() if k != "name"}
+    )
+    opt = torch.optim.SGD(
+        model.parameters(), lr=conf.optim.lr, momentum=0.9, nesterov=True, weight_decay=conf.optim.weight_decay
+    )
     model.train()
 
     def one_pass() -> float:
@@ -72,8 +76,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    conf = config.load(args.config, [f"data.train_subset={args.images}", f"train.threads={args.threads}",
-                                     *args.overrides])
+    conf = config.load(
+        args.config, [f"data.train_subset={args.images}", f"train.threads={args.threads}", *args.overrides]
+    )
     data = datasets.load(conf.data)
     data = engine.subset(data, args.images, 0, conf.train.seed)
     ours, plain, warm = [], [], []
@@ -83,11 +88,15 @@ def main() -> None:
         ours.append(e), plain.append(p), warm.append(w)
         print(f"round {r + 1}: engine {e:8.1f} img/s   plain loop {p:8.1f} img/s   ratio {e / p:.2f}", flush=True)
     e, p = statistics.median(ours), statistics.median(plain)
-    print(f"\n{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-          f"{conf.data.name} {conf.model['name']} depth {conf.model.get('depth')}, batch {conf.data.batch_size}, "
-          f"overrides {args.overrides or 'none'}")
-    print(f"median engine {e:.1f} img/s (augment: crop+flip) | plain loop {p:.1f} img/s | ratio {e / p:.2f} "
-          f"| engine warm-up pass {statistics.median(warm):.1f} s")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+        f"{conf.data.name} {conf.model['name']} depth {conf.model.get('depth')}, batch {conf.data.batch_size}, "
+        f"overrides {args.overrides or 'none'}"
+    )
+    print(
+        f"median engine {e:.1f} img/s (augment: crop+flip) | plain loop {p:.1f} img/s | ratio {e / p:.2f} "
+        f"| engine warm-up pass {statistics.median(warm):.1f} s"
+    )
 
 
 if __name__ == "__main__":

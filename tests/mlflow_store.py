@@ -3,6 +3,7 @@
 Creating an MLflow database takes seconds (schema migrations), so one empty database is built
 per test session and copied for each test.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -28,15 +29,27 @@ def fresh_uri(folder: Path, factory) -> str:
 
 def trial_config(lr: float, wd: float, seed: int, epochs: int = 3) -> dict:
     """A nested training config like the sweep compiler resolves for a quickstart trial."""
-    return {"data": {"name": "fashion_mnist", "batch_size": 128, "synthetic_shape": [3, 32, 32]},
-            "model": {"name": "resnet_preact", "depth": 20},
-            "optim": {"name": "sgd", "lr": lr, "weight_decay": wd, "nesterov": True},
-            "train": {"epochs": epochs, "seed": seed, "precision": "fp32"}}
+    return {
+        "data": {"name": "fashion_mnist", "batch_size": 128, "synthetic_shape": [3, 32, 32]},
+        "model": {"name": "resnet_preact", "depth": 20},
+        "optim": {"name": "sgd", "lr": lr, "weight_decay": wd, "nesterov": True},
+        "train": {"epochs": epochs, "seed": seed, "precision": "fp32"},
+    }
 
 
-def run_trial(t: Tracker, trial_id: str, lr: float, wd: float, seed: int, errors: list[float],
-              epochs: int = 3, failed: bool = False, stopped: bool = False, epoch_s: float = 20.0,
-              rows: dict[str, int] | None = None) -> None:
+def run_trial(
+    t: Tracker,
+    trial_id: str,
+    lr: float,
+    wd: float,
+    seed: int,
+    errors: list[float],
+    epochs: int = 3,
+    failed: bool = False,
+    stopped: bool = False,
+    epoch_s: float = 20.0,
+    rows: dict[str, int] | None = None,
+) -> None:
     """Drive the Tracker as the Tune callback does: start, one result per epoch (with Ray clutter), end.
 
     `rows` are the reference rows the trial fills (table id -> row index); default: its quickstart row.
@@ -44,18 +57,43 @@ def run_trial(t: Tracker, trial_id: str, lr: float, wd: float, seed: int, errors
     if rows is None:
         quick = reference.get("quickstart")
         rows = {"quickstart": reference.match_row(quick, quick.match, {"optim.lr": lr, "optim.weight_decay": wd})}
-    t.trial_start(trial_id, trial_config(lr, wd, seed, epochs),
-                  {"sweeplab.trial_id": trial_id, "sweeplab.seed": str(seed), "sweeplab.variant": "",
-                   "sweeplab.tables": ",".join(rows), **{f"sweeplab.row.{k}": str(v) for k, v in rows.items()}})
+    t.trial_start(
+        trial_id,
+        trial_config(lr, wd, seed, epochs),
+        {
+            "sweeplab.trial_id": trial_id,
+            "sweeplab.seed": str(seed),
+            "sweeplab.variant": "",
+            "sweeplab.tables": ",".join(rows),
+            **{f"sweeplab.row.{k}": str(v) for k, v in rows.items()},
+        },
+    )
     t.trial_tags(trial_id, {"sweeplab.hardware": "cpu x2"})
     for epoch, err in enumerate(errors, start=1):
-        t.trial_result(trial_id, {"epoch": epoch, "lr": lr, "train/loss": 1.0 / epoch, "train/error": err + 1,
-                                  "val/loss": 0.5, "val/error": err, "time/epoch_s": epoch_s,
-                                  "time/images_per_s": 1000.0, "time/train_s": epoch_s * epoch,
-                                  # what Ray adds to every result: none of it may reach MLflow
-                                  "pid": 4242, "timestamp": 1700000000, "time_this_iter_s": 1.0,
-                                  "training_iteration": epoch, "done": False, "trial_id": trial_id,
-                                  "hostname": "node", "date": "2026-01-01", "config": {"x": 1}})
+        t.trial_result(
+            trial_id,
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train/loss": 1.0 / epoch,
+                "train/error": err + 1,
+                "val/loss": 0.5,
+                "val/error": err,
+                "time/epoch_s": epoch_s,
+                "time/images_per_s": 1000.0,
+                "time/train_s": epoch_s * epoch,
+                # what Ray adds to every result: none of it may reach MLflow
+                "pid": 4242,
+                "timestamp": 1700000000,
+                "time_this_iter_s": 1.0,
+                "training_iteration": epoch,
+                "done": False,
+                "trial_id": trial_id,
+                "hostname": "node",
+                "date": "2026-01-01",
+                "config": {"x": 1},
+            },
+        )
     t.trial_end(trial_id, failed=failed, stopped_early=stopped)
 
 

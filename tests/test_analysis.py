@@ -1,4 +1,5 @@
 """Analysis rebuilt from a real SQLite MLflow store: best, tables, figures, Parquet export, the CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -6,13 +7,13 @@ import io
 import json
 from pathlib import Path
 
-import sweeplab.tracking  # noqa: F401, I001 - first: it turns MLflow telemetry off before mlflow loads
 import mlflow
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from mlflow_store import fresh_uri, grid_point, run_trial, trial_config
 
+import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
+from mlflow_store import fresh_uri, grid_point, run_trial, trial_config
 from sweeplab.analysis import reference, runs, tables
 from sweeplab.cli import main
 from sweeplab.tracking import Tracker
@@ -73,7 +74,7 @@ def test_table_reference_columns_and_row_states(store: str, capsys: pytest.Captu
     head, *rows = _csv(capsys.readouterr().out)
     ref = reference.get("quickstart")
     assert [c for c in head if c in ref.columns] == ref.columns
-    assert head[head.index("Test Error") + 1:head.index("Test Error") + 4] == ["ours", "ours spread", "seeds"]
+    assert head[head.index("Test Error") + 1 : head.index("Test Error") + 4] == ["ours", "ours spread", "seeds"]
     assert len(rows) == len(ref.rows) + 1
     cell = {name: [r[head.index(name)] for r in rows] for name in head}
     assert cell["initial lr"][:-1] == [r[0] for r in ref.rows]
@@ -135,8 +136,13 @@ def _png(path: Path) -> bool:
 def test_report_writes_tables_figures_and_index(store: str, tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main(["report", "--out", str(out), "--tracking-uri", store]) == 0
-    for name in ("quickstart_lr.png", "quickstart_curves.png", "quickstart_stops.png",
-                 "sweep_quickstart_curves.png", "sweep_quickstart_stops.png"):
+    for name in (
+        "quickstart_lr.png",
+        "quickstart_curves.png",
+        "quickstart_stops.png",
+        "sweep_quickstart_curves.png",
+        "sweep_quickstart_stops.png",
+    ):
         assert _png(out / name), name
     for name in ("quickstart.md", "quickstart.csv", "quickstart.html"):
         assert (out / name).is_file()

@@ -1,4 +1,5 @@
 """Batch augmentation: soft targets, exact geometry of every recipe, reproducibility from the generator."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,7 @@ RECIPES = {
     "mixup_smooth_erase": {"mixup": 0.2, "label_smoothing": 0.1, "random_erasing": 0.5},
     "cutmix_smooth_cutout": {"cutmix": 1.0, "label_smoothing": 0.1, "cutout": 8},
     "ricap_smooth": {"ricap": 0.3, "label_smoothing": 0.1},
-    "dual_cutout_smooth_erase": {"dual_cutout": 0.1, "cutout": 8, "label_smoothing": 0.1,
-                                 "random_erasing": 1.0},
+    "dual_cutout_smooth_erase": {"dual_cutout": 0.1, "cutout": 8, "label_smoothing": 0.1, "random_erasing": 1.0},
 }
 RANDOM = [k for k in RECIPES if k not in ("identity", "smoothing")]
 
@@ -166,8 +166,8 @@ def test_ricap_tiles_four_crops_weighted_by_area(seed):
     s = aug.targets(labels)
     torch.testing.assert_close(t, sum(wk * s[perm] for wk, (perm, *_) in zip(weights, crops)))
     for (oy, ox), (perm, top, left, ch, cw) in zip(corners, crops):
-        src = x[perm, :, top:top + ch, left:left + cw]
-        torch.testing.assert_close(out[:, :, oy:oy + ch, ox:ox + cw], src)
+        src = x[perm, :, top : top + ch, left : left + cw]
+        torch.testing.assert_close(out[:, :, oy : oy + ch, ox : ox + cw], src)
     # independent of the plan: every pixel's source image gets exactly its share of the target
     enc, enc_labels = source_encoded()
     out, t = augment.build(AugmentConfig(ricap=0.3), 16)(enc, enc_labels, gen(seed))

@@ -6,6 +6,7 @@ one line starting "sweeplab: error:" that names the key or the file, no tracebac
 folder (the run folder, `--storage`, the MLflow store and `runs/` would all land in that folder).
 The cases run as parallel subprocesses (validation never imports torch: ~0.3 s each).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/fashion_mnist/resnet_preact20.yaml"
 # A config that trains in a second, so a case the validator lets through fails fast (it writes `out`).
-TINY = (f"base: {CONFIG}\ndata: {{name: synthetic, synthetic_train: 64, synthetic_test: 32}}\n"
-        "train: {epochs: 1}\n")
+TINY = f"base: {CONFIG}\ndata: {{name: synthetic, synthetic_train: 64, synthetic_test: 32}}\ntrain: {{epochs: 1}}\n"
 MODEL = "model: {name: resnet_preact, depth: 8}\n"
 OVR = "data.name: synthetic, data.synthetic_train: 64, data.synthetic_test: 32, model.depth: 8, train.epochs: 3"
 OK_SPACE = "space: {optim.lr: {grid: [0.1]}}\n"
-DIR, FIFO = object(), object()   # file contents that make a directory or a named pipe instead
+DIR, FIFO = object(), object()  # file contents that make a directory or a named pipe instead
 DRY = ["--dry-run", "--storage", "st", "--tracking-uri", "sqlite:///mlflow.db"]
 # A real launch; the address leads nowhere, so a case that got past validation fails at Ray, not in it.
 REAL = ["--storage", "st", "--tracking-uri", "sqlite:///mlflow.db", "--address", "127.0.0.1:9"]
@@ -37,7 +37,7 @@ REAL = ["--storage", "st", "--tracking-uri", "sqlite:///mlflow.db", "--address",
 class Case:
     id: str
     argv: list[str]
-    culprit: tuple[str, ...]                # every one of these must be in the error line
+    culprit: tuple[str, ...]  # every one of these must be in the error line
     files: dict[str, object] = field(default_factory=dict)
 
 
@@ -46,8 +46,14 @@ CASES: list[Case] = []
 
 def case(id: str, argv: list[str], culprit: str | tuple[str, ...], **files: object) -> None:
     assert id not in {c.id for c in CASES}, id
-    CASES.append(Case(id, argv, (culprit,) if isinstance(culprit, str) else culprit,
-                      {k.replace("__", "/"): v for k, v in files.items()}))
+    CASES.append(
+        Case(
+            id,
+            argv,
+            (culprit,) if isinstance(culprit, str) else culprit,
+            {k.replace("__", "/"): v for k, v in files.items()},
+        )
+    )
 
 
 def sweep(body: str, overrides: str = "", config: str = str(CONFIG)) -> str:
@@ -57,8 +63,12 @@ def sweep(body: str, overrides: str = "", config: str = str(CONFIG)) -> str:
 
 def train(id: str, *overrides: str, culprit: str | None = None, model: str = MODEL) -> None:
     """`sweeplab train c.yaml OVERRIDES`; the culprit defaults to the first override's key."""
-    case(id, ["train", "c.yaml", *overrides, "--output", "out"], culprit or overrides[0].split("=")[0],
-         **{"c.yaml": TINY + model})
+    case(
+        id,
+        ["train", "c.yaml", *overrides, "--output", "out"],
+        culprit or overrides[0].split("=")[0],
+        **{"c.yaml": TINY + model},
+    )
 
 
 def train_file(id: str, text: object, culprit: str | tuple[str, ...], **files: object) -> None:
@@ -76,16 +86,43 @@ def real(id: str, text: object, culprit: str | tuple[str, ...], *flags: str) -> 
 
 
 # ---- non-finite and out-of-range numbers in `key=value` overrides ------------------------------------
-for key in ("optim.lr", "optim.weight_decay", "optim.momentum", "optim.grad_clip", "optim.lars_eps",
-            "augment.mixup", "augment.cutmix", "augment.ricap", "augment.label_smoothing", "augment.cutout_prob",
-            "sched.warmup_epochs", "sched.gamma", "sched.sgdr_t0", "sched.sgdr_t_mult", "sched.min_lr_factor",
-            "sched.onecycle_peak", "sched.warmup_start_factor"):
+for key in (
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.momentum",
+    "optim.grad_clip",
+    "optim.lars_eps",
+    "augment.mixup",
+    "augment.cutmix",
+    "augment.ricap",
+    "augment.label_smoothing",
+    "augment.cutout_prob",
+    "sched.warmup_epochs",
+    "sched.gamma",
+    "sched.sgdr_t0",
+    "sched.sgdr_t_mult",
+    "sched.min_lr_factor",
+    "sched.onecycle_peak",
+    "sched.warmup_start_factor",
+):
     train(f"override-{key}-nan", f"{key}=.nan")
-for key, value in [("optim.lr", ".inf"), ("optim.lr", "-.inf"), ("optim.lr", "1e999"), ("optim.lr", "nan"),
-                   ("optim.lr", "inf"), ("optim.lr", "1.0e+999"), ("optim.weight_decay", ".inf"),
-                   ("optim.grad_clip", "1e999"), ("augment.mixup", ".inf"), ("augment.cutmix", "1e999"),
-                   ("augment.dual_cutout", ".inf"), ("sched.sgdr_t0", ".inf"), ("sched.sgdr_t_mult", ".inf"),
-                   ("optim.lars_trust_coefficient", ".inf"), ("optim.lars_eps", "-1.0")]:
+for key, value in [
+    ("optim.lr", ".inf"),
+    ("optim.lr", "-.inf"),
+    ("optim.lr", "1e999"),
+    ("optim.lr", "nan"),
+    ("optim.lr", "inf"),
+    ("optim.lr", "1.0e+999"),
+    ("optim.weight_decay", ".inf"),
+    ("optim.grad_clip", "1e999"),
+    ("augment.mixup", ".inf"),
+    ("augment.cutmix", "1e999"),
+    ("augment.dual_cutout", ".inf"),
+    ("sched.sgdr_t0", ".inf"),
+    ("sched.sgdr_t_mult", ".inf"),
+    ("optim.lars_trust_coefficient", ".inf"),
+    ("optim.lars_eps", "-1.0"),
+]:
     train(f"override-{key}={value}", f"{key}={value}")
 train("override-betas-nan", "optim.betas=[.nan,0.999]")
 train("override-betas-range", "optim.betas=[0.9,1.5]")
@@ -109,23 +146,32 @@ train("model-preact-stage-ints", "model.preact_stage=[1,2,3]")
 train("model-initial-channels-0", "model.initial_channels=0")
 train("model-remove-first-relu-str", "model.remove_first_relu=maybe")
 for name, opts, culprit in [
-    ("vgg", "n_layers: 7", "model.n_layers"), ("vgg", "n_channels: 0", "model.n_channels"),
+    ("vgg", "n_layers: 7", "model.n_layers"),
+    ("vgg", "n_channels: 0", "model.n_channels"),
     ("vgg", "use_bn: maybe", "model.use_bn"),
     ("densenet", "compression_rate: 0", "model.compression_rate"),
     ("densenet", "compression_rate: 1.5", "model.compression_rate"),
     ("densenet", "compression_rate: .nan", "model.compression_rate"),
-    ("densenet", "growth_rate: 0", "model.growth_rate"), ("densenet", "depth: 101", "model.depth"),
+    ("densenet", "growth_rate: 0", "model.growth_rate"),
+    ("densenet", "depth: 101", "model.depth"),
     ("densenet", "drop_rate: 1.5", "model.drop_rate"),
-    ("pyramidnet", "shakedrop: 1.0", "model.shakedrop"), ("pyramidnet", "shakedrop: .nan", "model.shakedrop"),
-    ("pyramidnet", "depth: 273", "model.depth"), ("pyramidnet", "alpha: -1", "model.alpha"),
+    ("pyramidnet", "shakedrop: 1.0", "model.shakedrop"),
+    ("pyramidnet", "shakedrop: .nan", "model.shakedrop"),
+    ("pyramidnet", "depth: 273", "model.depth"),
+    ("pyramidnet", "alpha: -1", "model.alpha"),
     ("se_resnet_preact", "se_reduction: 0", "model.se_reduction"),
-    ("resnet9", "celu_alpha: -1", "model.celu_alpha"), ("resnet9", "celu_alpha: .inf", "model.celu_alpha"),
+    ("resnet9", "celu_alpha: -1", "model.celu_alpha"),
+    ("resnet9", "celu_alpha: .inf", "model.celu_alpha"),
     ("resnet9", "channels: 0", "model.channels"),
-    ("wrn", "depth: 15", "model.depth"), ("wrn", "drop_rate: .nan", "model.drop_rate"),
+    ("wrn", "depth: 15", "model.depth"),
+    ("wrn", "drop_rate: .nan", "model.drop_rate"),
     ("wrn", "widening_factor: 0", "model.widening_factor"),
-    ("resnext", "depth: 30", "model.depth"), ("resnext", "cardinality: 0", "model.cardinality"),
-    ("shake_shake", "depth: 27", "model.depth"), ("shake_shake", "initial_channels: -2", "model.initial_channels"),
-    ("resnet", "depth: 21", "model.depth"), ("resnet", "block_type: bottle", "model.block_type"),
+    ("resnext", "depth: 30", "model.depth"),
+    ("resnext", "cardinality: 0", "model.cardinality"),
+    ("shake_shake", "depth: 27", "model.depth"),
+    ("shake_shake", "initial_channels: -2", "model.initial_channels"),
+    ("resnet", "depth: 21", "model.depth"),
+    ("resnet", "block_type: bottle", "model.block_type"),
 ]:
     train_file(f"model-{name}-{opts.replace(' ', '')}", TINY + f"model: {{name: {name}, {opts}}}\n", culprit)
 
@@ -152,97 +198,182 @@ train_file("file-base-directory", "base: b.yaml\n" + MODEL, "b.yaml", **{"b.yaml
 train_file("file-duplicate-section", TINY + MODEL + "optim: {lr: 0.1}\noptim: {lr: 0.2}\n", ("optim", "line"))
 train_file("file-duplicate-key", TINY + MODEL + "optim:\n  lr: 0.1\n  lr: 0.2\n", ("lr", "line"))
 train_file("file-duplicate-flow-key", TINY + "model: {name: resnet_preact, depth: 8, depth: 20}\n", ("depth", "line"))
-train_file("file-duplicate-in-base", "base: b.yaml\n" + MODEL, "b.yaml",
-           **{"b.yaml": f"base: {CONFIG}\ntrain: {{epochs: 1, epochs: 2}}\n"})
+train_file(
+    "file-duplicate-in-base",
+    "base: b.yaml\n" + MODEL,
+    "b.yaml",
+    **{"b.yaml": f"base: {CONFIG}\ntrain: {{epochs: 1, epochs: 2}}\n"},
+)
 train_file("file-int-section", TINY + MODEL + "1: {lr: 0.1}\n", "'1'")
-train_file("file-billion-laughs", "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "c.yaml")
+train_file(
+    "file-billion-laughs",
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+    "c.yaml",
+)
 train_file("file-recursive-alias", "&a {optim: *a}\n", "c.yaml")
 train_file("file-python-tag", TINY + MODEL + "optim: {lr: !!python/object/apply:os.getcwd []}\n", "c.yaml")
 
 # ---- `sweeplab train` flags ------------------------------------------------------------------------
 for value in ("0", "-1", "abc"):
-    case(f"train-stop-after-{value}", ["train", "c.yaml", "--output", "out", "--stop-after", value],
-         "--stop-after", **{"c.yaml": TINY + MODEL})
-case("train-output-is-a-file", ["train", "c.yaml", "--output", "out"], "--output",
-     **{"c.yaml": TINY + MODEL, "out": "a file\n"})
-case("train-output-under-a-file", ["train", "c.yaml", "--output", "f/out"], "--output",
-     **{"c.yaml": TINY + MODEL, "f": "a file\n"})
+    case(
+        f"train-stop-after-{value}",
+        ["train", "c.yaml", "--output", "out", "--stop-after", value],
+        "--stop-after",
+        **{"c.yaml": TINY + MODEL},
+    )
+case(
+    "train-output-is-a-file",
+    ["train", "c.yaml", "--output", "out"],
+    "--output",
+    **{"c.yaml": TINY + MODEL, "out": "a file\n"},
+)
+case(
+    "train-output-under-a-file",
+    ["train", "c.yaml", "--output", "f/out"],
+    "--output",
+    **{"c.yaml": TINY + MODEL, "f": "a file\n"},
+)
 
 # ---- sweep files: non-finite numbers in overrides, space bounds, grids, search, scheduler, resources --
 dry("sweep-override-lr-nan", sweep(OK_SPACE, "optim.lr: .nan"), "optim.lr")
 dry("sweep-override-mixup-inf", sweep(OK_SPACE, "augment.mixup: .inf"), "augment.mixup")
-dry("sweep-override-model-depth-nan", sweep(OK_SPACE, "model.depth: .nan").replace("model.depth: 8, ", ""),
-    "overrides.model.depth")
+dry(
+    "sweep-override-model-depth-nan",
+    sweep(OK_SPACE, "model.depth: .nan").replace("model.depth: 8, ", ""),
+    "overrides.model.depth",
+)
 dry("sweep-uniform-inf", sweep("space: {optim.lr: {uniform: [0.1, .inf]}}\n"), "space.optim.lr")
 dry("sweep-uniform-nan", sweep("space: {optim.lr: {uniform: [.nan, 0.1]}}\n"), "space.optim.lr")
 dry("sweep-uniform-overflow", sweep("space: {optim.lr: {uniform: [-1.0e+308, 1.0e+308]}}\n"), "space.optim.lr")
 dry("sweep-loguniform-inf", sweep("space: {optim.lr: {loguniform: [1.0e-4, .inf]}}\n"), "space.optim.lr")
-dry("sweep-quniform-q-nan", sweep("space: {optim.weight_decay: {quniform: [0, 1.0e-3, .nan]}}\n"),
-    "space.optim.weight_decay")
+dry(
+    "sweep-quniform-q-nan",
+    sweep("space: {optim.weight_decay: {quniform: [0, 1.0e-3, .nan]}}\n"),
+    "space.optim.weight_decay",
+)
 dry("sweep-grid-nan", sweep("space: {optim.lr: {grid: [0.1, .nan]}}\n"), "optim.lr")
-dry("sweep-choice-inf", sweep("space: {optim.lr: {choice: [.inf]}}\n", ) + "search: {name: random}\n", "optim.lr")
+dry(
+    "sweep-choice-inf",
+    sweep(
+        "space: {optim.lr: {choice: [.inf]}}\n",
+    )
+    + "search: {name: random}\n",
+    "optim.lr",
+)
 dry("sweep-grid-nested-nan", sweep("space: {optim.betas: {grid: [[0.9, .nan]]}}\n"), "optim.betas")
 dry("sweep-variant-set-nan", sweep("space: {variant: {grid: [{label: a, set: {optim.lr: .nan}}]}}\n"), "optim.lr")
 dry("sweep-num-samples-inf", sweep(OK_SPACE + "search: {name: random, num_samples: .inf}\n"), "search.num_samples")
 dry("sweep-search-seed-huge", sweep(OK_SPACE + "search: {name: random, seed: 99999999999}\n"), "search.seed")
-for opts, culprit in [("name: asha, reduction_factor: .inf", "scheduler.reduction_factor"),
-                      ("name: asha, reduction_factor: .nan", "scheduler.reduction_factor"),
-                      ("name: hyperband, reduction_factor: .nan", "scheduler.reduction_factor"),
-                      ("name: asha, grace_period: 10, max_t: 5", "scheduler.grace_period"),
-                      ("name: asha, grace_period: 50", "scheduler.grace_period"),
-                      ("name: asha, brackets: 1000000000", "scheduler.brackets"),
-                      ("name: median, grace_period: 50", "scheduler.grace_period"),
-                      ("name: pbt, quantile_fraction: .nan", "scheduler.quantile_fraction"),
-                      ("name: pbt, quantile_fraction: 0.9", "scheduler.quantile_fraction"),
-                      ("name: pbt, resample_probability: 1.5", "scheduler.resample_probability"),
-                      ("name: pbt, resample_probability: .nan", "scheduler.resample_probability"),
-                      ("name: pbt, mutate: [{}]", "scheduler.mutate"),
-                      ("name: pbt, mutate: [5]", "scheduler.mutate"),
-                      ("name: pbt, perturbation_interval: .inf", "scheduler.perturbation_interval")]:
-    dry(f"sweep-scheduler-{opts.replace(' ', '')}",
-        sweep("space: {optim.lr: {uniform: [0.05, 0.2]}}\n" + f"scheduler: {{{opts}}}\n"), culprit)
-for opts, culprit in [("cpus_per_worker: .nan", "resources.cpus_per_worker"),
-                      ("cpus_per_worker: .inf", "resources.cpus_per_worker"),
-                      ("cpus_per_worker: 0", "resources.cpus_per_worker"),
-                      ("gpus_per_worker: .nan", "resources.gpus_per_worker"),
-                      ("gpus_per_worker: .inf", "resources.gpus_per_worker"),
-                      ("gpus_per_worker: -1", "resources.gpus_per_worker"),
-                      ("workers: 1.5", "resources.workers"), ("workers: 0", "resources.workers")]:
+for opts, culprit in [
+    ("name: asha, reduction_factor: .inf", "scheduler.reduction_factor"),
+    ("name: asha, reduction_factor: .nan", "scheduler.reduction_factor"),
+    ("name: hyperband, reduction_factor: .nan", "scheduler.reduction_factor"),
+    ("name: asha, grace_period: 10, max_t: 5", "scheduler.grace_period"),
+    ("name: asha, grace_period: 50", "scheduler.grace_period"),
+    ("name: asha, brackets: 1000000000", "scheduler.brackets"),
+    ("name: median, grace_period: 50", "scheduler.grace_period"),
+    ("name: pbt, quantile_fraction: .nan", "scheduler.quantile_fraction"),
+    ("name: pbt, quantile_fraction: 0.9", "scheduler.quantile_fraction"),
+    ("name: pbt, resample_probability: 1.5", "scheduler.resample_probability"),
+    ("name: pbt, resample_probability: .nan", "scheduler.resample_probability"),
+    ("name: pbt, mutate: [{}]", "scheduler.mutate"),
+    ("name: pbt, mutate: [5]", "scheduler.mutate"),
+    ("name: pbt, perturbation_interval: .inf", "scheduler.perturbation_interval"),
+]:
+    dry(
+        f"sweep-scheduler-{opts.replace(' ', '')}",
+        sweep("space: {optim.lr: {uniform: [0.05, 0.2]}}\n" + f"scheduler: {{{opts}}}\n"),
+        culprit,
+    )
+for opts, culprit in [
+    ("cpus_per_worker: .nan", "resources.cpus_per_worker"),
+    ("cpus_per_worker: .inf", "resources.cpus_per_worker"),
+    ("cpus_per_worker: 0", "resources.cpus_per_worker"),
+    ("gpus_per_worker: .nan", "resources.gpus_per_worker"),
+    ("gpus_per_worker: .inf", "resources.gpus_per_worker"),
+    ("gpus_per_worker: -1", "resources.gpus_per_worker"),
+    ("workers: 1.5", "resources.workers"),
+    ("workers: 0", "resources.workers"),
+]:
     dry(f"sweep-resources-{opts.replace(' ', '')}", sweep(OK_SPACE + f"resources: {{{opts}}}\n"), culprit)
-dry("sweep-smoke-resources-nan", sweep(OK_SPACE + "smoke: {resources: {cpus_per_worker: .nan}}\n"),
-    "smoke.resources.cpus_per_worker")
+dry(
+    "sweep-smoke-resources-nan",
+    sweep(OK_SPACE + "smoke: {resources: {cpus_per_worker: .nan}}\n"),
+    "smoke.resources.cpus_per_worker",
+)
 dry("sweep-max-concurrent-nan", sweep(OK_SPACE + "max_concurrent: .nan\n"), "max_concurrent")
 
 # ---- model options in sweeps ---------------------------------------------------------------------
 dry("sweep-model-depth-grid", sweep("space: {model.depth: {grid: [8, 9]}}\n"), "model.depth")
 dry("sweep-model-depth-abc", sweep("space: {model.depth: {grid: [abc]}}\n"), "model.depth")
-dry("sweep-model-variant-depth", sweep("space: {variant: {grid: [{label: a, set: {model.depth: 21}}]}}\n"),
-    "model.depth")
-dry("sweep-model-name-vgg-layers", sweep(OK_SPACE, "model.name: vgg, model.n_layers: 8").replace(
-    "model.depth: 8, ", ""), "model.n_layers")
+dry(
+    "sweep-model-variant-depth",
+    sweep("space: {variant: {grid: [{label: a, set: {model.depth: 21}}]}}\n"),
+    "model.depth",
+)
+dry(
+    "sweep-model-name-vgg-layers",
+    sweep(OK_SPACE, "model.name: vgg, model.n_layers: 8").replace("model.depth: 8, ", ""),
+    "model.n_layers",
+)
 
 # ---- the number of trials is capped before the points are enumerated ---------------------------------
 dry("cap-billion-seeds", sweep(OK_SPACE + "seeds: 1000000000\n"), "--max-trials")
-dry("cap-billion-samples", sweep("space: {optim.lr: {uniform: [0.05, 0.2]}}\n"
-                                 "search: {name: random, num_samples: 1000000000}\n"), "--max-trials")
-dry("cap-million-grid", sweep("space:\n" + "".join(
-    f"  {k}: {{grid: [{', '.join(str(round(0.01 * (i + 1), 2)) for i in range(32))}]}}\n"
-    for k in ("optim.lr", "optim.weight_decay", "sched.min_lr_factor", "sched.gamma"))), "--max-trials")
-dry("cap-grid-times-seeds", sweep("space: {optim.lr: {grid: [" + ", ".join(f"0.{i:03d}1" for i in range(101))
-                                  + "]}}\nseeds: 100\n"), "--max-trials")
-dry("cap-flag-lowers-it", sweep("space: {optim.lr: {grid: [0.1, 0.2, 0.3]}}\nseeds: 2\n"),
-    ("--max-trials", "6"), "--max-trials", "5")
+dry(
+    "cap-billion-samples",
+    sweep("space: {optim.lr: {uniform: [0.05, 0.2]}}\nsearch: {name: random, num_samples: 1000000000}\n"),
+    "--max-trials",
+)
+dry(
+    "cap-million-grid",
+    sweep(
+        "space:\n"
+        + "".join(
+            f"  {k}: {{grid: [{', '.join(str(round(0.01 * (i + 1), 2)) for i in range(32))}]}}\n"
+            for k in ("optim.lr", "optim.weight_decay", "sched.min_lr_factor", "sched.gamma")
+        )
+    ),
+    "--max-trials",
+)
+dry(
+    "cap-grid-times-seeds",
+    sweep("space: {optim.lr: {grid: [" + ", ".join(f"0.{i:03d}1" for i in range(101)) + "]}}\nseeds: 100\n"),
+    "--max-trials",
+)
+dry(
+    "cap-flag-lowers-it",
+    sweep("space: {optim.lr: {grid: [0.1, 0.2, 0.3]}}\nseeds: 2\n"),
+    ("--max-trials", "6"),
+    "--max-trials",
+    "5",
+)
 real("cap-real-run", sweep(OK_SPACE + "seeds: 1000000000\n"), "--max-trials")
 
 # ---- expr evaluation cost ---------------------------------------------------------------------------
-for i, expr in enumerate(["9**9**9", "10**10**10", "pow(9, 9**9)", "2**(2**40)", "1 << 10**9", "10**400",
-                          "1e308 * 10", "float('nan')", "float('inf')", "'a' * 10**9", "exp(10**6)",
-                          "max(1, 99**99**99)", "(" * 300 + "1" + ")" * 300, "1" + "0" * 400,
-                          "-(10**10**10)", "sqrt(-1)"]):
-    dry(f"expr-{i}", sweep(f"space: {{optim.lr: {{expr: \"{expr}\"}}}}\n"), "space.optim.lr.expr")
-dry("expr-huge-int-key", sweep("space: {data.batch_size: {expr: \"10**30\"}}\n"), "data.batch_size")
-real("expr-real-run", sweep("space: {optim.lr: {expr: \"9**9**9\"}}\n"), "space.optim.lr.expr")
+for i, expr in enumerate(
+    [
+        "9**9**9",
+        "10**10**10",
+        "pow(9, 9**9)",
+        "2**(2**40)",
+        "1 << 10**9",
+        "10**400",
+        "1e308 * 10",
+        "float('nan')",
+        "float('inf')",
+        "'a' * 10**9",
+        "exp(10**6)",
+        "max(1, 99**99**99)",
+        "(" * 300 + "1" + ")" * 300,
+        "1" + "0" * 400,
+        "-(10**10**10)",
+        "sqrt(-1)",
+    ]
+):
+    dry(f"expr-{i}", sweep(f'space: {{optim.lr: {{expr: "{expr}"}}}}\n'), "space.optim.lr.expr")
+dry("expr-huge-int-key", sweep('space: {data.batch_size: {expr: "10**30"}}\n'), "data.batch_size")
+real("expr-real-run", sweep('space: {optim.lr: {expr: "9**9**9"}}\n'), "space.optim.lr.expr")
 
 # ---- sweep files themselves ---------------------------------------------------------------------------
 dry("sweep-binary", bytes(range(256)) * 4, "s.yaml")
@@ -250,32 +381,65 @@ dry("sweep-invalid-utf8", b"name: \xff\xfe\n", "s.yaml")
 dry("sweep-directory", DIR, "s.yaml")
 dry("sweep-fifo", FIFO, "s.yaml")
 dry("sweep-duplicate-top", sweep(OK_SPACE + OK_SPACE), ("space", "line"))
-dry("sweep-duplicate-space-key", sweep("space:\n  optim.lr: {grid: [0.1]}\n  optim.lr: {grid: [0.2]}\n"),
-    ("optim.lr", "line"))
-dry("sweep-duplicate-flow-key", sweep("space: {optim.lr: {grid: [0.1]}, optim.lr: {grid: [0.2]}}\n"),
-    ("optim.lr", "line"))
+dry(
+    "sweep-duplicate-space-key",
+    sweep("space:\n  optim.lr: {grid: [0.1]}\n  optim.lr: {grid: [0.2]}\n"),
+    ("optim.lr", "line"),
+)
+dry(
+    "sweep-duplicate-flow-key",
+    sweep("space: {optim.lr: {grid: [0.1]}, optim.lr: {grid: [0.2]}}\n"),
+    ("optim.lr", "line"),
+)
 dry("sweep-config-binary", sweep(OK_SPACE, config="c.yaml"), "c.yaml", **{"c.yaml": b"\xff\xfe\x00\x01"})
 dry("sweep-config-self-base", sweep(OK_SPACE, config="c.yaml"), "c.yaml", **{"c.yaml": "base: c.yaml\n"})
-dry("sweep-config-duplicate", sweep(OK_SPACE, config="c.yaml"), ("c.yaml", "line"),
-    **{"c.yaml": f"base: {CONFIG}\noptim: {{lr: 0.1, lr: 0.2}}\n"})
+dry(
+    "sweep-config-duplicate",
+    sweep(OK_SPACE, config="c.yaml"),
+    ("c.yaml", "line"),
+    **{"c.yaml": f"base: {CONFIG}\noptim: {{lr: 0.1, lr: 0.2}}\n"},
+)
 dry("sweep-config-directory", sweep(OK_SPACE, config="c.yaml"), "c.yaml", **{"c.yaml": DIR})
-dry("sweep-billion-laughs", sweep(OK_SPACE) + "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "s.yaml")
+dry(
+    "sweep-billion-laughs",
+    sweep(OK_SPACE)
+    + "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+    "s.yaml",
+)
 dry("sweep-recursive-alias", sweep(OK_SPACE) + "tables: &t {quickstart: {match: *t}}\n", "s.yaml")
 real("sweep-real-cpus-nan", sweep(OK_SPACE + "resources: {cpus_per_worker: .nan}\n"), "resources.cpus_per_worker")
-real("sweep-real-quantile", sweep("space: {optim.lr: {uniform: [0.05, 0.2]}}\n"
-                                  "scheduler: {name: pbt, quantile_fraction: 0.9}\n"), "scheduler.quantile_fraction")
+real(
+    "sweep-real-quantile",
+    sweep("space: {optim.lr: {uniform: [0.05, 0.2]}}\nscheduler: {name: pbt, quantile_fraction: 0.9}\n"),
+    "scheduler.quantile_fraction",
+)
 real("sweep-real-model-depth", sweep("space: {model.depth: {grid: [8, 21]}}\n"), "model.depth")
 
 # ---- command-line numbers and paths ----------------------------------------------------------------
 OK_SWEEP = sweep(OK_SPACE)
-for flag, value in [("--max-concurrent", "0"), ("--max-concurrent", "-1"), ("--num-cpus", "0"),
-                    ("--num-cpus", "-3"), ("--max-trials", "0"), ("--max-trials", "-5"), ("--max-trials", "abc")]:
+for flag, value in [
+    ("--max-concurrent", "0"),
+    ("--max-concurrent", "-1"),
+    ("--num-cpus", "0"),
+    ("--num-cpus", "-3"),
+    ("--max-trials", "0"),
+    ("--max-trials", "-5"),
+    ("--max-trials", "abc"),
+]:
     real(f"run{flag}={value}", OK_SWEEP, flag, flag, value)
-case("run-storage-is-a-file", ["run", "s.yaml", "--storage", "f", "--tracking-uri", "sqlite:///mlflow.db",
-                               "--address", "127.0.0.1:9"], "--storage", **{"s.yaml": OK_SWEEP, "f": "x\n"})
-case("run-storage-under-a-file", ["run", "s.yaml", "--storage", "f/st", "--tracking-uri", "sqlite:///mlflow.db",
-                                  "--address", "127.0.0.1:9"], "--storage", **{"s.yaml": OK_SWEEP, "f": "x\n"})
+case(
+    "run-storage-is-a-file",
+    ["run", "s.yaml", "--storage", "f", "--tracking-uri", "sqlite:///mlflow.db", "--address", "127.0.0.1:9"],
+    "--storage",
+    **{"s.yaml": OK_SWEEP, "f": "x\n"},
+)
+case(
+    "run-storage-under-a-file",
+    ["run", "s.yaml", "--storage", "f/st", "--tracking-uri", "sqlite:///mlflow.db", "--address", "127.0.0.1:9"],
+    "--storage",
+    **{"s.yaml": OK_SWEEP, "f": "x\n"},
+)
 case("resume-num-cpus-0", ["resume", "x", "--storage", "st", "--num-cpus", "0"], "--num-cpus")
 # ---- names: a launch or sweep name is one folder name inside --storage, never a path out of it ----
 for i, name in enumerate(["..", "../escaped", "a/b", "a\\b", ".hidden", "a\nb", " ", "x" * 200]):
@@ -286,8 +450,7 @@ for i, name in enumerate(["../up", "a/b", "'.x'", '"a\\nb"']):
 case("status-name-dotdot", ["status", "..", "--storage", "st"], "launch name")
 case("status-storage-is-a-file", ["status", "--storage", "f"], "--storage", f="x\n")
 for value in ("0", "-1"):
-    case(f"best-top-{value}", ["best", "quickstart", "--top", value, "--tracking-uri", "sqlite:///mlflow.db"],
-         "--top")
+    case(f"best-top-{value}", ["best", "quickstart", "--top", value, "--tracking-uri", "sqlite:///mlflow.db"], "--top")
 for value in ("0", "99999", "-1", "65536", "abc"):
     case(f"ui-port-{value}", ["ui", "--port", value, "--tracking-uri", "sqlite:///mlflow.db"], "--port")
 
@@ -316,9 +479,17 @@ def _run(c: Case, folder: Path) -> dict[str, object]:
             path.write_text(str(content))
     before = _listing(folder)
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # a warning printed on bad input breaks the one line
-    proc = subprocess.Popen([sys.executable, "-m", "sweeplab.cli", *c.argv], cwd=folder, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_limit_memory)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.cli", *c.argv],
+        cwd=folder,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_limit_memory,
+    )
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -331,8 +502,11 @@ def _run(c: Case, folder: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory) -> dict[str, dict[str, object]]:
     """Run the selected cases, 4 at a time (each is mostly process start-up)."""
-    selected = {item.callspec.params["c"].id for item in request.session.items
-                if getattr(item, "originalname", "") == "test_bad_input"}
+    selected = {
+        item.callspec.params["c"].id
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_bad_input"
+    }
     base = tmp_path_factory.mktemp("bad_input")
     todo = [c for c in CASES if c.id in selected]
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -389,13 +563,31 @@ def test_trial_cap_counts_before_enumerating(tmp_path):
     assert time.perf_counter() - start < 5 and peak < 20_000_000
 
 
-@pytest.mark.parametrize("expr", [
-    "0.1 * data.batch_size / 128", "max(1, train.epochs / 100)", "2 ** 10", "2 ** -2", "pow(2, 0.5)",
-    "10 ** 300", "-3 // 2", "7 % 3", "1 << 8", "0.1 if data.batch_size > 100 else 0.2",
-    "1 < data.batch_size <= 128", "not train.epochs", "train.epochs and 0.5", "0 or 3",
-    "round(sqrt(data.batch_size) * 10) / 10", "abs(-2) + floor(2.5) + ceil(2.5)", "log(exp(1.5))",
-    "int(float('3.5'))", "min(data.batch_size, 64) * 1e-3", "model.name == 'resnet_preact' and 0.1 or 0.2",
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "0.1 * data.batch_size / 128",
+        "max(1, train.epochs / 100)",
+        "2 ** 10",
+        "2 ** -2",
+        "pow(2, 0.5)",
+        "10 ** 300",
+        "-3 // 2",
+        "7 % 3",
+        "1 << 8",
+        "0.1 if data.batch_size > 100 else 0.2",
+        "1 < data.batch_size <= 128",
+        "not train.epochs",
+        "train.epochs and 0.5",
+        "0 or 3",
+        "round(sqrt(data.batch_size) * 10) / 10",
+        "abs(-2) + floor(2.5) + ceil(2.5)",
+        "log(exp(1.5))",
+        "int(float('3.5'))",
+        "min(data.batch_size, 64) * 1e-3",
+        "model.name == 'resnet_preact' and 0.1 or 0.2",
+    ],
+)
 def test_expr_interpreter_agrees_with_python(expr):
     from types import SimpleNamespace
 
@@ -403,4 +595,4 @@ def test_expr_interpreter_agrees_with_python(expr):
 
     tree = {"data": {"batch_size": 128}, "train": {"epochs": 200}, "model": {"name": "resnet_preact"}}
     names = {k: SimpleNamespace(**v) for k, v in tree.items()}
-    assert evaluate(expr, tree) == eval(expr, {"__builtins__": {}, **FUNCTIONS}, names)  # noqa: S307
+    assert evaluate(expr, tree) == eval(expr, {"__builtins__": {}, **FUNCTIONS}, names)

@@ -1,5 +1,6 @@
 """Checkpoints: loaded as tensors and plain data only (a planted payload never runs), the last two
 kept with a fallback to the older when the newest is unreadable, and a full disk during `train`."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,20 @@ from sweeplab.trainables import worker
 
 CONFIG = str(Path(__file__).parents[1] / "configs/fashion_mnist/resnet_preact20.yaml")
 # channels_last off: with it, this torch build's oneDNN CPU kernels corrupt the heap on some CPUs
-TINY = ["data.name=synthetic", "data.synthetic_shape=[1,8,8]", "data.synthetic_classes=4",
-        "data.synthetic_train=128", "data.synthetic_test=64", "data.batch_size=32", "model.name=resnet_preact",
-        "model.depth=8", "model.initial_channels=4", "train.threads=1", "train.channels_last=false",
-        "data.device=cpu"]
+TINY = [
+    "data.name=synthetic",
+    "data.synthetic_shape=[1,8,8]",
+    "data.synthetic_classes=4",
+    "data.synthetic_train=128",
+    "data.synthetic_test=64",
+    "data.batch_size=32",
+    "model.name=resnet_preact",
+    "model.depth=8",
+    "model.initial_channels=4",
+    "train.threads=1",
+    "train.channels_last=false",
+    "data.device=cpu",
+]
 
 
 class Payload:
@@ -56,9 +67,9 @@ def corrupt(path: Path, how: str) -> None:
     elif how == "bitflip":  # in the middle of the largest tensor's bytes: torch.load alone would not notice
         with zipfile.ZipFile(path) as z:
             info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-        extra = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+        extra = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
         i = info.header_offset + 30 + len(info.orig_filename.encode()) + extra + info.file_size // 2
-        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
     elif how == "missing":
         path.unlink()
     elif how == "garbage":
@@ -83,8 +94,10 @@ def err_lines(capsys) -> list[str]:
 @pytest.mark.parametrize("optim", ["sgd", "adam", "amsgrad", "lars"])
 def test_a_trained_state_of_every_optimiser_loads_with_weights_only(tmp_path, optim):
     states = []
-    conf = config.load(None, TINY + ["train.epochs=1", f"optim.name={optim}", "train.precision=fp16",
-                                     "optim.no_weight_decay_on_bn=true"])
+    conf = config.load(
+        None,
+        TINY + ["train.epochs=1", f"optim.name={optim}", "train.precision=fp16", "optim.no_weight_decay_on_bn=true"],
+    )
     engine.fit(conf, lambda m, state: states.append(state()))
     torch.save(states[0], tmp_path / "c.pt")
     back = engine.load_checkpoint(tmp_path / "c.pt")
@@ -161,9 +174,15 @@ def test_train_keeps_two_checkpoints_and_resumes_from_the_older_exactly(tmp_path
     assert engine.load_checkpoint(split / "checkpoint.prev.pt")["epoch"] == 2  # not the damaged file
     assert (split / "checkpoint.bad.pt").exists() and not (split / "checkpoint.tmp").exists()
     lines = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
-    assert lines == [json.loads(x) | {"time/train_s": y["time/train_s"], "time/epoch_s": y["time/epoch_s"],
-                                      "time/images_per_s": y["time/images_per_s"]}
-                     for x, y in zip((straight / "metrics.jsonl").read_text().splitlines(), lines)]
+    assert lines == [
+        json.loads(x)
+        | {
+            "time/train_s": y["time/train_s"],
+            "time/epoch_s": y["time/epoch_s"],
+            "time/images_per_s": y["time/images_per_s"],
+        }
+        for x, y in zip((straight / "metrics.jsonl").read_text().splitlines(), lines)
+    ]
 
 
 def test_train_resume_with_both_checkpoints_unreadable_names_both(tmp_path, capsys):
@@ -201,7 +220,7 @@ class FakeCheckpoint:
         self.path, self.filesystem = str(path), filesystem
 
     @classmethod
-    def from_directory(cls, path: str) -> "FakeCheckpoint":
+    def from_directory(cls, path: str) -> FakeCheckpoint:
         return cls(Path(path))
 
     @contextmanager
@@ -218,13 +237,22 @@ def tune_trial(root: Path, names: list[str]) -> list[FakeCheckpoint]:
 
     reporter = worker.Reporter(report, FakeCheckpoint, rank=0, hardware="")
     for epoch in range(1, len(names) + 1):
-        reporter({"epoch": epoch, "val/error": 10.0 * epoch, "val/loss": 1.0}, lambda: real_state(epoch))
+        reporter({"epoch": epoch, "val/error": 10.0 * epoch, "val/loss": 1.0}, lambda epoch=epoch: real_state(epoch))
     return kept
 
 
-@pytest.mark.parametrize("names", [["checkpoint_000001", "checkpoint_000002", "checkpoint_000003"],
-                                   ["checkpoint_2026-11-28_10-00-00.000001", "checkpoint_2026-11-28_10-00-09.5",
-                                    "checkpoint_2026-11-28_10-01-00.000002"]], ids=["tune", "train"])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["checkpoint_000001", "checkpoint_000002", "checkpoint_000003"],
+        [
+            "checkpoint_2026-11-28_10-00-00.000001",
+            "checkpoint_2026-11-28_10-00-09.5",
+            "checkpoint_2026-11-28_10-01-00.000002",
+        ],
+    ],
+    ids=["tune", "train"],
+)
 def test_worker_restore_falls_back_to_the_newest_older_checkpoint(tmp_path, capsys, names):
     c1, c2, c3 = tune_trial(tmp_path, names)
     corrupt(Path(c2.path) / "state.pt", "truncated")
@@ -265,8 +293,9 @@ def test_worker_restore_of_remote_storage_uses_the_latest_only(tmp_path):
 @contextmanager
 def tmpfs(path: Path, size: str):
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

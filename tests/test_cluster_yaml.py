@@ -3,6 +3,7 @@
 Nothing is started: `prepare_config` fills the provider's defaults from Ray's packaged YAML and
 `validate_config` checks the result against Ray's JSON schema.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,8 +74,15 @@ def test_mlflow_server_and_shared_storage(cluster: dict[str, Any]) -> None:
 
 def test_docs_show_the_cluster_workflow() -> None:
     text = (ROOT / "docs" / "cluster.md").read_text()
-    for needle in ("ray up cluster.yaml", "ray job submit", "sweeplab run", "--storage /shared/ray",
-                   "sweeplab status", "sweeplab resume", "ray down cluster.yaml"):
+    for needle in (
+        "ray up cluster.yaml",
+        "ray job submit",
+        "sweeplab run",
+        "--storage /shared/ray",
+        "sweeplab status",
+        "sweeplab resume",
+        "ray down cluster.yaml",
+    ):
         assert needle in text, needle
 
 

@@ -1,4 +1,5 @@
 """The engine and `sweeplab train`: learning, exact resume, the loader's augmentation, DDP sharding."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,21 @@ from sweeplab.cli import main
 from sweeplab.data.loader import DeviceLoader
 
 CONFIG = str(Path(__file__).parents[1] / "configs/fashion_mnist/resnet_preact20.yaml")
-TINY = ["data.name=synthetic", "data.synthetic_shape=[1,12,12]", "data.synthetic_classes=4",
-        "data.synthetic_train=256", "data.synthetic_test=64", "data.batch_size=32", "model.name=resnet_preact",
-        "model.depth=8", "model.initial_channels=4", "augment.random_crop=true", "augment.hflip=true",
-        "optim.lr=0.2", "train.threads=1"]
+TINY = [
+    "data.name=synthetic",
+    "data.synthetic_shape=[1,12,12]",
+    "data.synthetic_classes=4",
+    "data.synthetic_train=256",
+    "data.synthetic_test=64",
+    "data.batch_size=32",
+    "model.name=resnet_preact",
+    "model.depth=8",
+    "model.initial_channels=4",
+    "augment.random_crop=true",
+    "augment.hflip=true",
+    "optim.lr=0.2",
+    "train.threads=1",
+]
 
 
 def tiny(*extra: str) -> config.Config:
@@ -31,8 +43,16 @@ def test_synthetic_run_lowers_the_loss():
     engine.fit(tiny("train.epochs=4"), lambda m, _: history.append(m))
     assert [m["epoch"] for m in history] == [1, 2, 3, 4]
     assert history[-1]["train/loss"] < 0.8 * history[0]["train/loss"]
-    assert set(history[-1]) >= {"epoch", "lr", "train/loss", "train/error", "val/loss", "val/error",
-                                "time/epoch_s", "time/images_per_s"}
+    assert set(history[-1]) >= {
+        "epoch",
+        "lr",
+        "train/loss",
+        "train/error",
+        "val/loss",
+        "val/error",
+        "time/epoch_s",
+        "time/images_per_s",
+    }
     assert 0.0 <= history[-1]["val/error"] <= 100.0
 
 
@@ -62,15 +82,15 @@ def test_train_refuses_to_overwrite_and_to_resume_a_changed_config(tmp_path, cap
     assert main(["train", CONFIG, *TINY, "train.epochs=1", *out]) == 0
     assert main(["train", CONFIG, *TINY, "train.epochs=1", *out]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", CONFIG, *TINY, "optim.lr=0.3",
-                 "train.epochs=2", *out, "--resume"]) == 2
+    assert main(["train", CONFIG, *TINY, "optim.lr=0.3", "train.epochs=2", *out, "--resume"]) == 2
     assert "optim.lr" in capsys.readouterr().err
 
 
 def _loader(**kw) -> DeviceLoader:
     images = torch.arange(8 * 1 * 6 * 6, dtype=torch.uint8).view(8, 1, 6, 6) % 200 + 1  # no zeros
-    return DeviceLoader(images, torch.arange(8), 4, mean=(0.0,), std=(1.0,), device=torch.device("cpu"),
-                        normalize=False, **kw)
+    return DeviceLoader(
+        images, torch.arange(8), 4, mean=(0.0,), std=(1.0,), device=torch.device("cpu"), normalize=False, **kw
+    )
 
 
 def raw(img: torch.Tensor) -> torch.Tensor:
@@ -123,8 +143,10 @@ def test_loader_shards_are_disjoint_and_cover_the_epoch():
 def _ddp_worker(rank: int, port: int, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
+
         def on_epoch(metrics, state):
             torch.save({"metrics": metrics, "model": state()["model"]}, f"{folder}/rank{rank}.pt")
+
         engine.fit(tiny("train.epochs=1", "augment.mixup=1.0"), on_epoch)
     finally:
         dist.destroy_process_group()
@@ -164,10 +186,30 @@ def test_channels_last_default_trains_a_tiny_model_without_crashing(tmp_path):
     import sys
 
     config = Path(__file__).parents[1] / "configs/fashion_mnist/resnet_preact20.yaml"
-    r = subprocess.run([sys.executable, "-m", "sweeplab.cli", "train", str(config), "data.name=synthetic",
-                        "data.synthetic_shape=[1,8,8]", "data.synthetic_train=256", "data.synthetic_test=64",
-                        "data.batch_size=64", "data.device=cpu", "model.depth=8", "model.initial_channels=4",
-                        "train.threads=1", "train.epochs=2", "train.channels_last=true",
-                        "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeplab.cli",
+            "train",
+            str(config),
+            "data.name=synthetic",
+            "data.synthetic_shape=[1,8,8]",
+            "data.synthetic_train=256",
+            "data.synthetic_test=64",
+            "data.batch_size=64",
+            "data.device=cpu",
+            "model.depth=8",
+            "model.initial_channels=4",
+            "train.threads=1",
+            "train.epochs=2",
+            "train.channels_last=true",
+            "--output",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoint.pt").is_file()

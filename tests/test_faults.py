@@ -8,6 +8,7 @@ and in Tune every trial finished once under the trial ids it started with.
 
 Each test signs Tune's state with a key of its own ($SWEEPLAB_KEY_FILE, outside --storage).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from test_sweeps_ray import cli, descendants, write_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -55,8 +57,9 @@ class Driver:
     def __init__(self, argv: list[str], env: dict[str, str], stderr: Path) -> None:
         self.stderr_path = stderr
         self.lines: list[str] = []
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True,
-                                     env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True, env=env, start_new_session=True
+        )
 
     def until(self, pattern: str) -> re.Match | None:
         """Read stdout up to the first line matching `pattern` (None at the end of the output)."""
@@ -239,8 +242,11 @@ def test_a_state_file_caught_mid_write_is_never_signed(tmp_path, monkeypatch):
     keeper = ls.Keeper(d, min_interval_s=0)
     assert keeper.maybe_copy()
     good = ls.verified(d)
-    for name, torn in [("experiment_state-1.json", b""), ("experiment_state-1.json", b'{"trial_data": ['),
-                       ("basic-variant-state-1.json", pickle.dumps(list(range(50)))[:-7])]:
+    for name, torn in [
+        ("experiment_state-1.json", b""),
+        ("experiment_state-1.json", b'{"trial_data": ['),
+        ("basic-variant-state-1.json", pickle.dumps(list(range(50)))[:-7]),
+    ]:
         (d / name).write_bytes(torn)
         assert not keeper.maybe_copy(), name
         assert ls.verified(d) == good
@@ -261,8 +267,13 @@ def test_a_state_file_caught_mid_write_is_never_signed(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_planted_tune_pickles_never_run(tmp_path):
     env = keyed(tmp_path)
-    path = write_sweep(tmp_path, name="plant", overrides={"train.epochs": 2},
-                       space={"optim.lr": {"grid": [0.01, 0.1]}}, max_concurrent=2)
+    path = write_sweep(
+        tmp_path,
+        name="plant",
+        overrides={"train.epochs": 2},
+        space={"optim.lr": {"grid": [0.01, 0.1]}},
+        max_concurrent=2,
+    )
     r = sweeplab(cli(tmp_path, "run", str(path), "--name", "plant", "--num-cpus", "2"), env)
     assert r.returncode == 0, r.stdout + r.stderr
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -324,8 +335,13 @@ def test_planted_tune_pickles_never_run(tmp_path):
 @pytest.mark.slow
 def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
     env = keyed(tmp_path)
-    path = write_sweep(tmp_path, name="torn", overrides={"train.epochs": 3},
-                       space={"optim.lr": {"grid": [0.001, 0.01, 0.1, 0.5]}}, max_concurrent=2)
+    path = write_sweep(
+        tmp_path,
+        name="torn",
+        overrides={"train.epochs": 3},
+        space={"optim.lr": {"grid": [0.001, 0.01, 0.1, 0.5]}},
+        max_concurrent=2,
+    )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "torn", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
     first = d.until(r"\] (\S+_\d{5})  start")
@@ -365,10 +381,15 @@ def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
 @pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
     # enough epochs that the signed state catches up with a trial's newest checkpoint before it ends
-    EPOCHS = 8  # noqa: N806
+    EPOCHS = 8
     env = keyed(tmp_path)
-    path = write_sweep(tmp_path, name="ckpt", overrides={"train.epochs": EPOCHS, **SLOW},
-                       space={"optim.lr": {"grid": [0.01, 0.1]}}, max_concurrent=2)
+    path = write_sweep(
+        tmp_path,
+        name="ckpt",
+        overrides={"train.epochs": EPOCHS, **SLOW},
+        space={"optim.lr": {"grid": [0.01, 0.1]}},
+        max_concurrent=2,
+    )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "ckpt", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
     first = d.until(r"\] (\S+_\d{5})  start")
@@ -383,7 +404,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
             name = t["last_result"].get("checkpoint_dir_name") or ""
             on_disk = sorted(p.name for p in launch.glob(f"train_trial_{tid}_*/checkpoint_*"))
             if t["status"] != "TERMINATED" and len(on_disk) >= 2 and on_disk[-1] == name:
-                return tid, int(name[len("checkpoint_"):])
+                return tid, int(name[len("checkpoint_") :])
         return None
 
     deadline = time.monotonic() + 60
@@ -414,8 +435,13 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
 @pytest.mark.slow
 def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, drivers):
     env = keyed(tmp_path)
-    path = write_sweep(tmp_path, name="term", overrides={"train.epochs": 4, **SLOW},
-                       space={"optim.lr": {"grid": [0.01, 0.1, 0.3]}}, max_concurrent=2)
+    path = write_sweep(
+        tmp_path,
+        name="term",
+        overrides={"train.epochs": 4, **SLOW},
+        space={"optim.lr": {"grid": [0.01, 0.1, 0.3]}},
+        max_concurrent=2,
+    )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "term", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
     first = d.until(r"\] (\S+_\d{5})  start")
@@ -430,8 +456,9 @@ def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, driver
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _, parents, runs = mlflow_runs(uri, "term")
     assert [p.info.status for p in parents] == ["KILLED"]
-    assert runs and not [r for r in runs if r.info.status == "RUNNING"], [(r.data.tags["sweeplab.trial_id"],
-                                                                           r.info.status) for r in runs]
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"], [
+        (r.data.tags["sweeplab.trial_id"], r.info.status) for r in runs
+    ]
     assert any(r.info.status == "KILLED" for r in runs)
 
     r = sweeplab(cli(tmp_path, "resume", "term", "--num-cpus", "2"), env)
@@ -448,11 +475,18 @@ def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, driver
 @pytest.mark.slow
 def test_two_first_sweeps_at_once_on_one_new_store(tmp_path, drivers):
     env = keyed(tmp_path)
-    path = write_sweep(tmp_path, name="pair", overrides={"train.epochs": 2},
-                       space={"optim.lr": {"grid": [0.01, 0.1]}}, max_concurrent=1)
+    path = write_sweep(
+        tmp_path,
+        name="pair",
+        overrides={"train.epochs": 2},
+        space={"optim.lr": {"grid": [0.01, 0.1]}},
+        max_concurrent=1,
+    )
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
-    pair = [Driver(cli(tmp_path, "run", str(path), "--name", name, "--num-cpus", "1"), env, tmp_path / f"err-{name}")
-            for name in ("pair-a", "pair-b")]
+    pair = [
+        Driver(cli(tmp_path, "run", str(path), "--name", name, "--num-cpus", "1"), env, tmp_path / f"err-{name}")
+        for name in ("pair-a", "pair-b")
+    ]
     drivers.extend(pair)
     rcs = [d.finish() for d in pair]
     assert rcs == [0, 0], "\n=====\n".join(d.out for d in pair)
@@ -477,10 +511,18 @@ def test_full_mlflow_disk_is_reported_and_resume_relogs(tmp_path, tmp_path_facto
     env = keyed(tmp_path)
     disk = tmpfs("mlfs", "6m")
     uri = fresh_uri(disk, tmp_path_factory)  # migrated already: the migration is not what fills the disk
-    path = write_sweep(tmp_path, name="mlfull", overrides={"train.epochs": 3, **SLOW},
-                       space={"optim.lr": {"grid": [0.01, 0.1]}}, max_concurrent=2)
-    d = Driver(cmd("run", str(path), "--name", "mlfull", "--num-cpus", "2", storage=tmp_path / "ray", uri=uri),
-               env, tmp_path / "err")
+    path = write_sweep(
+        tmp_path,
+        name="mlfull",
+        overrides={"train.epochs": 3, **SLOW},
+        space={"optim.lr": {"grid": [0.01, 0.1]}},
+        max_concurrent=2,
+    )
+    d = Driver(
+        cmd("run", str(path), "--name", "mlfull", "--num-cpus", "2", storage=tmp_path / "ray", uri=uri),
+        env,
+        tmp_path / "err",
+    )
     drivers.append(d)
     first = d.until(r"\] (\S+_\d{5})  start")
     assert first is not None, d.out
@@ -508,10 +550,16 @@ def test_full_storage_disk_is_not_silent_and_resume_completes(tmp_path, drivers,
     env = keyed(tmp_path)
     storage = tmpfs("store", "16m")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    path = write_sweep(tmp_path, name="stfull", overrides={"train.epochs": 3, **SLOW},
-                       space={"optim.lr": {"grid": [0.01, 0.1]}}, max_concurrent=2)
-    d = Driver(cmd("run", str(path), "--name", "stfull", "--num-cpus", "2", storage=storage, uri=uri),
-               env, tmp_path / "err")
+    path = write_sweep(
+        tmp_path,
+        name="stfull",
+        overrides={"train.epochs": 3, **SLOW},
+        space={"optim.lr": {"grid": [0.01, 0.1]}},
+        max_concurrent=2,
+    )
+    d = Driver(
+        cmd("run", str(path), "--name", "stfull", "--num-cpus", "2", storage=storage, uri=uri), env, tmp_path / "err"
+    )
     drivers.append(d)
     first = d.until(r"\] (\S+_\d{5})  start")
     assert first is not None, d.out

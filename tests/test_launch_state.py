@@ -1,5 +1,6 @@
 """Tune's launch state in signed copies (no Ray needed): what verifies, what is refused, what is put back;
 and the local Ray's shared files: one auth token for concurrent first launches, a private temp folder."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def test_a_copy_is_signed_and_verifies(tmp_path, key_file):
     d = launch(tmp_path)
     assert ls.Keeper(d).maybe_copy(force=True)
     copy = ls.verified(d)
-    assert sorted(p.name for p in copy.iterdir()) == ["digests.json", "experiment_state-1.json", "sweeplab.json",
-                                                     "tuner.pkl"]
+    assert sorted(p.name for p in copy.iterdir()) == [
+        "digests.json",
+        "experiment_state-1.json",
+        "sweeplab.json",
+        "tuner.pkl",
+    ]
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert ls.differing(d, copy) == []
 
@@ -98,9 +103,9 @@ def test_no_copy_is_reported(tmp_path):
 def test_reinstate_puts_the_copy_back_and_moves_differing_files_aside_unread(tmp_path):
     d = launch(tmp_path)
     ls.Keeper(d).maybe_copy(force=True)
-    (d / "experiment_state-1.json").write_text('{"trial_d')    # torn by a full disk
-    (d / "tuner.pkl").write_bytes(b"planted payload")           # or planted
-    (d / "experiment_state-2.json").write_text("{}")            # written after the last copy
+    (d / "experiment_state-1.json").write_text('{"trial_d')  # torn by a full disk
+    (d / "tuner.pkl").write_bytes(b"planted payload")  # or planted
+    (d / "experiment_state-2.json").write_text("{}")  # written after the last copy
     copy, moved = ls.reinstate(d)
     assert sorted(moved) == ["experiment_state-1.json", "experiment_state-2.json", "tuner.pkl"]
     assert (d / "tuner.pkl").read_bytes() == b"tuner v1"

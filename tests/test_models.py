@@ -1,4 +1,5 @@
 """Model zoo: every registered model trains on CIFAR- and MNIST-shaped batches; sizes match the papers."""
+
 from __future__ import annotations
 
 import math
@@ -30,14 +31,24 @@ VARIANTS: list[tuple[str, dict]] = [
     ("densenet", dict(depth=10, block_type="basic", growth_rate=4, compression_rate=1.0, drop_rate=0.2)),
     ("pyramidnet", dict(depth=8, block_type="basic", alpha=8)),
     ("resnet", dict(depth=11, block_type="bottleneck", initial_channels=4)),
-    ("resnet_preact", dict(depth=11, block_type="bottleneck", initial_channels=4, remove_first_relu=True,
-                           add_last_bn=True, preact_stage=[True, False, False])),
+    (
+        "resnet_preact",
+        dict(
+            depth=11,
+            block_type="bottleneck",
+            initial_channels=4,
+            remove_first_relu=True,
+            add_last_bn=True,
+            preact_stage=[True, False, False],
+        ),
+    ),
     ("se_resnet_preact", dict(depth=11, block_type="bottleneck", initial_channels=4, se_reduction=4)),
     ("shake_shake", dict(depth=8, initial_channels=8, shake_backward=False, shake_image=False)),
     ("vgg", dict(n_channels=8, n_layers=6, use_bn=False)),
     ("resnet9", dict(channels=8, celu_alpha=0.075)),
     ("wrn", dict(depth=10, widening_factor=1, drop_rate=0.3)),
 ]
+
 
 def _id(value: object) -> str:
     return ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
@@ -74,8 +85,10 @@ def test_catalog_read_from_source_equals_the_imported_registries() -> None:
 
     for module, _ in catalog.models().values():
         importlib.import_module(module)
-    imported = {name: {k: p.default for k, p in inspect.signature(fn).parameters.items()}
-                for name, fn in models._REGISTRY.items()}
+    imported = {
+        name: {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+        for name, fn in models._REGISTRY.items()
+    }
     assert {name: params for name, (_, params) in catalog.models().items()} == imported
     assert catalog.optimizers() == optim.names() and "lars" in optim.names()
 
@@ -84,9 +97,11 @@ def test_validating_a_sweep_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from sweeplab.search_spaces import load; "
-            "s = load('sweeps/quickstart.yaml', smoke=True); s.check(); "
-            "assert len(s.trials()) == 8 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    code = (
+        "import sys; from sweeplab.search_spaces import load; "
+        "s = load('sweeps/quickstart.yaml', smoke=True); s.check(); "
+        "assert len(s.trials()) == 8 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -196,8 +211,13 @@ def test_unknown_model_lists_the_valid_ones() -> None:
         assert name in str(err.value)
 
 
-BAD_VALUES = [("vgg", dict(n_layers=14)), ("densenet", dict(depth=101)), ("pyramidnet", dict(shakedrop=1.0)),
-              ("densenet", dict(compression_rate=0)), ("resnet9", dict(celu_alpha=-1.0))]
+BAD_VALUES = [
+    ("vgg", dict(n_layers=14)),
+    ("densenet", dict(depth=101)),
+    ("pyramidnet", dict(shakedrop=1.0)),
+    ("densenet", dict(compression_rate=0)),
+    ("resnet9", dict(celu_alpha=-1.0)),
+]
 
 
 @pytest.mark.parametrize("name,opts", BAD_VALUES, ids=_id)

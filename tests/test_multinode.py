@@ -8,6 +8,7 @@ A second node cannot join through `ray start --address` and stay on loopback (Ra
 is started the way `ray.cluster_utils.Cluster.add_node` does it, without `Cluster` itself (which writes
 /tmp/ray/ray_current_cluster, where another test's or user's Ray would find it).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from test_sweeps_ray import BASE, LOOPBACK, TINY, child_runs, descendants, listening
 
 EPOCHS = 5
@@ -118,30 +120,58 @@ def cluster(tmp_path):
     token = tmp_path / "ray_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # SIGTERM stops a node at once
-           # the GCS declares a dead node dead after ~3 s instead of ~15 s
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
-           "RAY_health_check_failure_threshold": "3"}
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # SIGTERM stops a node at once
+        # the GCS declares a dead node dead after ~3 s instead of ~15 s
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_timeout_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
+    }
     env.pop("RAY_ADDRESS", None)  # nothing but --address may point the driver at a cluster
     port, dashboard, client = free_ports(3)
-    head_cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--dashboard-agent-listen-port=0",
-                f"--ray-client-server-port={client}", "--min-worker-port=0", "--max-worker-port=0",
-                "--object-store-memory=100000000", f"--temp-dir={ray_tmp}", '--resources={"head_node": 1}']
+    head_cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--dashboard-agent-listen-port=0",
+        f"--ray-client-server-port={client}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        "--object-store-memory=100000000",
+        f"--temp-dir={ray_tmp}",
+        '--resources={"head_node": 1}',
+    ]
     procs: list[subprocess.Popen] = []
     seen: set[int] = set()
     try:
         with open(tmp_path / "head.log", "w") as log:
-            procs.append(subprocess.Popen(head_cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(head_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            )
         wait_for_port(port, procs[0], 60)
         with open(tmp_path / "second.log", "w") as log:
-            procs.append(subprocess.Popen([sys.executable, "-c", SECOND_NODE, f"127.0.0.1:{port}", ray_tmp],
-                                          stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", SECOND_NODE, f"127.0.0.1:{port}", ray_tmp],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
         line = procs[1].stdout.readline()
         assert line, (tmp_path / "second.log").read_text()[-3000:]
         yield f"127.0.0.1:{port}", json.loads(line)["node_id"], env, procs, seen
@@ -154,19 +184,38 @@ def cluster(tmp_path):
 @pytest.mark.timeout(300)
 def test_trial_of_a_dead_node_continues_from_its_checkpoint(tmp_path, cluster):
     address, second, env, (head, node2), seen = cluster
-    spec = {"config": BASE, "name": "twonode", "overrides": {**TINY, **DATA},
-            "space": {"optim.lr": {"grid": [0.05, 0.1, 0.2]}}, "smoke": {"overrides": {"train.epochs": EPOCHS}}}
+    spec = {
+        "config": BASE,
+        "name": "twonode",
+        "overrides": {**TINY, **DATA},
+        "space": {"optim.lr": {"grid": [0.05, 0.1, 0.2]}},
+        "smoke": {"overrides": {"train.epochs": EPOCHS}},
+    }
     sweep = tmp_path / "twonode.yaml"
     sweep.write_text(yaml.safe_dump(spec, sort_keys=False))
     launch_dir = tmp_path / "ray" / "twonode"
-    cmd = [sys.executable, "-m", "sweeplab.cli", "run", str(sweep), "--smoke", "--name", "twonode",
-           "--address", address, "--storage", str(tmp_path / "ray"),
-           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeplab.cli",
+        "run",
+        str(sweep),
+        "--smoke",
+        "--name",
+        "twonode",
+        "--address",
+        address,
+        "--storage",
+        str(tmp_path / "ray"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     log = (tmp_path / "driver.log").read_text
     start = time.monotonic()
     with open(tmp_path / "driver.log", "w") as f:
-        driver = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                  cwd=tmp_path)
+        driver = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path
+        )
     try:
         # Wait for a trial on the second node to report (and so checkpoint) an epoch, then kill the node.
         victim, sockets = None, []
@@ -224,5 +273,7 @@ def test_trial_of_a_dead_node_continues_from_its_checkpoint(tmp_path, cluster):
     (run,) = [r for r in runs if r.data.tags["sweeplab.trial_id"] == victim]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
     assert set(steps) == set(range(1, EPOCHS + 1)) and steps.count(1) == 1, steps
-    print(f"two-node test: {time.monotonic() - start:.0f} s of sweep; {len(sockets)} listening sockets, all on "
-          f"loopback; victim {victim} killed at epoch {killed_at}, resumed at epoch {after[0]}")
+    print(
+        f"two-node test: {time.monotonic() - start:.0f} s of sweep; {len(sockets)} listening sockets, all on "
+        f"loopback; victim {victim} killed at epoch {killed_at}, resumed at epoch {after[0]}"
+    )

@@ -3,6 +3,7 @@
 Updates are checked against hand computations on toy tensors; the engine's parts (clipping,
 ghost BN, flip TTA) run through a `Trainer` on a few synthetic images.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,21 @@ from torch import nn
 from sweeplab import config, engine, ghost_bn, optim
 from sweeplab.config import OptimConfig
 
-TINY = ["data.name=synthetic", "data.synthetic_shape=[1,8,8]", "data.synthetic_classes=4",
-        "data.synthetic_train=64", "data.synthetic_test=40", "data.batch_size=16", "data.eval_batch_size=16",
-        "data.device=cpu", "model.name=resnet_preact", "model.depth=8", "model.initial_channels=4",
-        "train.epochs=1", "train.threads=1"]
+TINY = [
+    "data.name=synthetic",
+    "data.synthetic_shape=[1,8,8]",
+    "data.synthetic_classes=4",
+    "data.synthetic_train=64",
+    "data.synthetic_test=40",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "data.device=cpu",
+    "model.name=resnet_preact",
+    "model.depth=8",
+    "model.initial_channels=4",
+    "train.epochs=1",
+    "train.threads=1",
+]
 
 
 def trainer(*extra: str) -> engine.Trainer:
@@ -43,6 +55,7 @@ def small_net() -> nn.Sequential:
 
 # --- the registry --------------------------------------------------------------------------
 
+
 def test_registry_has_the_promised_optimisers():
     assert {"sgd", "adam", "amsgrad", "lars"} <= set(optim.names())
 
@@ -64,6 +77,7 @@ def test_every_optimiser_descends_a_quadratic(name):
 
 
 # --- SGD and Adam ----------------------------------------------------------------------------
+
 
 def test_sgd_nesterov_step():
     # torch SGD with coupled L2: d = g + wd w; first step buf = d; Nesterov d' = d + m buf = 1.9 d.
@@ -103,6 +117,7 @@ def test_adam_and_amsgrad(name, amsgrad):
 
 # --- LARS (https://arxiv.org/abs/1708.03888, Algorithm 1) ----------------------------------------
 
+
 def test_lars_without_trust_coefficient_two_steps():
     # w = [3, 4] (|w| = 5), g = [0.6, 0.8] (|g| = 1), wd = 0.01, lr = 0.1, momentum 0.9.
     # step 1: ratio = 5 / (1 + 0.01 * 5) = 4.7619; d = ratio * (g + wd w) = 4.7619 * [0.63, 0.84] = [3, 4]
@@ -110,8 +125,10 @@ def test_lars_without_trust_coefficient_two_steps():
     # step 2: |w1| = 4.5; ratio = 4.5 / 1.045; d = ratio * ([0.6, 0.8] + 0.01 * w1) = [2.7, 3.6]
     #         buf = 0.9 * [3, 4] + [2.7, 3.6] = [5.4, 7.2]; w2 = w1 - 0.1 * buf = [2.16, 2.88]
     layer = toy([3.0, 4.0], [0.6, 0.8])
-    opt = optim.build(layer, OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
-                                         lars_trust_coefficient=0.0))
+    opt = optim.build(
+        layer,
+        OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01, lars_trust_coefficient=0.0),
+    )
     opt.step()
     assert layer.weight.detach()[0].tolist() == pytest.approx([2.7, 3.6], rel=1e-6)
     assert opt.param_groups[0]["weight_decay"] == 0.01  # restored after the step
@@ -123,8 +140,10 @@ def test_lars_without_trust_coefficient_two_steps():
 def test_lars_with_trust_coefficient():
     # local lr = eta * |w| / (|g| + wd |w|) = 0.001 * 5 / 1.05; update = 0.1 * local lr * [0.63, 0.84]
     layer = toy([3.0, 4.0], [0.6, 0.8])
-    opt = optim.build(layer, OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
-                                         lars_trust_coefficient=0.001))
+    opt = optim.build(
+        layer,
+        OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01, lars_trust_coefficient=0.001),
+    )
     opt.step()
     assert layer.weight.detach()[0].tolist() == pytest.approx([2.9997, 3.9996], rel=1e-7)
 
@@ -132,14 +151,17 @@ def test_lars_with_trust_coefficient():
 def test_lars_leaves_excluded_bias_to_plain_sgd():
     # With no decay on BN/bias, 1-D tensors skip the layer-wise ratio: b' = b - lr * g_b.
     layer = toy([3.0, 4.0], [0.6, 0.8], bias=1.0, bias_grad=0.5)
-    opt = optim.build(layer, OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
-                                         no_weight_decay_on_bn=True))
+    opt = optim.build(
+        layer,
+        OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01, no_weight_decay_on_bn=True),
+    )
     opt.step()
     assert layer.bias.item() == pytest.approx(0.95)
     assert layer.weight.detach()[0].tolist() == pytest.approx([2.7, 3.6], rel=1e-6)
 
 
 # --- weight decay groups ---------------------------------------------------------------------
+
 
 def _decay_of(opt: torch.optim.Optimizer) -> dict[int, float]:
     return {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
@@ -165,8 +187,7 @@ def test_excluded_parameters_are_not_decayed_by_any_optimiser(name):
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
-    opt = optim.build(net, OptimConfig(name=name, lr=0.5, momentum=0.0, weight_decay=0.1,
-                                       no_weight_decay_on_bn=True))
+    opt = optim.build(net, OptimConfig(name=name, lr=0.5, momentum=0.0, weight_decay=0.1, no_weight_decay_on_bn=True))
     opt.step()
     moved = {n for n, p in net.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert moved == {"0.weight", "3.weight"}
@@ -175,6 +196,7 @@ def test_excluded_parameters_are_not_decayed_by_any_optimiser(name):
 
 
 # --- the engine: gradient clipping, ghost BN, flip TTA ----------------------------------------
+
 
 def _grad_norms(t: engine.Trainer) -> list[float]:
     norms: list[float] = []
@@ -209,8 +231,7 @@ def test_ghost_bn_normalises_each_chunk_separately():
     out = ghost(x)
     expected = torch.cat([plain(chunk) for chunk in x.split(4)])  # BN run on each chunk in turn
     assert torch.allclose(out, expected, atol=1e-5)
-    assert not torch.allclose(out, nn.functional.batch_norm(x, None, None, ghost.weight, ghost.bias, True),
-                              atol=1e-2)
+    assert not torch.allclose(out, nn.functional.batch_norm(x, None, None, ghost.weight, ghost.bias, True), atol=1e-2)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.allclose(getattr(ghost, name).float(), getattr(plain, name).float()), name
     ghost.eval(), plain.eval()

@@ -5,6 +5,7 @@ The short run keeps everything a recipe sets (optimiser, schedule, augmentation,
 family and its options) and shrinks only the data and the model's depth and width, so the whole
 file runs in seconds on a 2-core CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,14 @@ IDS = [str(p.relative_to(ROOT / "configs")) for p in RECIPES]
 
 # The image shape of each dataset, so the synthetic stand-in exercises the recipe's real input path
 # (28x28x1 digits go through every model's small-input handling).
-SHAPES = {"cifar10": [3, 32, 32], "cifar100": [3, 32, 32], "mnist": [1, 28, 28],
-          "fashion_mnist": [1, 28, 28], "kmnist": [1, 28, 28], "synthetic": None}
+SHAPES = {
+    "cifar10": [3, 32, 32],
+    "cifar100": [3, 32, 32],
+    "mnist": [1, 28, 28],
+    "fashion_mnist": [1, 28, 28],
+    "kmnist": [1, 28, 28],
+    "synthetic": None,
+}
 
 
 def tiny_model(model: dict[str, Any]) -> dict[str, Any]:
@@ -52,9 +59,15 @@ def smoke_overrides(recipe: config.Config) -> dict[str, Any]:
     """Dotted overrides for a one-epoch run of `recipe` on 64 synthetic images of its dataset's shape."""
     shape = SHAPES[recipe.data.name] or recipe.data.synthetic_shape
     over: dict[str, Any] = {
-        "data.name": "synthetic", "data.synthetic_shape": shape, "data.synthetic_classes": 10,
-        "data.synthetic_train": 64, "data.synthetic_test": 32, "data.batch_size": 16,
-        "data.eval_batch_size": 32, "data.device": "cpu", "train.epochs": 1,
+        "data.name": "synthetic",
+        "data.synthetic_shape": shape,
+        "data.synthetic_classes": 10,
+        "data.synthetic_train": 64,
+        "data.synthetic_test": 32,
+        "data.batch_size": 16,
+        "data.eval_batch_size": 32,
+        "data.device": "cpu",
+        "train.epochs": 1,
     }
     if recipe.train.ghost_batch_size:
         over["train.ghost_batch_size"] = 8
@@ -82,8 +95,17 @@ def test_recipe_trains_on_synthetic_data(path: Path) -> None:
     recipe = config.load(path)
     c = config.load(path, smoke_overrides(recipe))
     # the run keeps what the recipe is about
-    for key in ("optim.name", "sched.name", "augment.cutout", "augment.mixup", "augment.ricap",
-                "augment.dual_cutout", "augment.label_smoothing", "train.precision", "train.flip_tta"):
+    for key in (
+        "optim.name",
+        "sched.name",
+        "augment.cutout",
+        "augment.mixup",
+        "augment.ricap",
+        "augment.dual_cutout",
+        "augment.label_smoothing",
+        "train.precision",
+        "train.flip_tta",
+    ):
         assert c.flat()[key] == recipe.flat()[key], key
     assert c.model["name"] == recipe.model["name"]
     metrics = engine.fit(c)

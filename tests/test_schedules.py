@@ -4,6 +4,7 @@ Expected numbers are worked out from the published formulas (written as literals
 formula itself), never by calling the code under test. Unless a test says otherwise a run is
 10 epochs of 10 steps (100 optimiser steps, 0-based) at base lr 0.1.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,8 @@ def test_constant():
 def test_cosine_start_middle_end():
     # SGDR eq. 5 (https://arxiv.org/abs/1608.03983) with eta_min = 0: lr = base/2 * (1 + cos(pi t)).
     assert lr(0, name="cosine") == pytest.approx(0.1)
-    assert lr(50, name="cosine") == pytest.approx(0.05)           # t = 1/2
-    assert lr(25, name="cosine") == pytest.approx(0.0853553391)   # t = 1/4: 0.05 * (1 + sqrt(2)/2)
+    assert lr(50, name="cosine") == pytest.approx(0.05)  # t = 1/2
+    assert lr(25, name="cosine") == pytest.approx(0.0853553391)  # t = 1/4: 0.05 * (1 + sqrt(2)/2)
     # last step t = 99/100: 0.05 * (1 - cos(0.01 pi)) = 0.05 * 4.9344e-4
     assert lr(LAST, name="cosine") == pytest.approx(2.4671982e-5, rel=1e-6)
 
@@ -68,7 +69,7 @@ def test_multistep_milestones_as_absolute_epochs():
 
 def test_linear_decays_to_zero():
     got = [lr(s, name="linear") for s in (0, 25, 50, LAST)]
-    assert got == pytest.approx([0.1, 0.075, 0.05, 0.001])        # 0.1 * (1 - s/100)
+    assert got == pytest.approx([0.1, 0.075, 0.05, 0.001])  # 0.1 * (1 - s/100)
 
 
 def test_sgdr_restarts_with_growing_periods():
@@ -77,13 +78,13 @@ def test_sgdr_restarts_with_growing_periods():
     epochs = 14
     at = {s: lr(s, epochs=epochs, **kw) for s in (0, 10, 19, 20, 40, 59, 60, 100)}
     assert at[0] == pytest.approx(0.1)
-    assert at[10] == pytest.approx(0.05)                           # T_cur = 1 of T_i = 2
-    assert at[19] == pytest.approx(6.1558297e-4, rel=1e-6)         # 0.05 * (1 + cos(0.95 pi))
-    assert at[20] == pytest.approx(0.1)                            # first restart
-    assert at[40] == pytest.approx(0.05)                           # T_cur = 2 of T_i = 4
+    assert at[10] == pytest.approx(0.05)  # T_cur = 1 of T_i = 2
+    assert at[19] == pytest.approx(6.1558297e-4, rel=1e-6)  # 0.05 * (1 + cos(0.95 pi))
+    assert at[20] == pytest.approx(0.1)  # first restart
+    assert at[40] == pytest.approx(0.05)  # T_cur = 2 of T_i = 4
     assert at[59] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3.9 / 4)))
-    assert at[60] == pytest.approx(0.1)                            # second restart
-    assert at[100] == pytest.approx(0.05)                          # T_cur = 4 of T_i = 8
+    assert at[60] == pytest.approx(0.1)  # second restart
+    assert at[100] == pytest.approx(0.05)  # T_cur = 4 of T_i = 8
 
 
 def test_sgdr_with_constant_period():
@@ -96,13 +97,13 @@ def test_onecycle_is_one_triangle():
     kw = dict(name="onecycle", onecycle_peak=0.2)
     assert lr(0, **kw) == pytest.approx(0.0)
     assert lr(10, **kw) == pytest.approx(0.05)
-    assert lr(20, **kw) == pytest.approx(0.1)                      # the peak
-    assert lr(60, **kw) == pytest.approx(0.05)                     # halfway down: (1 - 0.6) / 0.8
-    assert lr(LAST, **kw) == pytest.approx(0.00125)                # 0.1 * 0.01 / 0.8, ~0 at the end
+    assert lr(20, **kw) == pytest.approx(0.1)  # the peak
+    assert lr(60, **kw) == pytest.approx(0.05)  # halfway down: (1 - 0.6) / 0.8
+    assert lr(LAST, **kw) == pytest.approx(0.00125)  # 0.1 * 0.01 / 0.8, ~0 at the end
     rise = [lr(s + 1, **kw) - lr(s, **kw) for s in range(0, 20)]
     fall = [lr(s + 1, **kw) - lr(s, **kw) for s in range(20, LAST)]
-    assert rise == pytest.approx([0.005] * 20)                     # linear up: 0.1 / 20 steps
-    assert fall == pytest.approx([-0.00125] * 79)                  # linear down: 0.1 / 80 steps
+    assert rise == pytest.approx([0.005] * 20)  # linear up: 0.1 / 20 steps
+    assert fall == pytest.approx([-0.00125] * 79)  # linear down: 0.1 / 80 steps
 
 
 def test_piecewise_reproduces_the_flax_example():
@@ -130,8 +131,8 @@ def test_exponential_warmup_applies_base_lr_once():
     # base lr twice, which would give 1e-5 at step 0 here instead of 1e-4.
     kw = dict(name="constant", warmup_epochs=1, warmup_kind="exponential", warmup_start_factor=0.001)
     assert lr(0, **kw) == pytest.approx(1e-4)
-    assert lr(5, **kw) == pytest.approx(3.16227766e-3)             # 0.1 * sqrt(0.001)
-    assert lr(9, **kw) == pytest.approx(0.0501187234)              # 0.1 * 0.001 ** 0.1
+    assert lr(5, **kw) == pytest.approx(3.16227766e-3)  # 0.1 * sqrt(0.001)
+    assert lr(9, **kw) == pytest.approx(0.0501187234)  # 0.1 * 0.001 ** 0.1
     assert lr(10, **kw) == pytest.approx(0.1)
     # the same shape at another base lr: scales linearly with base
     assert lr(5, base=0.4, **kw) == pytest.approx(4 * 3.16227766e-3)

@@ -1,5 +1,6 @@
 """Fault injection for the MLflow store: first use by several processes at once, a half-migrated
 file, a store that fails for a while, a full disk (a real tmpfs) and reconcile from Tune's results."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +14,10 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import sweeplab.tracking  # noqa: F401, I001 - first: it turns MLflow telemetry off before mlflow loads
 import pytest
-from mlflow_store import fresh_uri
 
+import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
+from mlflow_store import fresh_uri
 from sweeplab.config import flatten
 from sweeplab.search_spaces import load
 from sweeplab.tracking import Tracker
@@ -57,7 +58,9 @@ def _head() -> str:
 def _schema(db: Path) -> tuple[set[str], str | None]:
     with sqlite3.connect(db) as con:
         tables = {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        version = (
+            con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        )
     return tables, version[0] if version else None
 
 
@@ -67,8 +70,14 @@ def _dump(db: Path) -> str:
 
 
 def _sweeplab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeplab.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return subprocess.run(
+        [sys.executable, "-m", "sweeplab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
 
 
 @pytest.mark.slow
@@ -76,9 +85,16 @@ def test_concurrent_first_use_of_a_new_store(tmp_path: Path) -> None:
     """3 processes x 4 rounds open one new sqlite store at once: every open works, every store is whole."""
     n, rounds = 3, 4
     (tmp_path / "racer.py").write_text(RACER)
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "racer.py"), str(tmp_path), str(i), str(n), str(rounds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-             for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "racer.py"), str(tmp_path), str(i), str(n), str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(n)
+    ]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     lines = [ln for out in outs for ln in out.splitlines() if ln[:1].isdigit()]
     assert sorted(lines) == sorted(f"{r} ok" for r in range(rounds) for _ in range(n)), "\n".join(outs)
@@ -129,8 +145,9 @@ def test_half_migrated_store_with_data_is_repaired(tmp_path: Path, tmp_path_fact
     out = _sweeplab("best", "quickstart", "--tracking-uri", uri, "--json")
     assert out.returncode == 0, out.stderr
     assert [r["run_id"] for r in json.loads(out.stdout)] == [run_id]
-    assert out.stderr.splitlines() == [f"sweeplab: repaired the half-migrated MLflow store {db} "
-                                       "(leftover _alembic_tmp_spans)"]
+    assert out.stderr.splitlines() == [
+        f"sweeplab: repaired the half-migrated MLflow store {db} (leftover _alembic_tmp_spans)"
+    ]
     tables, version = _schema(db)
     assert version == _head() and not [t for t in tables if t.startswith("_alembic_tmp_")]
     again = _sweeplab("best", "quickstart", "--tracking-uri", uri, "--json")  # repaired for good
@@ -189,7 +206,7 @@ class Flaky:
 
 
 def _driver(tracker: object) -> Driver:
-    d = Driver(SWEEP, tracker, out=open(os.devnull, "w"))  # noqa: SIM115
+    d = Driver(SWEEP, tracker, out=open(os.devnull, "w"))
     d.RETRY_DELAYS = (0.0, 0.0, 0.0)
     return d
 
@@ -209,16 +226,33 @@ def test_a_store_that_keeps_failing_is_recorded_and_said(capsys: pytest.CaptureF
     assert [(x.trial_id, x.what) for x in d.lost] == [("t1", "epoch 2 metrics"), ("", "parent run end (FINISHED)")]
     assert d.lost_trials() == ["t1", ""]
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and err[0].startswith("sweeplab: tracking lost trial t1: epoch 2 metrics (after 4 tries: RuntimeError") and "database is locked" in err[0]
+    assert (
+        len(err) == 2
+        and err[0].startswith("sweeplab: tracking lost trial t1: epoch 2 metrics (after 4 tries: RuntimeError")
+        and "database is locked" in err[0]
+    )
     assert "[SQL" not in err[0] and err[1].startswith("sweeplab: tracking lost launch qs-1: parent run end (FINISHED)")
 
 
 def _results(folder: Path, point: dict, epochs: int, start: float = 1_700_000_000.0) -> list[dict]:
     """Tune's result.json of a trial that reported `epochs` epochs (with Ray's clutter)."""
-    rows = [{"epoch": e, "lr": 0.1, "train/loss": 1.0 / e, "train/error": 50.0 - e, "val/loss": 0.5,
-             "val/error": 40.0 - e, "time/epoch_s": 2.0, "reported_at": start + e, "training_iteration": e,
-             "pid": 42, "config": {"point": point}, **({"hardware": "cpu x1"} if e == 1 else {})}
-            for e in range(1, epochs + 1)]
+    rows = [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train/loss": 1.0 / e,
+            "train/error": 50.0 - e,
+            "val/loss": 0.5,
+            "val/error": 40.0 - e,
+            "time/epoch_s": 2.0,
+            "reported_at": start + e,
+            "training_iteration": e,
+            "pid": 42,
+            "config": {"point": point},
+            **({"hardware": "cpu x1"} if e == 1 else {}),
+        }
+        for e in range(1, epochs + 1)
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 9, "val/e')
     return rows
@@ -263,35 +297,49 @@ def _fill(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_full_mlflow_disk_is_recorded_then_reconciled(tmpfs: Path, tmp_path: Path, tmp_path_factory,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_full_mlflow_disk_is_recorded_then_reconciled(
+    tmpfs: Path, tmp_path: Path, tmp_path_factory, capsys: pytest.CaptureFixture
+) -> None:
     uri = fresh_uri(tmpfs, tmp_path_factory)
     tracker = Tracker(uri, "quickstart", "qs-full", {})
-    d = Driver(SWEEP, tracker, out=open(os.devnull, "w"))  # noqa: SIM115
+    d = Driver(SWEEP, tracker, out=open(os.devnull, "w"))
     d.RETRY_DELAYS = (0.05, 0.05)
     points = SWEEP.points()
     trials = {f"t{i}": _results(tmp_path / "trials" / f"t{i}", points[i], 3) for i in range(3)}
-    _replay(d, "t0", trials["t0"])                         # logged whole before the disk fills
+    _replay(d, "t0", trials["t0"])  # logged whole before the disk fills
     d.trial_start("t1", points[1])
-    d.trial_result("t1", trials["t1"][0])                  # t1: start and epoch 1 logged
+    d.trial_result("t1", trials["t1"][0])  # t1: start and epoch 1 logged
     assert d.lost == []
     _fill(tmpfs)
     for r in trials["t1"][1:]:
         d.trial_result("t1", r)
     d.trial_end("t1", trials["t1"][-1], None)
-    _replay(d, "t2", trials["t2"])                         # t2: nothing reaches MLflow
+    _replay(d, "t2", trials["t2"])  # t2: nothing reaches MLflow
     err = capsys.readouterr().err
     assert d.lost_trials() == ["t1", "t2"]
     lost = {(x.trial_id, x.what) for x in d.lost}
-    assert {("t1", "epoch 2 metrics"), ("t1", "epoch 3 metrics"), ("t1", "end (FINISHED)"),
-            ("t2", "run (params, config.yaml, tags)"), ("t2", "epoch 1 metrics"),
-            ("t2", "end (FINISHED)")} <= lost
+    assert {
+        ("t1", "epoch 2 metrics"),
+        ("t1", "epoch 3 metrics"),
+        ("t1", "end (FINISHED)"),
+        ("t2", "run (params, config.yaml, tags)"),
+        ("t2", "epoch 1 metrics"),
+        ("t2", "end (FINISHED)"),
+    } <= lost
     assert err.count("sweeplab: tracking lost") == len(d.lost) and "full" in err
 
     (tmpfs / "filler").unlink()
-    summaries = [SimpleNamespace(trial_id=tid, status="TERMINATED", point=rows[0]["config"]["point"],
-                                 result=rows[-1], error=None, path=str(tmp_path / "trials" / tid))
-                 for tid, rows in trials.items()]
+    summaries = [
+        SimpleNamespace(
+            trial_id=tid,
+            status="TERMINATED",
+            point=rows[0]["config"]["point"],
+            result=rows[-1],
+            error=None,
+            path=str(tmp_path / "trials" / tid),
+        )
+        for tid, rows in trials.items()
+    ]
     relogged = d.reconcile(summaries)
     assert [line.split(":")[0] for line in relogged] == ["t1", "t2"] and d.lost == []
     children = _children(uri, tracker)
@@ -321,13 +369,18 @@ def test_reconcile_on_resume_logs_a_run_that_never_reached_mlflow(tmp_path: Path
     errored = _results(tmp_path / "b", points[1], 2)
     running = _results(tmp_path / "c", points[2], 1)
     _replay(d, "b", errored[:1], end=False)
-    summaries = [SimpleNamespace(trial_id="a", status="TERMINATED", point=points[0], result=done[-1], error=None,
-                                 path=str(tmp_path / "a")),
-                 SimpleNamespace(trial_id="b", status="ERROR", point=points[1], result=errored[-1], error="boom",
-                                 path=str(tmp_path / "b")),
-                 SimpleNamespace(trial_id="c", status="RUNNING", point=points[2], result=running[-1], error=None,
-                                 path=str(tmp_path / "c")),
-                 SimpleNamespace(trial_id="p", status="PENDING", point=points[3], result={}, error=None, path=None)]
+    summaries = [
+        SimpleNamespace(
+            trial_id="a", status="TERMINATED", point=points[0], result=done[-1], error=None, path=str(tmp_path / "a")
+        ),
+        SimpleNamespace(
+            trial_id="b", status="ERROR", point=points[1], result=errored[-1], error="boom", path=str(tmp_path / "b")
+        ),
+        SimpleNamespace(
+            trial_id="c", status="RUNNING", point=points[2], result=running[-1], error=None, path=str(tmp_path / "c")
+        ),
+        SimpleNamespace(trial_id="p", status="PENDING", point=points[3], result={}, error=None, path=None),
+    ]
     assert [line.split(":")[0] for line in d.reconcile(summaries)] == ["a", "b", "c"]
     children = {tid: runs[0] for tid, runs in _children(uri, tracker).items()}
     assert sorted(children) == ["a", "b", "c"]

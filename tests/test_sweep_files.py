@@ -6,18 +6,19 @@ Across sweeps: each of the reference tables has a sweep, and each of its rows is
 point of one sweep (rows whose reference value is empty included: those are runs the reference skipped).
 Smoke blocks stay small enough for a 2-core CPU. Sweeps are found by glob: a new file is tested as is.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from sweeplab import models
-from sweeplab.search_spaces import Sweep, load
 from sweeplab.analysis import reference as ref
+from sweeplab.search_spaces import Sweep, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -25,7 +26,7 @@ IDS = [p.name for p in SWEEPS]
 SEED = "train.seed"
 
 
-@lru_cache(maxsize=None)
+@cache
 def compiled(path: Path, smoke: bool = False) -> Sweep:
     return load(path, smoke=smoke)
 
@@ -104,8 +105,9 @@ def test_sweep_smoke_block_is_small(path: Path) -> None:
         if c.data.name == "synthetic":
             assert c.data.synthetic_train <= 2048
         else:
-            assert c.data.name == "fashion_mnist" and 0 < c.data.train_subset <= 6000, \
+            assert c.data.name == "fashion_mnist" and 0 < c.data.train_subset <= 6000, (
                 f"{path.name}: smoke data must be synthetic or a Fashion-MNIST subset"
+            )
         options = {k: v for k, v in c.model.items() if k != "name"}
         channels = c.data.synthetic_shape[0] if c.data.name == "synthetic" else 1
         size = models.num_parameters(models.build(c.model["name"], 10, channels, **options))
@@ -117,8 +119,7 @@ def test_every_reference_row_is_filled_by_exactly_one_sweep() -> None:
     owners: dict[tuple[str, int], list[str]] = defaultdict(list)
     for path in SWEEPS:
         sweep = compiled(path)
-        seen = {(tid, row) for t in sweep.trials() for tid, row in t.rows.items()
-                if tid in reference_tables(sweep)}
+        seen = {(tid, row) for t in sweep.trials() for tid, row in t.rows.items() if tid in reference_tables(sweep)}
         for key in seen:
             owners[key].append(path.name)
     missing, doubled = [], []

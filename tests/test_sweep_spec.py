@@ -2,6 +2,7 @@
 
 Nothing here starts Ray: every check of a sweep file happens before it.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -27,8 +28,13 @@ def write(tmp_path: Path, name: str = "sweep.yaml", **spec) -> Path:
 
 
 def test_grid_times_seeds(tmp_path):
-    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.05, 0.1]},
-                                        "optim.weight_decay": {"grid": [1e-4, 5e-4, 1e-3]}}, seeds=3))
+    sweep = load(
+        write(
+            tmp_path,
+            space={"optim.lr": {"grid": [0.05, 0.1]}, "optim.weight_decay": {"grid": [1e-4, 5e-4, 1e-3]}},
+            seeds=3,
+        )
+    )
     trials = sweep.trials()
     assert len(trials) == 2 * 3 * 3
     combos = {(t.config.optim.lr, t.config.optim.weight_decay, t.config.train.seed) for t in trials}
@@ -39,26 +45,39 @@ def test_grid_times_seeds(tmp_path):
 
 
 def test_one_seed_keeps_the_configs_seed(tmp_path):
-    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}},
-                       overrides={**TINY, "train.seed": 7}))
+    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}}, overrides={**TINY, "train.seed": 7}))
     (trial,) = sweep.trials()
     assert trial.config.train.seed == 7 and "train.seed" not in trial.point
 
 
 def test_expr_depends_on_the_trials_own_values(tmp_path):
-    sweep = load(write(tmp_path, space={"data.batch_size": {"grid": [64, 256]},
-                                        "optim.lr": {"expr": "0.1 * data.batch_size / 128"},
-                                        "sched.warmup_epochs": {"expr": "max(1, train.epochs / 100)"}}))
+    sweep = load(
+        write(
+            tmp_path,
+            space={
+                "data.batch_size": {"grid": [64, 256]},
+                "optim.lr": {"expr": "0.1 * data.batch_size / 128"},
+                "sched.warmup_epochs": {"expr": "max(1, train.epochs / 100)"},
+            },
+        )
+    )
     got = {t.config.data.batch_size: (t.config.optim.lr, t.derived["optim.lr"]) for t in sweep.trials()}
     assert got == {64: (0.05, 0.05), 256: (0.2, 0.2)}
     assert all(t.config.sched.warmup_epochs == 2.0 for t in sweep.trials())  # 200 epochs / 100
 
 
 def test_variants_bundle_overrides_and_find_their_reference_row(tmp_path):
-    variants = [{"label": "ResNet-110", "set": {"model.name": "resnet", "model.depth": 110}},
-                {"label": "ResNet-preact-110", "set": {"model.depth": 110}}]
-    sweep = load(write(tmp_path, space={"variant": {"grid": variants}},
-                       tables={"cifar10_paper_settings": {"match": {"Model": "variant"}}}))
+    variants = [
+        {"label": "ResNet-110", "set": {"model.name": "resnet", "model.depth": 110}},
+        {"label": "ResNet-preact-110", "set": {"model.depth": 110}},
+    ]
+    sweep = load(
+        write(
+            tmp_path,
+            space={"variant": {"grid": variants}},
+            tables={"cifar10_paper_settings": {"match": {"Model": "variant"}}},
+        )
+    )
     a, b = sweep.trials()
     assert a.point == {"variant": "ResNet-110"} and b.point == {"variant": "ResNet-preact-110"}
     # a changed model.name drops the base model's options (resnet has no initial_channels option)
@@ -68,25 +87,41 @@ def test_variants_bundle_overrides_and_find_their_reference_row(tmp_path):
 
 
 def test_numeric_match_compares_as_floats(tmp_path):
-    sweep = load(write(tmp_path, space={"data.batch_size": {"grid": [2048, 1024, 999]},
-                                        "optim.lr": {"expr": "0.1 * data.batch_size / 128"}},
-                       tables={"bs_lr_linear_scaling_cosine_200": {"match": {"batch size": "data.batch_size",
-                                                                             "initial lr": "optim.lr"}}}))
+    sweep = load(
+        write(
+            tmp_path,
+            space={"data.batch_size": {"grid": [2048, 1024, 999]}, "optim.lr": {"expr": "0.1 * data.batch_size / 128"}},
+            tables={
+                "bs_lr_linear_scaling_cosine_200": {
+                    "match": {"batch size": "data.batch_size", "initial lr": "optim.lr"}
+                }
+            },
+        )
+    )
     rows = [t.rows.get("bs_lr_linear_scaling_cosine_200") for t in sweep.trials()]
     assert rows == [1, 2, None]  # 1.6 == "1.6", 0.8 == "0.8"; 999 is in no row
 
 
 def test_quickstart_table_numbers_the_sweeps_own_points(tmp_path):
-    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.4, 0.1]}, "optim.weight_decay": {"grid": [5e-4]}},
-                       tables={"quickstart": {"match": {"initial lr": "optim.lr", "weight decay": "optim.weight_decay"}}}))
+    sweep = load(
+        write(
+            tmp_path,
+            space={"optim.lr": {"grid": [0.4, 0.1]}, "optim.weight_decay": {"grid": [5e-4]}},
+            tables={"quickstart": {"match": {"initial lr": "optim.lr", "weight decay": "optim.weight_decay"}}},
+        )
+    )
     assert [t.rows["quickstart"] for t in sweep.trials()] == [1, 0]  # rows sorted by value
     assert sweep.trial({"optim.lr": 0.4, "optim.weight_decay": 5e-4}).rows == {"quickstart": 1}
 
 
 def test_random_search_is_seeded_and_samples_in_range(tmp_path):
-    space = {"optim.lr": {"loguniform": [1e-3, 1.0]}, "optim.momentum": {"uniform": [0.8, 0.99]},
-             "data.batch_size": {"choice": [32, 64]}, "train.epochs": {"randint": [1, 4]},
-             "optim.weight_decay": {"quniform": [0.0, 1e-3, 1e-4]}}
+    space = {
+        "optim.lr": {"loguniform": [1e-3, 1.0]},
+        "optim.momentum": {"uniform": [0.8, 0.99]},
+        "data.batch_size": {"choice": [32, 64]},
+        "train.epochs": {"randint": [1, 4]},
+        "optim.weight_decay": {"quniform": [0.0, 1e-3, 1e-4]},
+    }
     a = load(write(tmp_path, space=space, search={"name": "random", "num_samples": 12, "seed": 3}))
     b = load(write(tmp_path, "b.yaml", space=space, search={"name": "random", "num_samples": 12, "seed": 3}))
     c = load(write(tmp_path, "c.yaml", space=space, search={"name": "random", "num_samples": 12, "seed": 4}))
@@ -105,9 +140,13 @@ def test_optuna_space_becomes_tune_domains(tmp_path):
 
     from sweeplab.trainables import ray_backend
 
-    sweep = load(write(tmp_path, space={"optim.lr": {"loguniform": [1e-3, 1.0]},
-                                        "optim.name": {"choice": ["sgd", "adam"]}},
-                       search={"name": "optuna", "num_samples": 5, "seed": 1}))
+    sweep = load(
+        write(
+            tmp_path,
+            space={"optim.lr": {"loguniform": [1e-3, 1.0]}, "optim.name": {"choice": ["sgd", "adam"]}},
+            search={"name": "optuna", "num_samples": 5, "seed": 1},
+        )
+    )
     assert len(sweep.trials()) == 5
     space = ray_backend.param_space(sweep)["point"]
     assert isinstance(space["optim.lr"], Float) and isinstance(space["optim.name"], Categorical)
@@ -118,10 +157,18 @@ def test_optuna_space_becomes_tune_domains(tmp_path):
 
 
 def test_smoke_block_shrinks_the_sweep(tmp_path):
-    path = write(tmp_path, space={"optim.lr": {"grid": [0.05, 0.1, 0.2]}}, seeds=3,
-                 scheduler={"name": "asha", "grace_period": 5},
-                 smoke={"overrides": {"train.epochs": 2}, "space": {"optim.lr": {"grid": [0.1]}}, "seeds": 1,
-                        "scheduler": {"grace_period": 1}})
+    path = write(
+        tmp_path,
+        space={"optim.lr": {"grid": [0.05, 0.1, 0.2]}},
+        seeds=3,
+        scheduler={"name": "asha", "grace_period": 5},
+        smoke={
+            "overrides": {"train.epochs": 2},
+            "space": {"optim.lr": {"grid": [0.1]}},
+            "seeds": 1,
+            "scheduler": {"grace_period": 1},
+        },
+    )
     full, smoke = load(path), load(path, smoke=True)
     assert (len(full.trials()), len(smoke.trials())) == (9, 1)
     assert smoke.trials()[0].config.train.epochs == 2 and smoke.scheduler["grace_period"] == 1
@@ -129,15 +176,21 @@ def test_smoke_block_shrinks_the_sweep(tmp_path):
 
 
 def test_smoke_resources_merge_into_resources(tmp_path):
-    path = write(tmp_path, space={"optim.lr": {"grid": [0.1]}},
-                 resources={"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1},
-                 smoke={"resources": {"cpus_per_worker": 1, "gpus_per_worker": 0}})
+    path = write(
+        tmp_path,
+        space={"optim.lr": {"grid": [0.1]}},
+        resources={"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1},
+        smoke={"resources": {"cpus_per_worker": 1, "gpus_per_worker": 0}},
+    )
     full, smoke = load(path), load(path, smoke=True)
     assert full.resources == {"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1}
     assert smoke.resources == {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0}  # workers kept
-    for bad, culprit in [({"gpus": 0}, "smoke.resources.gpus"), ({"workers": 0}, "smoke.resources.workers"),
-                         ({"gpus_per_worker": 1.5}, "smoke.resources.gpus_per_worker"),
-                         ({"cpus_per_worker": "one"}, "smoke.resources.cpus_per_worker")]:
+    for bad, culprit in [
+        ({"gpus": 0}, "smoke.resources.gpus"),
+        ({"workers": 0}, "smoke.resources.workers"),
+        ({"gpus_per_worker": 1.5}, "smoke.resources.gpus_per_worker"),
+        ({"cpus_per_worker": "one"}, "smoke.resources.cpus_per_worker"),
+    ]:
         bad_path = write(tmp_path, "bad.yaml", resources={"workers": 2}, smoke={"resources": bad})
         for smoke_mode in (False, True):  # checked even when --smoke is not given, like smoke.overrides
             with pytest.raises(SweepError, match=culprit.replace(".", r"\.")):
@@ -148,10 +201,18 @@ def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from sweeplab.trainables import ray_backend
 
-    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}},
-                       resources={"workers": 8, "cpus_per_worker": 2, "gpus_per_worker": 1}))
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}},
-                                               {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
+    sweep = load(
+        write(
+            tmp_path,
+            space={"optim.lr": {"grid": [0.1]}},
+            resources={"workers": 8, "cpus_per_worker": 2, "gpus_per_worker": 1},
+        )
+    )
+    monkeypatch.setattr(
+        ray,
+        "nodes",
+        lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}],
+    )
     fitted, note = ray_backend.fit_resources(sweep, local=True)
     assert fitted.resources == {"workers": 8, "cpus_per_worker": 0.25, "gpus_per_worker": 0}  # DDP kept, on gloo
     assert "gloo" in note and sweep.resources["gpus_per_worker"] == 1  # the loaded sweep is left as it was
@@ -160,28 +221,34 @@ def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
     assert ray_backend.fit_resources(sweep, local=True) == (sweep, None)
 
 
-@pytest.mark.parametrize("spec, culprit", [
-    ({"schedular": {"name": "asha"}}, "did you mean 'scheduler'"),
-    ({"space": {"optim.lrr": {"grid": [0.1]}}}, "did you mean 'optim.lr'"),
-    ({"overrides": {"train.epoch": 3}}, "did you mean 'train.epochs'"),
-    ({"space": {"optim.lr": {"grid": [0.1, -0.1]}}}, "optim.lr"),          # impossible value in one trial
-    ({"space": {"optim.lr": {"uniform": [-1.0, 1.0]}}}, "optim.lr"),        # impossible at the range's edge
-    ({"space": {"optim.lr": {"uniform": [0.5, 0.1]}}}, "space.optim.lr"),
-    ({"space": {"optim.lr": {"gird": [0.1]}}}, "did you mean 'grid'"),
-    ({"space": {"optim.lr": 0.1}}, "space.optim.lr"),
-    ({"space": {"optim.lr": {"expr": "0.1 * data.batch_sise"}}}, "did you mean 'data.batch_size'"),
-    ({"space": {"optim.lr": {"expr": "__import__('os')"}}}, "space.optim.lr.expr"),
-    ({"space": {"optim.lr": {"grid": [0.1]}}, "search": {"name": "optuna"}}, "optuna"),
-    ({"search": {"name": "bayes"}}, "search.name"),
-    ({"scheduler": {"name": "asha", "grace": 1}}, "scheduler.grace"),
-    ({"tables": {"cifar10_paper_setings": {"match": {"Model": "variant"}}}}, "did you mean 'cifar10_paper_settings'"),
-    ({"tables": {"quickstart": {"match": {"lr": "optim.lr"}}}}, "tables.quickstart.match"),
-    ({"metric": "val/acc"}, "metric"),
-    ({"resources": {"gpus": 1}}, "resources.gpus"),
-    ({"smoke": {"epochs": 1}}, "smoke.epochs"),
-    ({"smoke": {"overrides": {"model.depht": 8}}}, "model.depth"),
-    ({"config": "configs/nope.yaml"}, "configs/nope.yaml"),
-])
+@pytest.mark.parametrize(
+    "spec, culprit",
+    [
+        ({"schedular": {"name": "asha"}}, "did you mean 'scheduler'"),
+        ({"space": {"optim.lrr": {"grid": [0.1]}}}, "did you mean 'optim.lr'"),
+        ({"overrides": {"train.epoch": 3}}, "did you mean 'train.epochs'"),
+        ({"space": {"optim.lr": {"grid": [0.1, -0.1]}}}, "optim.lr"),  # impossible value in one trial
+        ({"space": {"optim.lr": {"uniform": [-1.0, 1.0]}}}, "optim.lr"),  # impossible at the range's edge
+        ({"space": {"optim.lr": {"uniform": [0.5, 0.1]}}}, "space.optim.lr"),
+        ({"space": {"optim.lr": {"gird": [0.1]}}}, "did you mean 'grid'"),
+        ({"space": {"optim.lr": 0.1}}, "space.optim.lr"),
+        ({"space": {"optim.lr": {"expr": "0.1 * data.batch_sise"}}}, "did you mean 'data.batch_size'"),
+        ({"space": {"optim.lr": {"expr": "__import__('os')"}}}, "space.optim.lr.expr"),
+        ({"space": {"optim.lr": {"grid": [0.1]}}, "search": {"name": "optuna"}}, "optuna"),
+        ({"search": {"name": "bayes"}}, "search.name"),
+        ({"scheduler": {"name": "asha", "grace": 1}}, "scheduler.grace"),
+        (
+            {"tables": {"cifar10_paper_setings": {"match": {"Model": "variant"}}}},
+            "did you mean 'cifar10_paper_settings'",
+        ),
+        ({"tables": {"quickstart": {"match": {"lr": "optim.lr"}}}}, "tables.quickstart.match"),
+        ({"metric": "val/acc"}, "metric"),
+        ({"resources": {"gpus": 1}}, "resources.gpus"),
+        ({"smoke": {"epochs": 1}}, "smoke.epochs"),
+        ({"smoke": {"overrides": {"model.depht": 8}}}, "model.depth"),
+        ({"config": "configs/nope.yaml"}, "configs/nope.yaml"),
+    ],
+)
 def test_bad_sweeps_name_the_file_and_key(tmp_path, spec, culprit):
     path = write(tmp_path, **spec)
     with pytest.raises(SweepError) as e:
@@ -199,16 +266,20 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def sweeplab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeplab.cli", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeplab.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
-@pytest.mark.parametrize("kind, culprit", [("unknown", "schedular"), ("malformed", "malformed YAML"),
-                                           ("impossible", "optim.lr")])
+@pytest.mark.parametrize(
+    "kind, culprit", [("unknown", "schedular"), ("malformed", "malformed YAML"), ("impossible", "optim.lr")]
+)
 def test_cli_rejects_bad_sweeps_before_ray_starts(tmp_path, kind, culprit):
-    path = {"unknown": lambda: write(tmp_path, schedular={"name": "asha"}),
-            "impossible": lambda: write(tmp_path, space={"optim.lr": {"grid": [0.1, 0.0]}}),
-            "malformed": lambda: Path(tmp_path / "bad.yaml")}[kind]()
+    path = {
+        "unknown": lambda: write(tmp_path, schedular={"name": "asha"}),
+        "impossible": lambda: write(tmp_path, space={"optim.lr": {"grid": [0.1, 0.0]}}),
+        "malformed": lambda: Path(tmp_path / "bad.yaml"),
+    }[kind]()
     if kind == "malformed":
         path.write_text("name: x\nspace: {optim.lr: [\n")
     storage = tmp_path / "storage"
@@ -230,17 +301,28 @@ def test_dry_run_prints_trials_count_and_budget(tmp_path):
     assert not (tmp_path / "storage").exists()
 
 
-@pytest.mark.parametrize("scheduler, cls", [
-    ({"name": "fifo"}, "FIFOScheduler"), ({"name": "asha", "grace_period": 2}, "AsyncHyperBandScheduler"),
-    ({"name": "hyperband"}, "HyperBandScheduler"), ({"name": "median"}, "MedianStoppingRule"),
-    ({"name": "pbt", "perturbation_interval": 2}, "PopulationBasedTraining"),
-])
+@pytest.mark.parametrize(
+    "scheduler, cls",
+    [
+        ({"name": "fifo"}, "FIFOScheduler"),
+        ({"name": "asha", "grace_period": 2}, "AsyncHyperBandScheduler"),
+        ({"name": "hyperband"}, "HyperBandScheduler"),
+        ({"name": "median"}, "MedianStoppingRule"),
+        ({"name": "pbt", "perturbation_interval": 2}, "PopulationBasedTraining"),
+    ],
+)
 def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
     pytest.importorskip("ray.tune")
     from sweeplab.trainables import ray_backend
 
-    sweep = load(write(tmp_path, space={"optim.lr": {"grid": [0.1, 0.2]}, "optim.weight_decay": {"uniform": [0, 1e-3]}},
-                       overrides={**TINY, "train.epochs": 6}, scheduler=scheduler))
+    sweep = load(
+        write(
+            tmp_path,
+            space={"optim.lr": {"grid": [0.1, 0.2]}, "optim.weight_decay": {"uniform": [0, 1e-3]}},
+            overrides={**TINY, "train.epochs": 6},
+            scheduler=scheduler,
+        )
+    )
     s = ray_backend._scheduler(sweep)
     assert type(s).__name__ == cls
     if cls != "FIFOScheduler":
@@ -253,14 +335,21 @@ def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
 
 def test_pbt_rejects_ddp_trials(tmp_path):
     with pytest.raises(SweepError, match="pbt"):
-        load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}}, scheduler={"name": "pbt"},
-                   resources={"workers": 2}))
+        load(write(tmp_path, space={"optim.lr": {"grid": [0.1]}}, scheduler={"name": "pbt"}, resources={"workers": 2}))
 
 
 def test_ddp_batch_must_split_evenly_across_workers(tmp_path):
     with pytest.raises(SweepError, match="data.batch_size"):
         load(write(tmp_path, space={"data.batch_size": {"grid": [128, 127]}}, resources={"workers": 2}))
     with pytest.raises(SweepError, match="ghost"):  # 240 / 4 workers = 60 per rank: not whole ghost batches of 48
-        load(write(tmp_path, overrides={**TINY, "data.batch_size": 240, "train.ghost_batch_size": 48},
-                   resources={"workers": 4}))
-    assert len(load(write(tmp_path, space={"data.batch_size": {"grid": [128, 256]}}, resources={"workers": 2})).trials()) == 2
+        load(
+            write(
+                tmp_path,
+                overrides={**TINY, "data.batch_size": 240, "train.ghost_batch_size": 48},
+                resources={"workers": 4},
+            )
+        )
+    assert (
+        len(load(write(tmp_path, space={"data.batch_size": {"grid": [128, 256]}}, resources={"workers": 2})).trials())
+        == 2
+    )

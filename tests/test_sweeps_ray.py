@@ -3,6 +3,7 @@ the ranks' weights identical, and every socket a sweeplab-started Ray listens on
 
 Each test drives the `sweeplab` CLI in a subprocess, on tiny synthetic data and a tiny model.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs/fashion_mnist/resnet_preact20.yaml")
-TINY = {"data.name": "synthetic", "data.synthetic_shape": [1, 8, 8], "data.synthetic_train": 256,
-        "data.synthetic_test": 128, "data.batch_size": 64, "data.device": "cpu", "model.depth": 8,
-        "model.initial_channels": 4, "train.threads": 1}
+TINY = {
+    "data.name": "synthetic",
+    "data.synthetic_shape": [1, 8, 8],
+    "data.synthetic_train": 256,
+    "data.synthetic_test": 128,
+    "data.batch_size": 64,
+    "data.device": "cpu",
+    "model.depth": 8,
+    "model.initial_channels": 4,
+    "train.threads": 1,
+}
 LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
 
 
@@ -32,8 +41,16 @@ def write_sweep(tmp_path: Path, **spec) -> Path:
 
 
 def cli(tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "sweeplab.cli", *args, "--storage", str(tmp_path / "ray"),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    return [
+        sys.executable,
+        "-m",
+        "sweeplab.cli",
+        *args,
+        "--storage",
+        str(tmp_path / "ray"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
 
 
 def descendants(root: int) -> set[int]:
@@ -79,12 +96,22 @@ def child_runs(tmp_path: Path, launch: str) -> list:
 def asha_sweep(tmp_path_factory):
     """Run a 4-trial ASHA sweep; while its first trial runs, record the sockets of its Ray processes."""
     tmp_path = tmp_path_factory.mktemp("asha")
-    path = write_sweep(tmp_path, name="asha", overrides={"train.epochs": 4},
-                       space={"optim.lr": {"grid": [0.5, 0.3, 0.001, 0.0001]}},
-                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2}, max_concurrent=2,
-                       tables={"quickstart": {"match": {"initial lr": "optim.lr"}}})
-    proc = subprocess.Popen(cli(tmp_path, "run", str(path), "--name", "asha", "--num-cpus", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    path = write_sweep(
+        tmp_path,
+        name="asha",
+        overrides={"train.epochs": 4},
+        space={"optim.lr": {"grid": [0.5, 0.3, 0.001, 0.0001]}},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        max_concurrent=2,
+        tables={"quickstart": {"match": {"initial lr": "optim.lr"}}},
+    )
+    proc = subprocess.Popen(
+        cli(tmp_path, "run", str(path), "--name", "asha", "--num-cpus", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines, sockets = [], None
     for line in proc.stdout:
         lines.append(line)
@@ -106,10 +133,13 @@ def test_asha_stops_a_trial_early(asha_sweep):
     assert any(r.data.metrics["epoch"] == 4 for r in runs)
     assert all(r.data.tags["sweeplab.hardware"].startswith("cpu") for r in runs)
     lrs = sorted(float(r.data.params["optim.lr"]) for r in runs)  # quickstart numbers its rows by value
-    assert all(r.data.tags["sweeplab.row.quickstart"] == str(lrs.index(float(r.data.params["optim.lr"])))
-               for r in runs)
-    status = subprocess.run([sys.executable, "-m", "sweeplab.cli", "status", "asha", "--storage", str(tmp_path / "ray")],
-                            capture_output=True, text=True, timeout=120)
+    assert all(r.data.tags["sweeplab.row.quickstart"] == str(lrs.index(float(r.data.params["optim.lr"]))) for r in runs)
+    status = subprocess.run(
+        [sys.executable, "-m", "sweeplab.cli", "status", "asha", "--storage", str(tmp_path / "ray")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert status.returncode == 0 and "STOPPED" in status.stdout and "FINISHED" in status.stdout
 
 
@@ -122,10 +152,20 @@ def test_local_ray_listens_on_loopback_only(asha_sweep):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_finishes_every_trial_once(tmp_path):
-    path = write_sweep(tmp_path, name="crash", overrides={"train.epochs": 3},
-                       space={"optim.lr": {"grid": [0.001, 0.01, 0.1, 0.5]}}, max_concurrent=2)
-    proc = subprocess.Popen(cli(tmp_path, "run", str(path), "--name", "crash", "--num-cpus", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    path = write_sweep(
+        tmp_path,
+        name="crash",
+        overrides={"train.epochs": 3},
+        space={"optim.lr": {"grid": [0.001, 0.01, 0.1, 0.5]}},
+        max_concurrent=2,
+    )
+    proc = subprocess.Popen(
+        cli(tmp_path, "run", str(path), "--name", "crash", "--num-cpus", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     first = None
     for line in proc.stdout:
         if " done " in line:
@@ -141,13 +181,13 @@ def test_resume_after_sigkill_finishes_every_trial_once(tmp_path):
             pass
     proc.wait(timeout=60)
 
-    r = subprocess.run(cli(tmp_path, "resume", "crash", "--num-cpus", "2"), capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(cli(tmp_path, "resume", "crash", "--num-cpus", "2"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 trials: 4 finished" in r.stdout
     client, runs = child_runs(tmp_path, "crash")
-    assert sorted(r.data.tags["sweeplab.trial_id"] for r in runs) == sorted({r.data.tags["sweeplab.trial_id"]
-                                                                             for r in runs})
+    assert sorted(r.data.tags["sweeplab.trial_id"] for r in runs) == sorted(
+        {r.data.tags["sweeplab.trial_id"] for r in runs}
+    )
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
@@ -159,10 +199,20 @@ def test_resume_after_sigkill_finishes_every_trial_once(tmp_path):
 @pytest.mark.slow
 def test_ddp_trial_keeps_ranks_identical(tmp_path):
     # 64 images in batches of 64: one optimiser step per epoch, so "after each epoch" is "after each step"
-    path = write_sweep(tmp_path, name="ddp", overrides={"train.epochs": 3, "data.synthetic_train": 64},
-                       space={"optim.lr": {"grid": [0.5]}}, resources={"workers": 2, "cpus_per_worker": 1})
-    proc = subprocess.Popen(cli(tmp_path, "run", str(path), "--name", "ddp", "--num-cpus", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    path = write_sweep(
+        tmp_path,
+        name="ddp",
+        overrides={"train.epochs": 3, "data.synthetic_train": 64},
+        space={"optim.lr": {"grid": [0.5]}},
+        resources={"workers": 2, "cpus_per_worker": 1},
+    )
+    proc = subprocess.Popen(
+        cli(tmp_path, "run", str(path), "--name", "ddp", "--num-cpus", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines, sockets = [], None
     for line in proc.stdout:
         lines.append(line)

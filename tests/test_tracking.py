@@ -1,15 +1,16 @@
 """MLflow layout written by the Tracker, against a real SQLite store (no Ray: the Tracker is driven
 as the Tune callback drives it)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import sweeplab.tracking  # noqa: F401, I001 - first: it turns MLflow telemetry off before mlflow loads
 import mlflow
 import pytest
 import yaml
-from mlflow_store import fresh_uri, grid_point, run_trial, trial_config
 
+import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
+from mlflow_store import fresh_uri, grid_point, run_trial, trial_config
 from sweeplab.tracking import METRICS, Tracker, resolve_uri
 from sweeplab.tracking.store import client
 
@@ -39,8 +40,16 @@ def test_resolve_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_layout_parent_children_params_metrics(uri: str, tmp_path: Path) -> None:
-    t = Tracker(uri, "quickstart", "qs-1", {"sweeplab.command": "sweeplab run sweeps/quickstart.yaml",
-                                             "sweeplab.ray_address": "local", "sweeplab.smoke": "true"})
+    t = Tracker(
+        uri,
+        "quickstart",
+        "qs-1",
+        {
+            "sweeplab.command": "sweeplab run sweeps/quickstart.yaml",
+            "sweeplab.ray_address": "local",
+            "sweeplab.smoke": "true",
+        },
+    )
     for i in range(2):
         lr, wd = grid_point(i)
         run_trial(t, f"t{i}", lr, wd, seed=0, errors=[30.0, 20.0, 10.0 + i])
@@ -60,7 +69,7 @@ def test_layout_parent_children_params_metrics(uri: str, tmp_path: Path) -> None
         assert children[f"params.{axis}"].notna().all()
     assert set(children["params.optim.lr"].astype(float)) == {grid_point(0)[0], grid_point(1)[0]}
     assert set(children["params.data.synthetic_shape"]) == {"[3, 32, 32]"}
-    metric_cols = {c[len("metrics."):] for c in df.columns if c.startswith("metrics.")}
+    metric_cols = {c[len("metrics.") :] for c in df.columns if c.startswith("metrics.")}
     assert metric_cols == set(METRICS) - {"time/compile_s"}  # no pid, timestamp, training_iteration, ...
     run = children[children["tags.sweeplab.trial_id"] == "t1"].iloc[0]
     assert run["tags.sweeplab.row.quickstart"] == "1" and run["tags.sweeplab.hardware"] == "cpu x2"

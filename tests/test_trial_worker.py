@@ -1,4 +1,5 @@
 """The inside of a trial without Ray: per-epoch reports with checkpoints, restoring, PBT's exploit."""
+
 from __future__ import annotations
 
 import shutil
@@ -17,7 +18,7 @@ class FakeCheckpoint:
         self.path = path
 
     @classmethod
-    def from_directory(cls, path: str) -> "FakeCheckpoint":
+    def from_directory(cls, path: str) -> FakeCheckpoint:
         return cls(path)
 
     @contextmanager
@@ -27,8 +28,15 @@ class FakeCheckpoint:
 
 def state_of(epoch: int, **model: torch.Tensor) -> dict:
     """An engine checkpoint's layout (engine.Trainer.state_dict) with a stand-in model."""
-    return {"version": engine.CHECKPOINT_VERSION, "epoch": epoch, "step": 10 * epoch, "model": model,
-            "optimizer": {"state": {}, "param_groups": []}, "scaler": {}, "config": {}}
+    return {
+        "version": engine.CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "step": 10 * epoch,
+        "model": model,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+        "config": {},
+    }
 
 
 def test_reporter_checkpoints_each_epoch_and_restore_reads_it(tmp_path):
@@ -65,7 +73,9 @@ def test_adopt_gives_a_donor_checkpoint_this_trials_optimiser_settings():
     groups = [{"weight_decay": 0.001, "momentum": 0.9}, {"weight_decay": 0.0, "momentum": 0.9, "lars_exclude": True}]
     state = {"config": donor.to_dict(), "optimizer": {"param_groups": groups}}
     worker.adopt(state, mine)
-    assert groups == [{"weight_decay": 0.0001, "momentum": 0.8},
-                      {"weight_decay": 0.0, "momentum": 0.8, "lars_exclude": True}]
+    assert groups == [
+        {"weight_decay": 0.0001, "momentum": 0.8},
+        {"weight_decay": 0.0, "momentum": 0.8, "lars_exclude": True},
+    ]
     own = {"config": mine.to_dict(), "optimizer": {"param_groups": [{"weight_decay": 0.5}]}}
     assert worker.adopt(own, mine)["optimizer"]["param_groups"] == [{"weight_decay": 0.5}]  # own checkpoint: untouched

@@ -4,12 +4,13 @@ Validating a config needs only the names and each model's options. Reading them 
 functions' signatures keeps torch (~1.5 s to import) out of `sweeplab run`'s driver, its dry-run and
 its bad-input errors; tests/test_models.py checks this against the imported registries.
 """
+
 from __future__ import annotations
 
 import ast
 import importlib.util
 import pkgutil
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ def registered(module: str, decorator: str) -> dict[str, dict[str, Any]]:
     return _parse(spec.origin, decorator)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse(path: str, decorator: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for node in ast.parse(Path(path).read_text()).body:
-        if not (isinstance(node, ast.FunctionDef)
-                and any(isinstance(d, ast.Name) and d.id == decorator for d in node.decorator_list)):
+        if not (
+            isinstance(node, ast.FunctionDef)
+            and any(isinstance(d, ast.Name) and d.id == decorator for d in node.decorator_list)
+        ):
             continue
         a = node.args
         positional = a.posonlyargs + a.args

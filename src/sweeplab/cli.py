@@ -3,14 +3,16 @@
 Exit codes: 0 ok, 2 bad input (the message names the key or file, no traceback), 1 runtime failure.
 Heavy imports (torch, Ray, MLflow) happen inside the commands, so `--help` and bad input are fast.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 from sweeplab.config import ConfigError
 
@@ -32,6 +34,7 @@ def _one_line(text: str) -> str:
 
 def count(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high]."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -41,6 +44,7 @@ def count(low: int, high: int | None = None) -> Callable[[str], int]:
             within = f">= {low}" if high is None else f"in {low}..{high}"
             raise argparse.ArgumentTypeError(f"must be an integer {within}, got {value}")
         return value
+
     return parse
 
 
@@ -53,8 +57,9 @@ def folder(text: str) -> str:
     for p in (path, *path.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
-                raise argparse.ArgumentTypeError(f"{p} is a file, not a folder" if p.is_file() else
-                                                 f"{p} is not a folder")
+                raise argparse.ArgumentTypeError(
+                    f"{p} is a file, not a folder" if p.is_file() else f"{p} is not a folder"
+                )
             break
     return text
 
@@ -76,6 +81,7 @@ def _sweeps(name: str) -> Handler:
         from sweeplab.trainables import launch
 
         return getattr(launch, name)(args)
+
     return handler
 
 
@@ -84,17 +90,20 @@ def _analysis(name: str) -> Handler:
         from sweeplab.analysis import commands
 
         return getattr(commands, name)(args)
+
     return handler
 
 
 def _tracking_uri(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = Parser(prog="sweeplab", description="Hyperparameter sweeps of image "
-                "classification training on Ray, tracked in MLflow.")
+    ap = Parser(
+        prog="sweeplab", description="Hyperparameter sweeps of image classification training on Ray, tracked in MLflow."
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one config, no Ray")
@@ -102,8 +111,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
     p.add_argument("--output", default=None, type=folder, help="run folder (default: runs/<config stem>)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
-    p.add_argument("--stop-after", type=count(1), metavar="EPOCH", help="stop after this epoch's checkpoint "
-                   "(continue later with --resume)")
+    p.add_argument(
+        "--stop-after",
+        type=count(1),
+        metavar="EPOCH",
+        help="stop after this epoch's checkpoint (continue later with --resume)",
+    )
     p.set_defaults(fn=_train)
 
     p = sub.add_parser("models", help="list the models, their options and parameter counts")
@@ -118,8 +131,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT); default: start a local Ray")
     p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
     p.add_argument("--max-concurrent", type=count(1), help="at most N trials at once")
-    p.add_argument("--max-trials", type=count(1), metavar="N", help="refuse sweeps of more than N trials "
-                   "(default: 10000), checked before any trial is compiled")
+    p.add_argument(
+        "--max-trials",
+        type=count(1),
+        metavar="N",
+        help="refuse sweeps of more than N trials (default: 10000), checked before any trial is compiled",
+    )
     p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
     _tracking_uri(p)
     p.set_defaults(fn=_sweeps("run"))

@@ -5,6 +5,7 @@ and out-of-range values raise `ConfigError` naming the dotted key, before any da
 is touched. `model.*` is the exception: its keys are the chosen model's own options, checked
 against the model builder's signature.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,14 +29,14 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10"                      # one of DATASETS
-    root: str = "~/.cache/sweeplab/data"       # torchvision layout; offline copies are searched too
-    download: bool = True                      # try torchvision's download when files are missing
+    name: str = "cifar10"  # one of DATASETS
+    root: str = "~/.cache/sweeplab/data"  # torchvision layout; offline copies are searched too
+    download: bool = True  # try torchvision's download when files are missing
     batch_size: int = 128
-    eval_batch_size: int = 1024                # evaluation has no backward pass: bigger is faster
-    train_subset: int = 0                      # first N of a seeded shuffle of the train set (0 = all)
-    test_subset: int = 0                       # first N test images (0 = all); for quick runs only
-    device: str = "auto"                       # auto = cuda if available, else cpu
+    eval_batch_size: int = 1024  # evaluation has no backward pass: bigger is faster
+    train_subset: int = 0  # first N of a seeded shuffle of the train set (0 = all)
+    test_subset: int = 0  # first N test images (0 = all); for quick runs only
+    device: str = "auto"  # auto = cuda if available, else cpu
     # synthetic data only: image shape, classes and set sizes
     synthetic_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
     synthetic_classes: int = 10
@@ -45,63 +46,65 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    random_crop: bool = True                   # pad, then crop back to size at a random offset
+    random_crop: bool = True  # pad, then crop back to size at a random offset
     crop_padding: int = 4
-    hflip: bool = True                         # random horizontal flip (off for digits)
-    normalize: bool = True                     # per-channel dataset mean/std
-    cutout: int = 0                            # square mask side in px, 0 = off
+    hflip: bool = True  # random horizontal flip (off for digits)
+    normalize: bool = True  # per-channel dataset mean/std
+    cutout: int = 0  # square mask side in px, 0 = off
     cutout_prob: float = 1.0
-    cutout_inside: bool = False                # keep the mask's centre away from the border
-    random_erasing: float = 0.0                # probability per image, 0 = off
+    cutout_inside: bool = False  # keep the mask's centre away from the border
+    random_erasing: float = 0.0  # probability per image, 0 = off
     random_erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
     random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3333])
-    mixup: float = 0.0                         # Beta(alpha, alpha) alpha, 0 = off
-    cutmix: float = 0.0                        # Beta(alpha, alpha) alpha, 0 = off
-    ricap: float = 0.0                         # Beta(beta, beta) beta, 0 = off
-    dual_cutout: float = 0.0                   # consistency-loss weight, 0 = off (needs cutout > 0)
-    label_smoothing: float = 0.0               # epsilon
+    mixup: float = 0.0  # Beta(alpha, alpha) alpha, 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) alpha, 0 = off
+    ricap: float = 0.0  # Beta(beta, beta) beta, 0 = off
+    dual_cutout: float = 0.0  # consistency-loss weight, 0 = off (needs cutout > 0)
+    label_smoothing: float = 0.0  # epsilon
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"                          # sgd, adam, amsgrad, lars
+    name: str = "sgd"  # sgd, adam, amsgrad, lars
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    no_weight_decay_on_bn: bool = False        # exclude BatchNorm and bias parameters from decay
+    no_weight_decay_on_bn: bool = False  # exclude BatchNorm and bias parameters from decay
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     lars_eps: float = 1e-9
-    lars_trust_coefficient: float = 0.0        # 0 = plain layer-wise ratio (the reference's default)
-    grad_clip: float = 0.0                     # max global grad norm, 0 = off
+    lars_trust_coefficient: float = 0.0  # 0 = plain layer-wise ratio (the reference's default)
+    grad_clip: float = 0.0  # max global grad norm, 0 = off
 
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"                       # see sweeplab.schedules.names()
+    name: str = "cosine"  # see sweeplab.schedules.names()
     warmup_epochs: float = 0.0
-    warmup_kind: str = "linear"                # linear or exponential
-    warmup_start_factor: float = 0.001         # lr at step 0 = lr * factor
+    warmup_kind: str = "linear"  # linear or exponential
+    warmup_start_factor: float = 0.001  # lr at step 0 = lr * factor
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, or epochs if > 1
-    gamma: float = 0.1                         # multistep / piecewise decay factor
-    min_lr_factor: float = 0.0                 # cosine / linear end at lr * factor
-    sgdr_t0: float = 10.0                      # SGDR first period in epochs
+    gamma: float = 0.1  # multistep / piecewise decay factor
+    min_lr_factor: float = 0.0  # cosine / linear end at lr * factor
+    sgdr_t0: float = 10.0  # SGDR first period in epochs
     sgdr_t_mult: float = 2.0
-    onecycle_peak: float = 0.2                 # one-cycle: fraction of training at the peak lr
+    onecycle_peak: float = 0.2  # one-cycle: fraction of training at the peak lr
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 160
-    precision: str = "fp32"                    # fp32, fp16 or bf16 (torch.autocast)
+    precision: str = "fp32"  # fp32, fp16 or bf16 (torch.autocast)
     seed: int = 0
-    channels_last: bool = True                 # NHWC: what tensor cores want, 1.3x on AVX-512 CPUs; AVX2 CPUs stay NCHW (engine.nhwc_is_safe)
-    compile: bool = False                      # torch.compile the model
-    compile_mode: str = "default"              # default | reduce-overhead (CUDA graphs) | max-autotune
-    ghost_batch_size: int = 0                  # BatchNorm statistics over chunks of this size, 0 = off
-    flip_tta: bool = False                     # average logits of the image and its mirror at eval
-    eval_every: int = 1                        # evaluate every N epochs (and always the last)
-    threads: int = 0                           # torch.set_num_threads on CPU, 0 = leave as is
+    channels_last: bool = (
+        True  # NHWC: what tensor cores want, 1.3x on AVX-512 CPUs; AVX2 CPUs stay NCHW (engine.nhwc_is_safe)
+    )
+    compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+    ghost_batch_size: int = 0  # BatchNorm statistics over chunks of this size, 0 = off
+    flip_tta: bool = False  # average logits of the image and its mirror at eval
+    eval_every: int = 1  # evaluate every N epochs (and always the last)
+    threads: int = 0  # torch.set_num_threads on CPU, 0 = leave as is
 
 
 @dataclass
@@ -159,8 +162,10 @@ class _StrictLoader(yaml.SafeLoader):
                 line = key_node.start_mark.line + 1
                 try:
                     if key in seen:
-                        raise _DuplicateKey(f"duplicate key '{key}' on line {line} (first on line {seen[key]}); "
-                                            "YAML would silently keep only the last")
+                        raise _DuplicateKey(
+                            f"duplicate key '{key}' on line {line} (first on line {seen[key]}); "
+                            "YAML would silently keep only the last"
+                        )
                     seen[key] = line
                 except TypeError:  # an unhashable key: SafeLoader's own error names it
                     continue
@@ -171,8 +176,8 @@ class _DuplicateKey(yaml.YAMLError):
     """A mapping with one key twice."""
 
 
-MAX_YAML_BYTES = 10_000_000      # a config or sweep file is a few KB; anything this big is not one
-MAX_YAML_VALUES = 100_000        # counted with aliases expanded: refuses "billion laughs" and self-references
+MAX_YAML_BYTES = 10_000_000  # a config or sweep file is a few KB; anything this big is not one
+MAX_YAML_VALUES = 100_000  # counted with aliases expanded: refuses "billion laughs" and self-references
 
 
 def read_yaml(path: Path, kind: str) -> Any:
@@ -194,7 +199,7 @@ def read_yaml(path: Path, kind: str) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{kind} file {path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
     try:
-        tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        tree = yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
@@ -222,8 +227,10 @@ def check_tree(tree: Any, where: str, prefix: str = "") -> None:
         budget[0] -= 1
         if budget[0] < 0 or depth > 50:
             near = key if len(key) < 60 else f"{key[:60]}..."
-            raise ConfigError(f"the YAML{where} is too large or refers to itself (near '{near}'): "
-                              f"more than {MAX_YAML_VALUES} values or 50 levels once its aliases are expanded")
+            raise ConfigError(
+                f"the YAML{where} is too large or refers to itself (near '{near}'): "
+                f"more than {MAX_YAML_VALUES} values or 50 levels once its aliases are expanded"
+            )
         if isinstance(node, float) and not math.isfinite(node):
             raise ConfigError(f"'{key}'{where} is {node}: numbers must be finite")
         if isinstance(node, dict):
@@ -239,7 +246,7 @@ def check_tree(tree: Any, where: str, prefix: str = "") -> None:
 def parse_value(text: str) -> Any:
     """A command-line value, read as a YAML scalar or list ('0.1' -> 0.1, '[1,2]' -> [1, 2])."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)
     except (yaml.YAMLError, RecursionError):
         return text
 
@@ -265,7 +272,7 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")
     here = path.resolve()
     if here in _chain:  # `base:` chains that come back would recurse forever
-        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(here):], here))
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(here) :], here))
         raise ConfigError(f"{path}: 'base' includes itself: {cycle}")
     base = tree.pop("base", None)
     if base is not None:
@@ -301,8 +308,9 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
     for key, value in items:
         set_dotted(tree, key, value)
     # an error may come from the file or from an override: name both
-    where = (f" in {path}" if path is not None else "") + \
-        (f" (with {' '.join(f'{k}={v}' for k, v in items)})" if items else "")
+    where = (f" in {path}" if path is not None else "") + (
+        f" (with {' '.join(f'{k}={v}' for k, v in items)})" if items else ""
+    )
     return from_dict(tree, where)
 
 
@@ -333,8 +341,7 @@ def from_dict(tree: dict[str, Any], where: str = "") -> Config:
         hints = typing.get_type_hints(cls)
         for key, v in value.items():
             if key not in known:
-                raise ConfigError(f"unknown key '{section}.{key}'{where}"
-                                  f"{_suggest(f'{section}.{key}', valid_keys())}")
+                raise ConfigError(f"unknown key '{section}.{key}'{where}{_suggest(f'{section}.{key}', valid_keys())}")
             value[key] = _coerce(f"{section}.{key}", v, hints[key], where)
         kwargs[section] = cls(**value)
     config = Config(**kwargs)
@@ -379,4 +386,3 @@ def _suggest(key: Any, candidates: list[str]) -> str:
 def save(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML; `load(path)` reads it back to an equal Config."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-

@@ -4,6 +4,7 @@ Everything random is re-seeded from (seed, epoch) at the start of each epoch, so
 batches, augmentations and dropout masks do not depend on what ran before: a run resumed from
 a checkpoint continues bit for bit as if it had never stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,9 @@ import re
 import time
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,8 +56,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: missing") from None
     except pickle.UnpicklingError as e:  # torch's safe unpickler met something it does not allow
         code = re.search(r"GLOBAL (\S+)", str(e))
-        what = (f"it names code ({code.group(1)}), not only tensors and plain data" if code
-                else "corrupt, or it holds objects other than tensors and plain data")
+        what = (
+            f"it names code ({code.group(1)}), not only tensors and plain data"
+            if code
+            else "corrupt, or it holds objects other than tensors and plain data"
+        )
         raise CheckpointError(f"{path}: refused: {what}; it was not unpickled") from None
     except Exception as e:  # a truncated zip, an empty file, a read error: torch raises many kinds
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -63,7 +68,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
         raise CheckpointError(f"{path}: not a sweeplab checkpoint")
     if state["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state['version']!r}, this sweeplab reads {CHECKPOINT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {state['version']!r}, this sweeplab reads {CHECKPOINT_VERSION}"
+        )
     return state
 
 
@@ -72,8 +79,9 @@ def nhwc_is_safe(device: torch.device) -> bool:
     On an AVX2-only CPU this torch build's oneDNN convolution backward corrupts the heap with NHWC
     (a strided 1x1 conv with < 8 input channels aborts with "corrupted double-linked list", with 1
     or 2 threads; BENCHMARKS.md), so those CPUs train NCHW."""
-    return device.type == "cuda" or (device.type == "cpu"
-                                     and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    return device.type == "cuda" or (
+        device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,11 +115,19 @@ def subset(data: datasets.Dataset, n_train: int, n_test: int, seed: int) -> data
     """The first n_train examples of a seeded shuffle of the training set, the first n_test test images."""
     if n_train and n_train < len(data.train_y):
         idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))[:n_train]
-        data = datasets.Dataset(data.train_x[idx], data.train_y[idx], data.test_x, data.test_y,
-                                data.num_classes, data.mean, data.std)
+        data = datasets.Dataset(
+            data.train_x[idx], data.train_y[idx], data.test_x, data.test_y, data.num_classes, data.mean, data.std
+        )
     if n_test and n_test < len(data.test_y):
-        data = datasets.Dataset(data.train_x, data.train_y, data.test_x[:n_test], data.test_y[:n_test],
-                                data.num_classes, data.mean, data.std)
+        data = datasets.Dataset(
+            data.train_x,
+            data.train_y,
+            data.test_x[:n_test],
+            data.test_y[:n_test],
+            data.num_classes,
+            data.mean,
+            data.std,
+        )
     return data
 
 
@@ -129,21 +145,33 @@ class Trainer:
         data = subset(data or datasets.load(c.data), c.data.train_subset, c.data.test_subset, c.train.seed)
         a = c.augment
         channels_last = c.train.channels_last and nhwc_is_safe(self.device)
-        common = dict(mean=data.mean, std=data.std, device=self.device, normalize=a.normalize,
-                      channels_last=channels_last)
+        common = dict(
+            mean=data.mean, std=data.std, device=self.device, normalize=a.normalize, channels_last=channels_last
+        )
         # data.batch_size is the global batch, as in the reference's multi-GPU table.
-        self.train_loader = DeviceLoader(data.train_x, data.train_y, c.data.batch_size // self.world,
-                                         train=True, seed=c.train.seed, random_crop=a.random_crop,
-                                         crop_padding=a.crop_padding, hflip=a.hflip,
-                                         rank=self.rank, world=self.world, **common)
-        self.test_loader = DeviceLoader(data.test_x, data.test_y, c.data.eval_batch_size, train=False,
-                                        rank=self.rank, world=self.world, **common)
+        self.train_loader = DeviceLoader(
+            data.train_x,
+            data.train_y,
+            c.data.batch_size // self.world,
+            train=True,
+            seed=c.train.seed,
+            random_crop=a.random_crop,
+            crop_padding=a.crop_padding,
+            hflip=a.hflip,
+            rank=self.rank,
+            world=self.world,
+            **common,
+        )
+        self.test_loader = DeviceLoader(
+            data.test_x, data.test_y, c.data.eval_batch_size, train=False, rank=self.rank, world=self.world, **common
+        )
         torch.manual_seed(c.train.seed)  # model initialisation
         options = {k: v for k, v in c.model.items() if k != "name"}
         model = models.build(c.model["name"], data.num_classes, data.shape[0], **options)
         ghost_bn.apply(model, c.train.ghost_batch_size)
-        self.model = model.to(self.device, memory_format=torch.channels_last if channels_last
-                              else torch.contiguous_format)
+        self.model = model.to(
+            self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
         forward: nn.Module = self.model
         if self.world > 1:  # DDP averages gradients across ranks; its constructor broadcasts rank 0's weights
             forward = DistributedDataParallel(forward, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -154,13 +182,19 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
         self.augment = augment.build(a, data.num_classes)
         self.epoch = 0  # completed epochs
-        self.step = 0   # optimiser steps taken
+        self.step = 0  # optimiser steps taken
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly (the schedule is a pure function of `step`)."""
-        return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "step": self.step,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "config": self.config.to_dict()}
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.config.to_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != CHECKPOINT_VERSION:
@@ -217,8 +251,12 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.compiled = True  # a one-step epoch cannot split compilation off; later epochs are not compiling
         self.last_lr = lr
-        out = {"train/loss": loss_sum.item() / seen, "train/error": 100.0 * wrong.item() / seen,
-               "time/train_s": elapsed, "time/images_per_s": (seen - timed_from) / (elapsed - compile_s)}
+        out = {
+            "train/loss": loss_sum.item() / seen,
+            "train/error": 100.0 * wrong.item() / seen,
+            "time/train_s": elapsed,
+            "time/images_per_s": (seen - timed_from) / (elapsed - compile_s),
+        }
         if compile_s:
             out["time/compile_s"] = compile_s
         return out
@@ -255,8 +293,14 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
 
-def fit(config: Config, on_epoch: EpochCallback | None = None, *, checkpoint: dict[str, Any] | None = None,
-        data: datasets.Dataset | None = None, on_step: StepCallback | None = None) -> dict[str, float]:
+def fit(
+    config: Config,
+    on_epoch: EpochCallback | None = None,
+    *,
+    checkpoint: dict[str, Any] | None = None,
+    data: datasets.Dataset | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, float]:
     """Train `config` to its last epoch (continuing from `checkpoint`); return the last metrics."""
     trainer = Trainer(config, data)
     if checkpoint is not None:
@@ -268,8 +312,13 @@ def fit(config: Config, on_epoch: EpochCallback | None = None, *, checkpoint: di
         trainer.epoch += 1
         last = trainer.epoch == config.train.epochs
         val = trainer.evaluate() if (last or trainer.epoch % config.train.eval_every == 0) else {}
-        metrics = {"epoch": trainer.epoch, "lr": trainer.last_lr, **train, **val,
-                   "time/epoch_s": time.perf_counter() - start}
+        metrics = {
+            "epoch": trainer.epoch,
+            "lr": trainer.last_lr,
+            **train,
+            **val,
+            "time/epoch_s": time.perf_counter() - start,
+        }
         if on_epoch is not None:
             on_epoch(metrics, trainer.state_dict)
     return metrics

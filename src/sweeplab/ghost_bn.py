@@ -3,6 +3,7 @@
 https://arxiv.org/abs/1705.08741 - the reference repo emulated it with gradient-accumulation
 "subdivisions"; normalising chunk by chunk gives the same statistics in one forward pass.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Names that become folder names (launches, sweeps): one path component, printable, no tricks."""
+
 from __future__ import annotations
 
 import unicodedata

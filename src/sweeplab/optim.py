@@ -1,7 +1,8 @@
 """Optimisers by name, with parameter groups that can spare BatchNorm and biases from weight decay."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -64,8 +65,9 @@ class LARS(torch.optim.SGD):
     eta = 0 the ratio is used as is (the reference repo's setting, whose lr absorbs eta).
     """
 
-    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool, eps: float,
-                 trust_coefficient: float) -> None:
+    def __init__(
+        self, groups: list[dict], lr: float, momentum: float, nesterov: bool, eps: float, trust_coefficient: float
+    ) -> None:
         super().__init__(groups, lr=lr, momentum=momentum, nesterov=nesterov)
         self.eps, self.eta = eps, trust_coefficient
 

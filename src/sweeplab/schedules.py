@@ -3,10 +3,11 @@
 A pure function needs no scheduler state in checkpoints, and `lr_at` can be plotted or tested
 at any step without running training (nanoGPT's habit).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from sweeplab.config import SchedConfig
 

@@ -4,19 +4,20 @@ A run folder holds config.yaml (the resolved config), metrics.jsonl (one line pe
 checkpoint.pt (rewritten after every epoch, atomically) and checkpoint.prev.pt (the one before);
 `--resume` continues from the newest of the two that loads.
 """
+
 from __future__ import annotations
 
 import errno
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sweeplab import config as cfg
 from sweeplab.config import ConfigError
-
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 
@@ -29,8 +30,9 @@ class _WriteFailed(Exception):
     """Writing a file of the run folder failed (a full disk, typically); carries the path and the OSError."""
 
 
-def train(config_path: str, overrides: list[str], output: str | None, resume: bool,
-          stop_after: int | None = None) -> int:
+def train(
+    config_path: str, overrides: list[str], output: str | None, resume: bool, stop_after: int | None = None
+) -> int:
     """Validate, train with a per-epoch progress bar, write the run folder; return the exit code."""
     conf = cfg.load(config_path, overrides)  # validation first: nothing is touched if it fails
     if stop_after is not None and stop_after < 1:
@@ -92,10 +94,16 @@ def train(config_path: str, overrides: list[str], output: str | None, resume: bo
         if bar is not None:
             bar.close()
         path, err = failed.args
-        what = (f"disk full: could not write {path}" if err.errno in (errno.ENOSPC, errno.EDQUOT)
-                else f"could not write {path} ({err.strerror or err})")
-        then = (f"the checkpoint of epoch {saved} is kept: free some space and continue with --resume"
-                if saved else "no epoch was checkpointed: free some space and run it again")
+        what = (
+            f"disk full: could not write {path}"
+            if err.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"could not write {path} ({err.strerror or err})"
+        )
+        then = (
+            f"the checkpoint of epoch {saved} is kept: free some space and continue with --resume"
+            if saved
+            else "no epoch was checkpointed: free some space and run it again"
+        )
         print(f"sweeplab: error: {what}; {then}", file=sys.stderr)
         return 1
     finally:
@@ -165,8 +173,10 @@ def _resume_state(out: Path, conf: cfg.Config) -> tuple[dict[str, Any], Path]:
     old.pop("train.epochs", None)
     changed = sorted(k for k in old.keys() | new.keys() if k != "train.epochs" and old.get(k) != new.get(k))
     if changed:
-        raise ConfigError(f"--resume: {path} was trained with a different config ({', '.join(changed[:5])}); "
-                          "only train.epochs may change")
+        raise ConfigError(
+            f"--resume: {path} was trained with a different config ({', '.join(changed[:5])}); "
+            "only train.epochs may change"
+        )
     if problems:  # e.g. a crash between the two renames leaves no checkpoint.pt: the older one is whole
         print(f"sweeplab: warning: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
     return state, path

@@ -1,4 +1,5 @@
 """Semantic checks of a typed Config: ranges, names in registries, combinations that conflict."""
+
 from __future__ import annotations
 
 from sweeplab.config import DATASETS, PRECISIONS, Config, ConfigError
@@ -24,17 +25,28 @@ def check(c: Config, where: str = "") -> None:
     _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", where)
     _require(d.train_subset >= 0, "data.train_subset", "must be >= 0 (0 = all)", where)
     _require(d.test_subset >= 0, "data.test_subset", "must be >= 0 (0 = all)", where)
-    _require(d.device == "auto" or d.device.split(":")[0] in ("cpu", "cuda", "mps"), "data.device",
-             f"is {d.device!r}; valid: auto, cpu, cuda, cuda:N, mps", where)
-    _require(len(d.synthetic_shape) == 3 and min(d.synthetic_shape) >= 1, "data.synthetic_shape",
-             "must be [channels, height, width]", where)
+    _require(
+        d.device == "auto" or d.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        "data.device",
+        f"is {d.device!r}; valid: auto, cpu, cuda, cuda:N, mps",
+        where,
+    )
+    _require(
+        len(d.synthetic_shape) == 3 and min(d.synthetic_shape) >= 1,
+        "data.synthetic_shape",
+        "must be [channels, height, width]",
+        where,
+    )
     _require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2", where)
-    _require(d.synthetic_train >= 1 and d.synthetic_test >= 1, "data.synthetic_train",
-             "and data.synthetic_test must be >= 1", where)
+    _require(
+        d.synthetic_train >= 1 and d.synthetic_test >= 1,
+        "data.synthetic_train",
+        "and data.synthetic_test must be >= 1",
+        where,
+    )
 
     name = c.model.get("name")
-    _require(isinstance(name, str), "model.name", f"must be a model name; valid: {', '.join(models.names())}",
-             where)
+    _require(isinstance(name, str), "model.name", f"must be a model name; valid: {', '.join(models.names())}", where)
     _one_of(name, models.names(), "model.name", where)
     try:  # the family's own rules (models/rules.py), without torch: e.g. a depth it cannot build
         models.check_options(name, {k: v for k, v in c.model.items() if k != "name"})
@@ -53,13 +65,21 @@ def check(c: Config, where: str = "") -> None:
     _require(0.0 <= a.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)", where)
     for key, top in (("random_erasing_area", 1.0), ("random_erasing_ratio", None)):
         v = getattr(a, key)
-        _require(len(v) == 2 and 0 < v[0] <= v[1] and (top is None or v[1] <= top), f"augment.{key}",
-                 f"must be [lo, hi] with 0 < lo <= hi{' <= 1' if top else ''}, got {v}", where)
+        _require(
+            len(v) == 2 and 0 < v[0] <= v[1] and (top is None or v[1] <= top),
+            f"augment.{key}",
+            f"must be [lo, hi] with 0 < lo <= hi{' <= 1' if top else ''}, got {v}",
+            where,
+        )
     mixers = [k for k in ("mixup", "cutmix", "ricap", "dual_cutout") if getattr(a, k) > 0]
     # Two batch mixers would silently overwrite each other's targets: refuse instead.
-    _require(len(mixers) <= 1, f"augment.{mixers[-1] if mixers else ''}",
-             f"cannot be combined with augment.{mixers[0] if mixers else ''}: use one batch mixer "
-             "(mixup, cutmix, ricap, dual_cutout) per run", where)
+    _require(
+        len(mixers) <= 1,
+        f"augment.{mixers[-1] if mixers else ''}",
+        f"cannot be combined with augment.{mixers[0] if mixers else ''}: use one batch mixer "
+        "(mixup, cutmix, ricap, dual_cutout) per run",
+        where,
+    )
     _require(a.dual_cutout == 0 or a.cutout > 0, "augment.dual_cutout", "needs augment.cutout > 0", where)
 
     _one_of(o.name, catalog.optimizers(), "optim.name", where)
@@ -67,8 +87,12 @@ def check(c: Config, where: str = "") -> None:
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}", where)
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}", where)
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)", where)
-    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
-             f"must be two numbers in [0, 1), got {o.betas}", where)
+    _require(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        f"must be two numbers in [0, 1), got {o.betas}",
+        where,
+    )
     _require(o.lars_eps > 0, "optim.lars_eps", f"must be > 0, got {o.lars_eps}", where)
     _require(o.lars_trust_coefficient >= 0, "optim.lars_trust_coefficient", "must be >= 0 (0 = off)", where)
 
@@ -82,14 +106,22 @@ def check(c: Config, where: str = "") -> None:
     _require(s.sgdr_t_mult >= 1, "sched.sgdr_t_mult", f"must be >= 1, got {s.sgdr_t_mult}", where)
     _require(0 <= s.min_lr_factor <= 1, "sched.min_lr_factor", f"must be in [0, 1], got {s.min_lr_factor}", where)
     _require(0 < s.onecycle_peak < 1, "sched.onecycle_peak", f"must be in (0, 1), got {s.onecycle_peak}", where)
-    _require(not (s.name == "onecycle" and s.warmup_epochs > 0), "sched.warmup_epochs",
-             "must be 0 with sched.name=onecycle (the cycle's rising half is its warmup)", where)
+    _require(
+        not (s.name == "onecycle" and s.warmup_epochs > 0),
+        "sched.warmup_epochs",
+        "must be 0 with sched.name=onecycle (the cycle's rising half is its warmup)",
+        where,
+    )
 
     _require(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}", where)
     _one_of(t.precision, PRECISIONS, "train.precision", where)
     _require(t.ghost_batch_size >= 0, "train.ghost_batch_size", "must be >= 0 (0 = off)", where)
-    _require(t.ghost_batch_size == 0 or d.batch_size % t.ghost_batch_size == 0, "train.ghost_batch_size",
-             f"must divide data.batch_size ({d.batch_size})", where)
+    _require(
+        t.ghost_batch_size == 0 or d.batch_size % t.ghost_batch_size == 0,
+        "train.ghost_batch_size",
+        f"must divide data.batch_size ({d.batch_size})",
+        where,
+    )
     _one_of(t.compile_mode, ("default", "reduce-overhead", "max-autotune"), "train.compile_mode", where)
     _require(t.eval_every >= 1, "train.eval_every", "must be >= 1", where)
     _require(t.threads >= 0, "train.threads", "must be >= 0", where)

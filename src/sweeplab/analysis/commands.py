@@ -4,6 +4,7 @@ Bad input (unknown sweep, launch or table id) raises a ConfigError subclass, whi
 into exit 2 with its message; stdout carries only the requested output, so `best --yaml > f.yaml`
 and `table --format csv > f.csv` work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,42 @@ def best(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(runs.config_of(c, found[0]), sort_keys=False))
         return 0
     if args.json:
-        out = [{"rank": i + 1, "run_id": t.run_id, "trial_id": t.trial_id, "experiment": t.experiment,
-                "launch": t.launch, "status": t.status, "stopped_early": t.stopped_early,
-                "metric": args.metric, "value": _finite(t.metrics[args.metric]), "epochs": t.epochs,
-                "params": t.params, "tags": {k: v for k, v in t.tags.items() if k.startswith("sweeplab.")}}
-               for i, t in enumerate(found)]
+        out = [
+            {
+                "rank": i + 1,
+                "run_id": t.run_id,
+                "trial_id": t.trial_id,
+                "experiment": t.experiment,
+                "launch": t.launch,
+                "status": t.status,
+                "stopped_early": t.stopped_early,
+                "metric": args.metric,
+                "value": _finite(t.metrics[args.metric]),
+                "epochs": t.epochs,
+                "params": t.params,
+                "tags": {k: v for k, v in t.tags.items() if k.startswith("sweeplab.")},
+            }
+            for i, t in enumerate(found)
+        ]
         print(json.dumps(out, indent=2))
         return 0
-    built = tables.Built(args.target, f"best by {args.metric}",
-                         ["rank", "trial", args.metric, "epochs", "status", *AXES, "run id"],
-                         [[str(i + 1), t.trial_id, f"{t.metrics[args.metric]:.4g}", str(t.epochs), t.status,
-                           *(t.params.get(a, "") for a in AXES), t.run_id] for i, t in enumerate(found)])
+    built = tables.Built(
+        args.target,
+        f"best by {args.metric}",
+        ["rank", "trial", args.metric, "epochs", "status", *AXES, "run id"],
+        [
+            [
+                str(i + 1),
+                t.trial_id,
+                f"{t.metrics[args.metric]:.4g}",
+                str(t.epochs),
+                t.status,
+                *(t.params.get(a, "") for a in AXES),
+                t.run_id,
+            ]
+            for i, t in enumerate(found)
+        ],
+    )
     print(tables.render(built, "md"), end="")
     return 0
 
@@ -58,8 +84,10 @@ def _finite(value: float) -> float | None:
 def _list(fmt: str) -> int:
     """Every table id, its size and the sweep files that fill it."""
     filled = reference.sweeps_by_table()
-    rows = [[t.id, t.dataset, str(len(t.rows)), ", ".join(filled.get(t.id, [])) or "-", t.title]
-            for t in reference.tables().values()]
+    rows = [
+        [t.id, t.dataset, str(len(t.rows)), ", ".join(filled.get(t.id, [])) or "-", t.title]
+        for t in reference.tables().values()
+    ]
     built = tables.Built("tables", f"{len(rows)} reference tables", ["id", "dataset", "rows", "sweeps", "title"], rows)
     print(tables.render(built, fmt), end="")
     return 0
@@ -113,13 +141,29 @@ def ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server: open it in a browser")
         return 0
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     db = sqlite_path(uri)
     if db is not None:  # artifacts of experiments created from the UI go next to the database
         cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
     print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
     try:
         return subprocess.call(cmd, env=env)

@@ -4,6 +4,7 @@ One row per trial: its identity, `params.*` (typed back from MLflow's strings wh
 column parses), `metrics.*` (last values), `tags.*`, and the per-epoch histories as list
 columns aligned on `history.step` (`history.val/error`[i] was logged at epoch `history.step`[i]).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,8 +62,9 @@ def arrow_table(c: MlflowClient, trials: list[Trial]) -> pa.Table:
     hists = [_histories(c, t) for t in trials]
     cols["history.step"] = pa.array([steps for steps, _ in hists], pa.list_(pa.int64()))
     for key in [k for k in METRICS if k != "epoch" and any(k in h for _, h in hists)]:
-        cols[f"history.{key}"] = pa.array([h.get(key, [None] * len(steps)) for steps, h in hists],
-                                          pa.list_(pa.float64()))
+        cols[f"history.{key}"] = pa.array(
+            [h.get(key, [None] * len(steps)) for steps, h in hists], pa.list_(pa.float64())
+        )
     return pa.table(cols)
 
 

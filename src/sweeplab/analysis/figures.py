@@ -3,6 +3,7 @@
 Figures are drawn on `matplotlib.figure.Figure` objects (the Agg canvas, no pyplot state), so
 they work headless and in threads.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -88,8 +89,13 @@ def learning_curves(c: MlflowClient | None, trials: list[Trial], path: Path, tit
     fig = _figure()
     ax = fig.subplots()
     for t, points in curves:
-        ax.plot([s for s, _ in points], [v for _, v in points], linestyle="--" if t.stopped_early else "-",
-                marker="." if len(points) < 20 else None, label=t.trial_id)
+        ax.plot(
+            [s for s, _ in points],
+            [v for _, v in points],
+            linestyle="--" if t.stopped_early else "-",
+            marker="." if len(points) < 20 else None,
+            label=t.trial_id,
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -108,13 +114,18 @@ def scheduler_stops(trials: list[Trial], path: Path, title: str = "") -> Path | 
     colors = {True: "tab:red", False: "tab:green"}
     fig = _figure(height=max(2.5, 0.25 * len(ran) + 1.2))
     ax = fig.subplots()
-    ax.barh(range(len(ran)), [t.epochs for t in ran],
-            color=[("tab:gray" if t.status == "FAILED" else colors[t.stopped_early]) for t in ran])
+    ax.barh(
+        range(len(ran)),
+        [t.epochs for t in ran],
+        color=[("tab:gray" if t.status == "FAILED" else colors[t.stopped_early]) for t in ran],
+    )
     for y, t in enumerate(ran):
         if METRIC in t.metrics:
             ax.text(t.epochs, y, f" {t.metrics[METRIC]:.2f}%", va="center", fontsize="x-small")
     ax.set_yticks(range(len(ran)), [t.trial_id for t in ran], fontsize="x-small")
     ax.invert_yaxis()
-    ax.set(xlabel="epochs run (red: stopped early, green: ran to the end, gray: failed)",
-           title=title or "which trials the scheduler stopped, and when")
+    ax.set(
+        xlabel="epochs run (red: stopped early, green: ran to the end, gray: failed)",
+        title=title or "which trials the scheduler stopped, and when",
+    )
     return _save(fig, path)

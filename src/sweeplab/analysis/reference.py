@@ -3,6 +3,7 @@
 The package keeps its own copy of the 49 published tables (`reference/*.json`), plus one table
 of its own, `quickstart`, whose rows are the quickstart sweep's lr x weight-decay grid.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,11 +57,15 @@ def quickstart_table(sweeps: Path | None = None) -> Table:
     grids = [full] + ([{k: _values(smoke.get(k)) or v for k, v in full.items()}] if smoke else [])
     points = {(lr, wd) for g in grids for lr in g["optim.lr"] for wd in g["optim.weight_decay"]}
     rows = [[fmt(lr), fmt(wd), "", "", ""] for lr, wd in sorted(points)]
-    return Table("quickstart", "Quickstart: ResNet-preact-20 on Fashion-MNIST, lr x weight decay",
-                 "FashionMNIST", list(QUICKSTART_COLUMNS), rows,
-                 notes="sweeplab's own table: rows are sweeps/quickstart.yaml's grid (full and --smoke); "
-                       "no published values",
-                 match={"initial lr": "optim.lr", "weight decay": "optim.weight_decay"})
+    return Table(
+        "quickstart",
+        "Quickstart: ResNet-preact-20 on Fashion-MNIST, lr x weight decay",
+        "FashionMNIST",
+        list(QUICKSTART_COLUMNS),
+        rows,
+        notes="sweeplab's own table: rows are sweeps/quickstart.yaml's grid (full and --smoke); no published values",
+        match={"initial lr": "optim.lr", "weight decay": "optim.weight_decay"},
+    )
 
 
 def _values(spec: Any) -> list[float]:
@@ -81,9 +86,15 @@ def _published() -> dict[str, Table]:
     for name in FILES:
         for t in json.loads((HERE / "reference" / name).read_text()):
             known = {"id", "title", "dataset", "columns", "rows", "notes"}
-            out[t["id"]] = Table(t["id"], t.get("title", ""), t.get("dataset", ""), list(t["columns"]),
-                                 [list(r) for r in t["rows"]], t.get("notes", ""),
-                                 {k: v for k, v in t.items() if k not in known})
+            out[t["id"]] = Table(
+                t["id"],
+                t.get("title", ""),
+                t.get("dataset", ""),
+                list(t["columns"]),
+                [list(r) for r in t["rows"]],
+                t.get("notes", ""),
+                {k: v for k, v in t.items() if k not in known},
+            )
     return out
 
 

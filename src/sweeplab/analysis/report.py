@@ -1,4 +1,5 @@
 """`sweeplab report`: every table and figure with runs behind it, in one folder with an index page."""
+
 from __future__ import annotations
 
 import html
@@ -15,8 +16,10 @@ from sweeplab.analysis.tables import METRIC, Built
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-       "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
+CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+    "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+)
 
 
 def slug(name: str) -> str:
@@ -24,16 +27,19 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def write_table(c: MlflowClient | None, built: Built, out: Path,
-                formats: tuple[str, ...] = ("md", "csv", "html")) -> list[Path]:
+def write_table(
+    c: MlflowClient | None, built: Built, out: Path, formats: tuple[str, ...] = ("md", "csv", "html")
+) -> list[Path]:
     """The table in each format plus its figures under `out`; returns the figures written."""
     out.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         (out / f"{slug(built.id)}.{fmt}").write_text(tables.render(built, fmt))
     behind = [t for row in built.trials.values() for t in row]
     name = slug(built.id)
-    figs = [figures.learning_curves(c, behind, out / f"{name}_curves.png", f"{built.id}: learning curves"),
-            figures.scheduler_stops(behind, out / f"{name}_stops.png", f"{built.id}: early stops")]
+    figs = [
+        figures.learning_curves(c, behind, out / f"{name}_curves.png", f"{built.id}: learning curves"),
+        figures.scheduler_stops(behind, out / f"{name}_stops.png", f"{built.id}: early stops"),
+    ]
     if "initial lr" in built.columns:  # the bs_lr tables and the quickstart
         figs.insert(0, figures.error_vs_lr(behind, out / f"{name}_lr.png", f"{built.id}: error vs lr"))
     return [f for f in figs if f is not None]
@@ -44,11 +50,22 @@ def _sweep_summary(trials: list[runs.Trial], top: int = 5) -> Built:
     scored = [t for t in trials if METRIC in t.metrics and not math.isnan(t.metrics[METRIC])]
     ranked = sorted(scored, key=lambda t: t.metrics[METRIC])[:top]
     columns = ["trial", METRIC, "epochs", "status", "stopped early", *AXES]
-    rows = [[t.trial_id, f"{t.metrics[METRIC]:.2f}", str(t.epochs), t.status, str(t.stopped_early).lower(),
-             *(t.params.get(a, "") for a in AXES)] for t in ranked]
+    rows = [
+        [
+            t.trial_id,
+            f"{t.metrics[METRIC]:.2f}",
+            str(t.epochs),
+            t.status,
+            str(t.stopped_early).lower(),
+            *(t.params.get(a, "") for a in AXES),
+        ]
+        for t in ranked
+    ]
     states = {s: sum(t.status == s for t in trials) for s in sorted({t.status for t in trials})}
-    note = f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}), " \
-           f"{len({t.launch for t in trials})} launch(es); best {len(rows)} by {METRIC}"
+    note = (
+        f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}), "
+        f"{len({t.launch for t in trials})} launch(es); best {len(rows)} by {METRIC}"
+    )
     return Built(trials[0].experiment, "best trials", columns, rows, note)
 
 
@@ -66,27 +83,39 @@ def report(c: MlflowClient | None, out: Path, uri: str) -> Path:
     for name in sorted({t.experiment for t in everything}):
         mine = [t for t in everything if t.experiment == name]
         base = out / f"sweep_{slug(name)}"
-        figs = [figures.learning_curves(c, mine, base.with_name(base.name + "_curves.png"), f"{name}: learning curves"),
-                figures.scheduler_stops(mine, base.with_name(base.name + "_stops.png"), f"{name}: early stops")]
+        figs = [
+            figures.learning_curves(c, mine, base.with_name(base.name + "_curves.png"), f"{name}: learning curves"),
+            figures.scheduler_stops(mine, base.with_name(base.name + "_stops.png"), f"{name}: early stops"),
+        ]
         sweeps.append((_sweep_summary(mine), [f for f in figs if f is not None]))
     _index(out, uri, sections, sweeps)
     return out
 
 
-def _index(out: Path, uri: str, sections: list[tuple[Built, list[Path]]],
-           sweeps: list[tuple[Built, list[Path]]]) -> None:
+def _index(
+    out: Path, uri: str, sections: list[tuple[Built, list[Path]]], sweeps: list[tuple[Built, list[Path]]]
+) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     md = ["# sweeplab report", "", f"Generated {stamp} from `{uri}`.", "", "## Tables", ""]
-    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title>"
-            f"<style>{CSS}</style></head><body><h1>sweeplab report</h1>",
-            f"<p>Generated {stamp} from <code>{html.escape(uri)}</code>.</p><h2>Tables</h2>"]
+    page = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title>"
+        f"<style>{CSS}</style></head><body><h1>sweeplab report</h1>",
+        f"<p>Generated {stamp} from <code>{html.escape(uri)}</code>.</p><h2>Tables</h2>",
+    ]
     if not sections:
         md.append("No table has runs behind it yet.")
         page.append("<p>No table has runs behind it yet.</p>")
     for built, figs in sections:
         name = slug(built.id)
-        md += [tables.render(built, "md", level=3), f"Files: [{name}.md]({name}.md), [{name}.csv]({name}.csv), "
-               f"[{name}.html]({name}.html)", ""] + [f"![{f.stem}]({f.name})" for f in figs] + [""]
+        md += (
+            [
+                tables.render(built, "md", level=3),
+                f"Files: [{name}.md]({name}.md), [{name}.csv]({name}.csv), [{name}.html]({name}.html)",
+                "",
+            ]
+            + [f"![{f.stem}]({f.name})" for f in figs]
+            + [""]
+        )
         page += [tables.render(built, "html", level=3)] + [f"<img src='{f.name}' alt='{f.stem}'>" for f in figs]
     md += ["## Sweeps", ""]
     page.append("<h2>Sweeps</h2>")

@@ -1,4 +1,5 @@
 """Reading sweeplab's runs back from MLflow: the trials of a sweep, a launch or a table."""
+
 from __future__ import annotations
 
 import tempfile
@@ -9,8 +10,18 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sweeplab.config import ConfigError, parse_value
-from sweeplab.tracking.store import (LAUNCH, PARENT, SWEEP, TABLES, TRIAL, client, quote, resolve_uri, search,
-                                     sqlite_path)
+from sweeplab.tracking.store import (
+    LAUNCH,
+    PARENT,
+    SWEEP,
+    TABLES,
+    TRIAL,
+    client,
+    quote,
+    resolve_uri,
+    search,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,6 +41,7 @@ class UnknownTarget(ConfigError):
 @dataclass
 class Trial:
     """One child run: a trial's params, tags and last metric values."""
+
     run_id: str
     experiment: str
     trial_id: str
@@ -75,9 +87,16 @@ def open_client(uri: str | None, must_exist: bool = False) -> MlflowClient | Non
 
 def _trial(run: Run, names: dict[str, str]) -> Trial:
     tags = dict(run.data.tags)
-    return Trial(run.info.run_id, names.get(run.info.experiment_id, tags.get(SWEEP, "")),
-                 tags.get(TRIAL, run.info.run_name or ""), run.info.status, run.info.start_time or 0,
-                 dict(run.data.params), dict(run.data.metrics), tags)
+    return Trial(
+        run.info.run_id,
+        names.get(run.info.experiment_id, tags.get(SWEEP, "")),
+        tags.get(TRIAL, run.info.run_name or ""),
+        run.info.status,
+        run.info.start_time or 0,
+        dict(run.data.params),
+        dict(run.data.metrics),
+        tags,
+    )
 
 
 def _experiments(c: MlflowClient) -> dict[str, str]:
@@ -94,8 +113,9 @@ def target_filter(c: MlflowClient, target: str) -> tuple[list[str], str]:
     if ids and search(c, ids, f"{launch} and tags.`{PARENT}` IS NULL", limit=1):
         return ids, f"{launch} and {CHILD}"
     known = sorted(set(_experiments(c).values()) - {"Default"})
-    raise UnknownTarget(f"no sweep or launch named '{target}' in the MLflow store; "
-                        f"sweeps: {', '.join(known) or 'none yet'}")
+    raise UnknownTarget(
+        f"no sweep or launch named '{target}' in the MLflow store; sweeps: {', '.join(known) or 'none yet'}"
+    )
 
 
 def trials(c: MlflowClient, target: str) -> list[Trial]:
@@ -122,8 +142,11 @@ def best(c: MlflowClient, target: str, metric: str = "val/error", top: int = 1) 
 def all_trials(c: MlflowClient) -> list[Trial]:
     """Every sweeplab trial in the store, oldest first."""
     names = _experiments(c)
-    return [_trial(r, names) for r in search(c, list(names), CHILD, order_by=["attributes.start_time ASC"])] \
-        if names else []
+    return (
+        [_trial(r, names) for r in search(c, list(names), CHILD, order_by=["attributes.start_time ASC"])]
+        if names
+        else []
+    )
 
 
 def tables_of(trial: Trial) -> list[str]:
@@ -136,16 +159,21 @@ def table_trials(c: MlflowClient, table_id: str) -> list[Trial]:
     names = _experiments(c)
     if not names:
         return []
-    runs = search(c, list(names), f"tags.`{TABLES}` LIKE {quote('%' + table_id + '%')} and {CHILD}",
-                  order_by=["attributes.start_time ASC"])
+    runs = search(
+        c,
+        list(names),
+        f"tags.`{TABLES}` LIKE {quote('%' + table_id + '%')} and {CHILD}",
+        order_by=["attributes.start_time ASC"],
+    )
     out = [_trial(r, names) for r in runs]
     return [t for t in out if table_id in tables_of(t)]
 
 
 def history(c: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of a metric, by step (a re-logged step keeps its latest value)."""
-    points = {m.step: (m.timestamp, m.value) for m in sorted(c.get_metric_history(run_id, key),
-                                                             key=lambda m: m.timestamp)}
+    points = {
+        m.step: (m.timestamp, m.value) for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+    }
     return [(step, v) for step, (_, v) in sorted(points.items())]
 
 
@@ -157,7 +185,7 @@ def config_of(c: MlflowClient, trial: Trial) -> dict[str, Any]:
             tree = yaml.safe_load(path.read_text())
             if isinstance(tree, dict):
                 return tree
-        except Exception:  # noqa: BLE001 - a missing or unreadable artifact falls back to params
+        except Exception:
             pass
     tree: dict[str, Any] = {}
     for key, text in sorted(trial.params.items()):

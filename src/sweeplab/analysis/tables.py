@@ -5,6 +5,7 @@ reports "median of 3 runs"), with the spread, the number of seeds, the training 
 `time/epoch_s`, printed like the reference's "26m") and the hardware. Trials a scheduler stopped
 early never enter the median: their last epoch is not the table's epoch count.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,13 +22,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 METRIC = "val/error"
-LEGEND = ("ours = median of val/error (%) at the last epoch over seeds (trials stopped early excluded); "
-          "spread = min-max (sd); ours time = median over seeds of the summed epoch times")
+LEGEND = (
+    "ours = median of val/error (%) at the last epoch over seeds (trials stopped early excluded); "
+    "spread = min-max (sd); ours time = median over seeds of the summed epoch times"
+)
 
 
 @dataclass
 class Built:
     """A rendered table: its header, its cells, and the trials behind each reference row."""
+
     id: str
     title: str
     columns: list[str]
@@ -92,20 +96,28 @@ def measure(c: MlflowClient, trials: list[Trial]) -> dict[str, str]:
         return {"error": _state(trials), "accuracy": _state(trials)}
     errors = [t.metrics[METRIC] for t in done]
     med = statistics.median(errors)
-    spread = "-" if len(errors) < 2 else \
-        f"{min(errors):.2f}-{max(errors):.2f} (sd {statistics.stdev(errors):.2f})"
+    spread = "-" if len(errors) < 2 else f"{min(errors):.2f}-{max(errors):.2f} (sd {statistics.stdev(errors):.2f})"
     times = [sum(v for _, v in history(c, t.run_id, "time/epoch_s")) for t in done]
     epochs = sorted({t.epochs for t in done})
-    return {"error": f"{med:.2f}", "accuracy": f"{100 - med:.2f}", "spread": spread, "seeds": str(len(done)),
-            "epochs": "/".join(map(str, epochs)), "time": duration(statistics.median(times)),
-            "hardware": "; ".join(sorted({t.tags.get("sweeplab.hardware", "?") for t in done}))}
+    return {
+        "error": f"{med:.2f}",
+        "accuracy": f"{100 - med:.2f}",
+        "spread": spread,
+        "seeds": str(len(done)),
+        "epochs": "/".join(map(str, epochs)),
+        "time": duration(statistics.median(times)),
+        "hardware": "; ".join(sorted({t.tags.get("sweeplab.hardware", "?") for t in done})),
+    }
 
 
 # our columns, placed right after the reference column of the same kind
-OURS = {"error": [("ours", "error"), ("ours spread", "spread"), ("seeds", "seeds")],
-        "accuracy": [("ours", "accuracy"), ("ours spread (error)", "spread"), ("seeds", "seeds")],
-        "time": [("ours time", "time")], "epochs": [("ours epochs", "epochs")],
-        "hardware": [("ours hardware", "hardware")]}
+OURS = {
+    "error": [("ours", "error"), ("ours spread", "spread"), ("seeds", "seeds")],
+    "accuracy": [("ours", "accuracy"), ("ours spread (error)", "spread"), ("seeds", "seeds")],
+    "time": [("ours time", "time")],
+    "epochs": [("ours epochs", "epochs")],
+    "hardware": [("ours hardware", "hardware")],
+}
 
 
 def rows_of(table: Table, trials: list[Trial]) -> tuple[list[list[str]], dict[int, list[Trial]]]:
@@ -140,8 +152,15 @@ def build(c: MlflowClient | None, table: Table, trials: list[Trial]) -> Built:
     for i, ref in enumerate(refs):
         cells = measure(c, by_row[i]) if c is not None and by_row[i] else {"error": "not run", "accuracy": "not run"}
         rows.append([ref[j] if j is not None else cells.get(key, "") for _, j, key in layout])
-    return Built(table.id, table.title, [h for h, _, _ in layout], rows,
-                 f"Reference notes: {table.notes}" if table.notes else "", by_row, LEGEND)
+    return Built(
+        table.id,
+        table.title,
+        [h for h, _, _ in layout],
+        rows,
+        f"Reference notes: {table.notes}" if table.notes else "",
+        by_row,
+        LEGEND,
+    )
 
 
 def render(built: Built, fmt: str = "md", level: int = 2) -> str:
@@ -157,18 +176,23 @@ def render(built: Built, fmt: str = "md", level: int = 2) -> str:
         esc = html.escape
         head = "".join(f"<th>{esc(c)}</th>" for c in built.columns)
         body = "\n".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in built.rows)
-        return (f"<h{level} id=\"{esc(built.id)}\">{esc(built.id)}: {esc(built.title)}</h{level}>\n"
-                f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
-                + "".join(f"<p><small>{esc(text)}</small></p>\n" for text in footer))
+        return (
+            f'<h{level} id="{esc(built.id)}">{esc(built.id)}: {esc(built.title)}</h{level}>\n'
+            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
+            + "".join(f"<p><small>{esc(text)}</small></p>\n" for text in footer)
+        )
     if fmt != "md":
         raise ValueError(f"unknown format {fmt!r}")
 
     def cell(value: str) -> str:
         return str(value).replace("|", "\\|")  # a bare pipe would split the cell
 
-    lines = [f"{'#' * level} {built.id}: {built.title}", "",
-             "| " + " | ".join(map(cell, built.columns)) + " |",
-             "|" + "|".join("---" for _ in built.columns) + "|"]
+    lines = [
+        f"{'#' * level} {built.id}: {built.title}",
+        "",
+        "| " + " | ".join(map(cell, built.columns)) + " |",
+        "|" + "|".join("---" for _ in built.columns) + "|",
+    ]
     lines += ["| " + " | ".join(map(cell, r)) + " |" for r in built.rows]
     for text in footer:
         lines += ["", text]

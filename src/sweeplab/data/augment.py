@@ -5,6 +5,7 @@ https://arxiv.org/abs/1710.09412 (mixup) introduced the soft-target view the res
 Order: erasing ops (cutout, random erasing) on each image first, then at most one batch mixer.
 All randomness comes from the caller's generator, so an epoch replays exactly on resume.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,7 @@ def host_rng(gen: torch.Generator | None, device: torch.device) -> np.random.Gen
     return np.random.default_rng(torch.randint(2**62, (1,), generator=gen, device=device).item())
 
 
-def box_mask(y0: torch.Tensor, x0: torch.Tensor, y1: torch.Tensor, x1: torch.Tensor,
-             h: int, w: int) -> torch.Tensor:
+def box_mask(y0: torch.Tensor, x0: torch.Tensor, y1: torch.Tensor, x1: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(N, 1, H, W) bool mask of the boxes [y0, y1) x [x0, x1), one per image, clipped to the image."""
     ys = torch.arange(h, device=y0.device)[None, :, None]
     xs = torch.arange(w, device=y0.device)[None, None, :]
@@ -60,8 +60,9 @@ class Cutout:
 class RandomErasing:
     """Fill one random rectangle per image with Gaussian noise: https://arxiv.org/abs/1708.04896"""
 
-    def __init__(self, prob: float, area: Sequence[float] = (0.02, 0.4),
-                 ratio: Sequence[float] = (0.3, 3.3333)) -> None:
+    def __init__(
+        self, prob: float, area: Sequence[float] = (0.02, 0.4), ratio: Sequence[float] = (0.3, 3.3333)
+    ) -> None:
         self.prob, self.area, self.ratio = prob, tuple(area), tuple(ratio)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -82,8 +83,7 @@ class RandomErasing:
 class BatchAugment:
     """Identity recipe with optional label smoothing: https://arxiv.org/abs/1512.00567"""
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0,
-                 erasers: Sequence[Eraser] = ()) -> None:
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, erasers: Sequence[Eraser] = ()) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.erasers = tuple(erasers)
@@ -91,20 +91,21 @@ class BatchAugment:
     def targets(self, labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Smoothed one-hot targets: (1 - eps) on the label, eps / K spread over all classes."""
         eps = self.label_smoothing
-        t = torch.full((labels.numel(), self.num_classes), eps / self.num_classes, dtype=dtype,
-                       device=labels.device)
+        t = torch.full((labels.numel(), self.num_classes), eps / self.num_classes, dtype=dtype, device=labels.device)
         return t.scatter_(1, labels[:, None], 1.0 - eps + eps / self.num_classes)
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the (possibly changed) batch and its soft targets (N x K, rows sum to 1)."""
         for erase in self.erasers:
             x = erase(x, gen)
         # mixers mix the smoothed targets, so label smoothing composes with every one of them
         return self.mix(x, self.targets(labels), gen)
 
-    def mix(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator | None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(
+        self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch mixer's step (none here)."""
         return x, targets
 
@@ -145,8 +146,7 @@ class CutMix(BatchAugment):
         super().__init__(num_classes, **kw)
         self.alpha = alpha
 
-    def sample(self, x: torch.Tensor, gen: torch.Generator | None
-               ) -> tuple[tuple[int, int, int, int], torch.Tensor]:
+    def sample(self, x: torch.Tensor, gen: torch.Generator | None) -> tuple[tuple[int, int, int, int], torch.Tensor]:
         """((y0, y1, x0, x1), perm): one box of area ~ (1 - lam) for the batch, clipped; partners."""
         h, w = x.shape[-2:]
         rng = host_rng(gen, x.device)
@@ -172,8 +172,7 @@ class Ricap(BatchAugment):
         super().__init__(num_classes, **kw)
         self.beta = beta
 
-    def sample(self, x: torch.Tensor, gen: torch.Generator | None
-               ) -> list[tuple[torch.Tensor, int, int, int, int]]:
+    def sample(self, x: torch.Tensor, gen: torch.Generator | None) -> list[tuple[torch.Tensor, int, int, int, int]]:
         """Four (perm, top, left, height, width) crops, tiling the image around a Beta boundary."""
         n, _, h, w = x.shape
         rng = host_rng(gen, x.device)
@@ -186,7 +185,7 @@ class Ricap(BatchAugment):
 
     def mix(self, x, targets, gen):
         crops = self.sample(x, gen)
-        p = [x[perm, :, top:top + ch, left:left + cw] for perm, top, left, ch, cw in crops]
+        p = [x[perm, :, top : top + ch, left : left + cw] for perm, top, left, ch, cw in crops]
         out = torch.cat([torch.cat(p[:2], dim=3), torch.cat(p[2:], dim=3)], dim=2)
         # each source's label weighs as much as the area its crop covers; the four areas tile the image
         area = x.shape[-2] * x.shape[-1]

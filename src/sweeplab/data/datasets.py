@@ -3,6 +3,7 @@
 MNIST-style sets are read straight from their IDX files (torchvision's raw layout, or an offline
 copy such as Debian's `dataset-fashion-mnist`); CIFAR comes through torchvision.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,22 +46,36 @@ _CIFAR = {
     "cifar10": ("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ("CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte")
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load(cfg: DataConfig) -> Dataset:
     """Load the dataset `cfg.name` on the CPU (cached per process: a reused Tune actor reads it once)."""
-    return _load(cfg.name, cfg.root, cfg.download, tuple(cfg.synthetic_shape), cfg.synthetic_classes,
-                 cfg.synthetic_train, cfg.synthetic_test)
+    return _load(
+        cfg.name,
+        cfg.root,
+        cfg.download,
+        tuple(cfg.synthetic_shape),
+        cfg.synthetic_classes,
+        cfg.synthetic_train,
+        cfg.synthetic_test,
+    )
 
 
 @functools.lru_cache(maxsize=2)
-def _load(name: str, root_dir: str, download: bool, shape: tuple[int, ...], classes: int, n_train: int,
-          n_test: int) -> Dataset:
+def _load(
+    name: str, root_dir: str, download: bool, shape: tuple[int, ...], classes: int, n_train: int, n_test: int
+) -> Dataset:
     # The tensors are shared by every caller: the loader and `subset` only ever index them (copies).
-    cfg = DataConfig(name=name, root=root_dir, download=download, synthetic_shape=list(shape),
-                     synthetic_classes=classes, synthetic_train=n_train, synthetic_test=n_test)
+    cfg = DataConfig(
+        name=name,
+        root=root_dir,
+        download=download,
+        synthetic_shape=list(shape),
+        synthetic_classes=classes,
+        synthetic_train=n_train,
+        synthetic_test=n_test,
+    )
     if cfg.name == "synthetic":
         return synthetic(cfg.synthetic_shape, cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test)
     root = Path(cfg.root).expanduser()
@@ -124,8 +139,10 @@ def _load_cifar(name: str, root: Path, download: bool) -> Dataset:
     try:
         train, test = (cls(str(root), train=t, download=download) for t in (True, False))
     except Exception as e:  # torchvision raises RuntimeError or URLError depending on what failed
-        raise DatasetError(f"dataset '{name}' not found in {root} and could not be downloaded: "
-                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DatasetError(
+            f"dataset '{name}' not found in {root} and could not be downloaded: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
     def to_tensor(ds) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)

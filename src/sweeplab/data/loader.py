@@ -3,9 +3,10 @@
 No DataLoader workers: indexing a device tensor and cropping by gather is cheaper than decoding
 and collating single images in other processes (airbench's approach: https://arxiv.org/abs/2404.00498).
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,25 @@ import torch.nn.functional as F
 class DeviceLoader:
     """Seeded shuffling, random crop with zero padding, horizontal flip and normalisation."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 train: bool, seed: int = 0, random_crop: bool = False, crop_padding: int = 4,
-                 hflip: bool = False, normalize: bool = True, channels_last: bool = False,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        random_crop: bool = False,
+        crop_padding: int = 4,
+        hflip: bool = False,
+        normalize: bool = True,
+        channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.train, self.seed, self.batch_size = train, seed, batch_size
         self.rank, self.world = rank, world  # DDP: each rank takes its stride of the shared permutation
         self.hflip, self.channels_last = hflip, channels_last
@@ -48,8 +63,7 @@ class DeviceLoader:
         rank = self.rank if rank is None else rank
         return torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + epoch + 7_919 * rank)
 
-    def epoch(self, epoch: int = 0, gen: torch.Generator | None = None
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, gen: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images float NCHW normalised, labels int64) batches for one pass."""
         n = self.labels.numel()
         if self.train:
@@ -58,11 +72,11 @@ class DeviceLoader:
             # with set_epoch), and keeps every world-th index; crops and flips use its own stream.
             shared = gen if self.rank == 0 else self.generator(epoch, rank=0)
             order = torch.randperm(n, generator=shared, device=self.device)
-            order = order[:n // self.world * self.world][self.rank::self.world]
+            order = order[: n // self.world * self.world][self.rank :: self.world]
         else:
             order = torch.arange(self.rank, n, self.world, device=self.device)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx]
             if self.train:
                 x = self.augment(x, gen)

@@ -4,11 +4,13 @@ Names and options come from `sweeplab.catalog` (the families' source, read witho
 config is validated without importing torch; `build` imports the model's family module, whose
 `@register_model` functions fill the registry.
 """
+
 from __future__ import annotations
 
 import difflib
 import importlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sweeplab import catalog
 from sweeplab.models import rules

@@ -1,4 +1,5 @@
 """Pieces shared by the model families: conv helpers and the weight initialisation."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -6,6 +6,7 @@ Follows the paper where the reference repo differs: the stem has 16 channels unl
 DenseNet-BC (bottleneck and compression < 1), which gets 2 * growth_rate (Sec. 4.1; the
 reference always uses 2 * growth_rate).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,12 @@ class DenseLayer(nn.Module):
         super().__init__()
         body: list[nn.Module] = []
         if bottleneck:
-            body += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), conv1x1(cin, 4 * growth_rate),
-                     nn.Dropout(drop_rate)]  # the paper drops out after every conv (Sec. 4.2)
+            body += [
+                nn.BatchNorm2d(cin),
+                nn.ReLU(inplace=True),
+                conv1x1(cin, 4 * growth_rate),
+                nn.Dropout(drop_rate),
+            ]  # the paper drops out after every conv (Sec. 4.2)
             cin = 4 * growth_rate
         body += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), conv3x3(cin, growth_rate), nn.Dropout(drop_rate)]
         self.body = nn.Sequential(*body)
@@ -51,12 +56,23 @@ class Transition(nn.Module):
 
 
 @register_model
-def densenet(num_classes: int = 10, in_channels: int = 3, depth: int = 100,
-             block_type: str = "bottleneck", growth_rate: int = 12, compression_rate: float = 0.5,
-             drop_rate: float = 0.0) -> nn.Module:
+def densenet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 100,
+    block_type: str = "bottleneck",
+    growth_rate: int = 12,
+    compression_rate: float = 0.5,
+    drop_rate: float = 0.0,
+) -> nn.Module:
     """DenseNet / DenseNet-BC (Huang et al. 2017): https://arxiv.org/abs/1608.06993"""
-    n = rules.densenet(depth=depth, block_type=block_type, growth_rate=growth_rate,
-                       compression_rate=compression_rate, drop_rate=drop_rate)
+    n = rules.densenet(
+        depth=depth,
+        block_type=block_type,
+        growth_rate=growth_rate,
+        compression_rate=compression_rate,
+        drop_rate=drop_rate,
+    )
     bottleneck = block_type == "bottleneck"
     channels = 2 * growth_rate if bottleneck and compression_rate < 1 else 16
     layers: list[nn.Module] = [conv3x3(in_channels, channels)]
@@ -68,8 +84,13 @@ def densenet(num_classes: int = 10, in_channels: int = 3, depth: int = 100,
             out = int(math.floor(compression_rate * channels))
             layers.append(Transition(channels, out, drop_rate))
             channels = out
-    layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(channels, num_classes)]
+    layers += [
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    ]
     model = nn.Sequential(*layers)
     init_weights(model)
     return model

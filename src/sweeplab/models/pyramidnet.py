@@ -7,6 +7,7 @@ where the block downsamples. Counts equal the authors' architecture (e.g. 26,210
 which the paper prints 0.8-4% low (26.0M). `shakedrop` is the last block's drop probability
 1 - p_L; block l of L drops with probability (l / L) * shakedrop, so 0.5 is the paper's p_L = 0.5.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,7 @@ class ShakeDropFunction(torch.autograd.Function):
     """y = (b + a - b*a) * x forward, gradient scaled by (b + c - b*c) backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gate: torch.Tensor, alpha: torch.Tensor,
-                beta: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, gate: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate + beta - gate * beta)
         return x * (gate + alpha - gate * alpha)
 
@@ -60,13 +60,27 @@ class PyramidBlock(nn.Module):
         super().__init__()
         if bottleneck:
             self.cout = 4 * width
-            body = [nn.BatchNorm2d(cin), conv1x1(cin, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                    conv3x3(width, width, stride), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                    conv1x1(width, self.cout), nn.BatchNorm2d(self.cout)]
+            body = [
+                nn.BatchNorm2d(cin),
+                conv1x1(cin, width),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                conv3x3(width, width, stride),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                conv1x1(width, self.cout),
+                nn.BatchNorm2d(self.cout),
+            ]
         else:
             self.cout = width
-            body = [nn.BatchNorm2d(cin), conv3x3(cin, width, stride), nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True), conv3x3(width, width), nn.BatchNorm2d(width)]
+            body = [
+                nn.BatchNorm2d(cin),
+                conv3x3(cin, width, stride),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                conv3x3(width, width),
+                nn.BatchNorm2d(width),
+            ]
         self.body = nn.Sequential(*body)
         self.shakedrop = ShakeDrop(drop_prob)
         self.stride = stride
@@ -81,8 +95,14 @@ class PyramidBlock(nn.Module):
 
 
 @register_model
-def pyramidnet(num_classes: int = 10, in_channels: int = 3, depth: int = 272,
-               block_type: str = "bottleneck", alpha: int = 200, shakedrop: float = 0.0) -> nn.Module:
+def pyramidnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 272,
+    block_type: str = "bottleneck",
+    alpha: int = 200,
+    shakedrop: float = 0.0,
+) -> nn.Module:
     """PyramidNet (Han et al. 2017), ShakeDrop (Yamada et al. 2018): https://arxiv.org/abs/1610.02915"""
     n = rules.pyramidnet(depth=depth, block_type=block_type, alpha=alpha, shakedrop=shakedrop)
     bottleneck = block_type == "bottleneck"
@@ -97,8 +117,13 @@ def pyramidnet(num_classes: int = 10, in_channels: int = 3, depth: int = 272,
         block = PyramidBlock(cin, math.floor(width + 0.5), stride, bottleneck, shakedrop * (k + 1) / total)
         layers.append(block)
         cin = block.cout
-    layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(cin, num_classes)]
+    layers += [
+        nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(cin, num_classes),
+    ]
     model = nn.Sequential(*layers)
     init_weights(model)
     return model

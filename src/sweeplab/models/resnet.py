@@ -3,6 +3,7 @@
 Shortcuts that change shape are 1x1 conv + BN projections (the paper's option B, as in the
 reference repo); bottleneck stage 1 outputs `initial_channels * 4` channels as in the paper.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,13 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv3x3(cin, cout, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                                  conv3x3(cout, cout), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            conv3x3(cin, cout, stride),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            conv3x3(cout, cout),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut = _projection(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,19 +49,29 @@ class BottleneckBlock(BasicBlock):
         super().__init__(cin, cout, stride)
         mid = cout // self.expansion
         self.body = nn.Sequential(
-            conv1x1(cin, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            conv3x3(mid, mid, stride), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            conv1x1(mid, cout), nn.BatchNorm2d(cout))
+            conv1x1(cin, mid),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            conv3x3(mid, mid, stride),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            conv1x1(mid, cout),
+            nn.BatchNorm2d(cout),
+        )
 
 
 @register_model
-def resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 110, block_type: str = "basic",
-           initial_channels: int = 16) -> nn.Module:
+def resnet(
+    num_classes: int = 10, in_channels: int = 3, depth: int = 110, block_type: str = "basic", initial_channels: int = 16
+) -> nn.Module:
     """ResNet (He et al. 2015) for 32x32 inputs: https://arxiv.org/abs/1512.03385"""
     n = rules.resnet(depth=depth, block_type=block_type, initial_channels=initial_channels)
     block = BasicBlock if block_type == "basic" else BottleneckBlock
-    layers: list[nn.Module] = [conv3x3(in_channels, initial_channels), nn.BatchNorm2d(initial_channels),
-                               nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        conv3x3(in_channels, initial_channels),
+        nn.BatchNorm2d(initial_channels),
+        nn.ReLU(inplace=True),
+    ]
     cin = initial_channels
     for width, stride in zip((1, 2, 4), (1, 2, 2)):
         cout = initial_channels * width * block.expansion

@@ -7,6 +7,7 @@ logits are scaled by 0.125. Every conv is conv3x3-BN-activation; the pool follow
 `channels` is the prep width (the rest double from it); the convs get this package's He init
 rather than PyTorch's default, which the posts used.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,7 @@ class Scale(nn.Module):
 
 
 @register_model
-def resnet9(num_classes: int = 10, in_channels: int = 3, channels: int = 64,
-            celu_alpha: float = 0.0) -> nn.Module:
+def resnet9(num_classes: int = 10, in_channels: int = 3, channels: int = 64, celu_alpha: float = 0.0) -> nn.Module:
     """ResNet-9 (Page 2018, DAWNBench): https://myrtle.ai/learn/how-to-train-your-resnet/"""
     rules.resnet9(channels=channels, celu_alpha=celu_alpha)
     c1, c2, c3, c4 = channels, 2 * channels, 4 * channels, 8 * channels
@@ -59,10 +59,17 @@ def resnet9(num_classes: int = 10, in_channels: int = 3, channels: int = 64,
 
     features = nn.Sequential(
         *block(in_channels, c1),
-        *block(c1, c2), pool(), Residual(nn.Sequential(*block(c2, c2), *block(c2, c2))),
-        *block(c2, c3), pool(),
-        *block(c3, c4), pool(), Residual(nn.Sequential(*block(c4, c4), *block(c4, c4))),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        *block(c1, c2),
+        pool(),
+        Residual(nn.Sequential(*block(c2, c2), *block(c2, c2))),
+        *block(c2, c3),
+        pool(),
+        *block(c3, c4),
+        pool(),
+        Residual(nn.Sequential(*block(c4, c4), *block(c4, c4))),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+    )
     init_weights(features)
     # the head keeps PyTorch's default init, as in the posts (and it has no bias to zero)
     return nn.Sequential(*features, nn.Linear(c4, num_classes, bias=False), Scale(0.125))

@@ -3,9 +3,10 @@
 Follows the paper where the reference repo differs: bottleneck stage 1 outputs
 `initial_channels * 4` channels (the reference keeps it at `initial_channels`).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,6 @@ from torch import nn
 
 from sweeplab.models import register_model, rules
 from sweeplab.models.common import conv1x1, conv3x3, init_weights
-
 
 Attention = Callable[[int], nn.Module]  # channels -> a module applied to the residual branch
 
@@ -23,8 +23,16 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, cout: int, stride: int, preact: bool, remove_first_relu: bool,
-                 add_last_bn: bool, attention: Attention | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        preact: bool,
+        remove_first_relu: bool,
+        add_last_bn: bool,
+        attention: Attention | None = None,
+    ) -> None:
         super().__init__()
         self.preact, self.remove_first_relu = preact, remove_first_relu
         self.bn1 = nn.BatchNorm2d(cin)
@@ -56,8 +64,16 @@ class BottleneckBlock(BasicBlock):
 
     expansion = 4
 
-    def __init__(self, cin: int, cout: int, stride: int, preact: bool, remove_first_relu: bool,
-                 add_last_bn: bool, attention: Attention | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        preact: bool,
+        remove_first_relu: bool,
+        add_last_bn: bool,
+        attention: Attention | None = None,
+    ) -> None:
         super().__init__(cin, cout, stride, preact, remove_first_relu, add_last_bn, attention)
         mid = cout // self.expansion
         self.conv1 = conv1x1(cin, mid)
@@ -76,20 +92,39 @@ class BottleneckBlock(BasicBlock):
 class ResNetPreact(nn.Module):
     """Three stages of pre-activation blocks, a final BN-ReLU, global pooling and a linear head."""
 
-    def __init__(self, num_classes: int, in_channels: int, depth: int, block_type: str,
-                 initial_channels: int, remove_first_relu: bool, add_last_bn: bool,
-                 preact_stage: list[bool], attention: Attention | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        depth: int,
+        block_type: str,
+        initial_channels: int,
+        remove_first_relu: bool,
+        add_last_bn: bool,
+        preact_stage: list[bool],
+        attention: Attention | None = None,
+    ) -> None:
         super().__init__()
-        n = rules.resnet_preact(depth=depth, block_type=block_type, initial_channels=initial_channels,
-                                preact_stage=preact_stage)
+        n = rules.resnet_preact(
+            depth=depth, block_type=block_type, initial_channels=initial_channels, preact_stage=preact_stage
+        )
         block = BasicBlock if block_type == "basic" else BottleneckBlock
         self.stem = conv3x3(in_channels, initial_channels)
         layers, cin = [], initial_channels
         for i, (width, stride) in enumerate(zip((1, 2, 4), (1, 2, 2))):
             cout = initial_channels * width * block.expansion
             for j in range(n):
-                layers.append(block(cin, cout, stride if j == 0 else 1, preact_stage[i] and j == 0,
-                                    remove_first_relu, add_last_bn, attention))
+                layers.append(
+                    block(
+                        cin,
+                        cout,
+                        stride if j == 0 else 1,
+                        preact_stage[i] and j == 0,
+                        remove_first_relu,
+                        add_last_bn,
+                        attention,
+                    )
+                )
                 cin = cout
         self.stages = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)
@@ -102,10 +137,24 @@ class ResNetPreact(nn.Module):
 
 
 @register_model
-def resnet_preact(num_classes: int = 10, in_channels: int = 3, depth: int = 20,
-                  block_type: str = "basic", initial_channels: int = 16,
-                  remove_first_relu: bool = False, add_last_bn: bool = False,
-                  preact_stage: list[bool] = (True, True, True)) -> nn.Module:
+def resnet_preact(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 20,
+    block_type: str = "basic",
+    initial_channels: int = 16,
+    remove_first_relu: bool = False,
+    add_last_bn: bool = False,
+    preact_stage: list[bool] = (True, True, True),
+) -> nn.Module:
     """Pre-activation ResNet (He et al. 2016): https://arxiv.org/abs/1603.05027"""
-    return ResNetPreact(num_classes, in_channels, depth, block_type, initial_channels,
-                        remove_first_relu, add_last_bn, list(preact_stage))
+    return ResNetPreact(
+        num_classes,
+        in_channels,
+        depth,
+        block_type,
+        initial_channels,
+        remove_first_relu,
+        add_last_bn,
+        list(preact_stage),
+    )

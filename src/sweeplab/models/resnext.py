@@ -5,6 +5,7 @@ A 64-channel 3x3 stem, then 3 stages of bottleneck blocks whose 3x3 conv is grou
 outputs are 256, 512 and 1024 channels (paper, Sec. 5.2). Shortcuts that change shape are
 1x1 conv + BN projections.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,10 +22,15 @@ class ResNeXtBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, width: int, cardinality: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            conv1x1(cin, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            conv1x1(cin, width),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            conv1x1(width, cout), nn.BatchNorm2d(cout))
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            conv1x1(width, cout),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut: nn.Module = nn.Identity()
         if cin != cout or stride != 1:
             self.shortcut = nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
@@ -34,8 +40,9 @@ class ResNeXtBlock(nn.Module):
 
 
 @register_model
-def resnext(num_classes: int = 10, in_channels: int = 3, depth: int = 29, cardinality: int = 8,
-            base_channels: int = 64) -> nn.Module:
+def resnext(
+    num_classes: int = 10, in_channels: int = 3, depth: int = 29, cardinality: int = 8, base_channels: int = 64
+) -> nn.Module:
     """ResNeXt-depth (cardinality)x(base_channels)d (Xie et al. 2017): https://arxiv.org/abs/1611.05431"""
     n = rules.resnext(depth=depth, cardinality=cardinality, base_channels=base_channels)
     stem = 64

@@ -4,10 +4,12 @@ No torch here: `sweeplab run` validates every trial's model options in the drive
 with the same functions the family modules call when they build the model, so a depth a family cannot
 build fails in the dry-run instead of inside a trial.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class OptionError(ValueError):
@@ -41,8 +43,7 @@ def stage_depth(depth: int, block_type: str, per_block: dict[str, int], extra: i
     return (depth - extra) // layers
 
 
-def resnet_preact(depth: int, block_type: str, initial_channels: int, preact_stage: Sequence[bool],
-                  **_: Any) -> int:
+def resnet_preact(depth: int, block_type: str, initial_channels: int, preact_stage: Sequence[bool], **_: Any) -> int:
     """Blocks per stage of a (SE-)ResNet-preact."""
     positive("initial_channels", initial_channels)
     if len(preact_stage) != 3:
@@ -76,8 +77,7 @@ def wrn(depth: int, widening_factor: int, drop_rate: float, **_: Any) -> int:
     return stage_depth(depth, "basic", {"basic": 2}, extra=4)
 
 
-def densenet(depth: int, block_type: str, growth_rate: int, compression_rate: float, drop_rate: float,
-             **_: Any) -> int:
+def densenet(depth: int, block_type: str, growth_rate: int, compression_rate: float, drop_rate: float, **_: Any) -> int:
     """Layers per dense block of a DenseNet."""
     positive("growth_rate", growth_rate)
     if not 0 < compression_rate <= 1:
@@ -117,14 +117,22 @@ def resnet9(channels: int, celu_alpha: float, **_: Any) -> None:
 
 
 RULES: dict[str, Callable[..., Any]] = {
-    "resnet_preact": resnet_preact, "se_resnet_preact": se_resnet_preact, "resnet": resnet, "resnext": resnext,
-    "wrn": wrn, "densenet": densenet, "pyramidnet": pyramidnet, "shake_shake": shake_shake, "vgg": vgg,
+    "resnet_preact": resnet_preact,
+    "se_resnet_preact": se_resnet_preact,
+    "resnet": resnet,
+    "resnext": resnext,
+    "wrn": wrn,
+    "densenet": densenet,
+    "pyramidnet": pyramidnet,
+    "shake_shake": shake_shake,
+    "vgg": vgg,
     "resnet9": resnet9,
 }
 
 
 def check_type(key: str, value: Any, default: Any) -> None:
     """Raise OptionError unless `value` has the type of the option's default (ints pass for floats)."""
+
     def bad(want: str) -> OptionError:
         return OptionError(key, f"must be {want} (like the default {default!r}), got {type(value).__name__} {value!r}")
 

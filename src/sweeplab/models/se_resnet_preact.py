@@ -3,6 +3,7 @@
 The SE block rescales the residual branch channel-wise before it is added to the shortcut (the
 paper's SE-ResNet module, Fig. 3); everything else is `resnet_preact`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,14 +30,34 @@ class SqueezeExcite(nn.Module):
 
 
 @register_model
-def se_resnet_preact(num_classes: int = 10, in_channels: int = 3, depth: int = 110,
-                     block_type: str = "basic", initial_channels: int = 16,
-                     remove_first_relu: bool = False, add_last_bn: bool = False,
-                     preact_stage: list[bool] = (True, True, True), se_reduction: int = 16) -> nn.Module:
+def se_resnet_preact(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 110,
+    block_type: str = "basic",
+    initial_channels: int = 16,
+    remove_first_relu: bool = False,
+    add_last_bn: bool = False,
+    preact_stage: list[bool] = (True, True, True),
+    se_reduction: int = 16,
+) -> nn.Module:
     """SE-ResNet-preact (Hu et al. 2018): https://arxiv.org/abs/1709.01507"""
-    rules.se_resnet_preact(se_reduction=se_reduction, depth=depth, block_type=block_type,
-                           initial_channels=initial_channels, preact_stage=preact_stage)
+    rules.se_resnet_preact(
+        se_reduction=se_reduction,
+        depth=depth,
+        block_type=block_type,
+        initial_channels=initial_channels,
+        preact_stage=preact_stage,
+    )
     # init_weights only zeroes Linear biases, so the SE layers keep PyTorch's default weight init
-    return ResNetPreact(num_classes, in_channels, depth, block_type, initial_channels,
-                        remove_first_relu, add_last_bn, list(preact_stage),
-                        attention=lambda c: SqueezeExcite(c, se_reduction))
+    return ResNetPreact(
+        num_classes,
+        in_channels,
+        depth,
+        block_type,
+        initial_channels,
+        remove_first_relu,
+        add_last_bn,
+        list(preact_stage),
+        attention=lambda c: SqueezeExcite(c, se_reduction),
+    )

@@ -5,6 +5,7 @@ A 16-channel conv-BN stem, 3 stages of (depth - 2) / 6 blocks at widths k, 2k, 4
 mixed by a random convex combination. The booleans pick the paper's variants: shake_forward
 (S) or even 0.5 (E) forward, shake_backward (S) or even (E) backward, per image (I) or per batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,7 @@ class ShakeShakeFunction(torch.autograd.Function):
     """a*x1 + (1-a)*x2 forward; the gradient is split b : (1-b) backward."""
 
     @staticmethod
-    def forward(ctx, x1: torch.Tensor, x2: torch.Tensor, alpha: torch.Tensor,
-                beta: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x1: torch.Tensor, x2: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(beta)
         return alpha * x1 + (1 - alpha) * x2
 
@@ -31,8 +31,14 @@ class ShakeShakeFunction(torch.autograd.Function):
 
 
 def _branch(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.ReLU(), conv3x3(cin, cout, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         conv3x3(cout, cout), nn.BatchNorm2d(cout))
+    return nn.Sequential(
+        nn.ReLU(),
+        conv3x3(cin, cout, stride),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        conv3x3(cout, cout),
+        nn.BatchNorm2d(cout),
+    )
 
 
 class SkipConnection(nn.Module):
@@ -49,8 +55,8 @@ class SkipConnection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
         shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
-        y1 = self.conv1(x[:, :, ::self.stride, ::self.stride])
-        y2 = self.conv2(shifted[:, :, ::self.stride, ::self.stride])
+        y1 = self.conv1(x[:, :, :: self.stride, :: self.stride])
+        y2 = self.conv2(shifted[:, :, :: self.stride, :: self.stride])
         return self.bn(torch.cat([y1, y2], dim=1))
 
 
@@ -82,9 +88,15 @@ class ShakeBlock(nn.Module):
 
 
 @register_model
-def shake_shake(num_classes: int = 10, in_channels: int = 3, depth: int = 26, initial_channels: int = 96,
-                shake_forward: bool = True, shake_backward: bool = True,
-                shake_image: bool = True) -> nn.Module:
+def shake_shake(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 26,
+    initial_channels: int = 96,
+    shake_forward: bool = True,
+    shake_backward: bool = True,
+    shake_image: bool = True,
+) -> nn.Module:
     """Shake-Shake-depth 2x(initial_channels)d (Gastaldi 2017): https://arxiv.org/abs/1705.07485"""
     n = rules.shake_shake(depth=depth, initial_channels=initial_channels)
     shake = (shake_forward, shake_backward, shake_image)

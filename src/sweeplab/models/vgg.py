@@ -7,6 +7,7 @@ the code that produced that row is gone from the reference's history). The class
 globally averaged last feature map rather than the flattened one, so one model serves 32x32 and
 28x28 inputs alike.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -16,8 +17,9 @@ from sweeplab.models.common import init_weights
 
 
 @register_model
-def vgg(num_classes: int = 10, in_channels: int = 3, n_channels: int = 64, n_layers: int = 15,
-        use_bn: bool = True) -> nn.Module:
+def vgg(
+    num_classes: int = 10, in_channels: int = 3, n_channels: int = 64, n_layers: int = 15, use_bn: bool = True
+) -> nn.Module:
     """VGG-like (Simonyan & Zisserman 2014) for 32x32 inputs: https://arxiv.org/abs/1409.1556"""
     per_stage = rules.vgg(n_channels=n_channels, n_layers=n_layers)
     layers: list[nn.Module] = []

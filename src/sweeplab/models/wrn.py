@@ -1,4 +1,5 @@
 """Wide Residual Networks: https://arxiv.org/abs/1605.07146"""
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ class WideBlock(nn.Module):
 
 
 @register_model
-def wrn(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widening_factor: int = 10,
-        drop_rate: float = 0.0) -> nn.Module:
+def wrn(
+    num_classes: int = 10, in_channels: int = 3, depth: int = 28, widening_factor: int = 10, drop_rate: float = 0.0
+) -> nn.Module:
     """WRN-depth-k (Zagoruyko & Komodakis 2016): https://arxiv.org/abs/1605.07146"""
     n = rules.wrn(depth=depth, widening_factor=widening_factor, drop_rate=drop_rate)
     widths = [16 * widening_factor, 32 * widening_factor, 64 * widening_factor]
@@ -43,8 +45,13 @@ def wrn(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widening_f
         for j in range(n):
             layers.append(WideBlock(cin, cout, stride if j == 0 else 1, drop_rate))
             cin = cout
-    layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(cin, num_classes)]
+    layers += [
+        nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(cin, num_classes),
+    ]
     model = nn.Sequential(*layers)
     init_weights(model)
     return model

@@ -3,14 +3,16 @@
 Plain Python, no Ray: `ray_backend` translates a Domain into the matching Tune object, and the
 dry-run samples the same distributions with `random.Random(seed)`.
 """
+
 from __future__ import annotations
 
 import ast
 import math
 import operator
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sweeplab.config import SECTIONS, ConfigError, _suggest, check_tree, valid_keys
 
@@ -22,9 +24,21 @@ class SweepError(ConfigError):
 KINDS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint", "expr")
 BOUNDS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2}
 # What an `expr` may call: arithmetic helpers, nothing that touches the outside world.
-FUNCTIONS = {"min": min, "max": max, "abs": abs, "round": round, "int": int, "float": float,
-             "sqrt": math.sqrt, "log": math.log, "log2": math.log2, "exp": math.exp, "pow": pow,
-             "ceil": math.ceil, "floor": math.floor}
+FUNCTIONS = {
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "round": round,
+    "int": int,
+    "float": float,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "log2": math.log2,
+    "exp": math.exp,
+    "pow": pow,
+    "ceil": math.ceil,
+    "floor": math.floor,
+}
 
 
 @dataclass
@@ -80,8 +94,10 @@ def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
     """A `space` entry ({grid: [...]}, {uniform: [lo, hi]}, {expr: "..."}, ...) as a Domain."""
     name = f"{where}{key}"
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise SweepError(f"{path}: '{name}' must be one sampler like {{grid: [...]}}; one of {', '.join(KINDS)} "
-                         "(fixed values go under `overrides`)")
+        raise SweepError(
+            f"{path}: '{name}' must be one sampler like {{grid: [...]}}; one of {', '.join(KINDS)} "
+            "(fixed values go under `overrides`)"
+        )
     ((kind, args),) = spec.items()
     if kind not in KINDS:
         raise SweepError(f"{path}: '{name}' has unknown sampler '{kind}'{_suggest(str(kind), list(KINDS))}")
@@ -98,8 +114,11 @@ def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
         check_expr(args, f"{name}.expr", path)
     else:
         n = BOUNDS[kind]
-        if (not isinstance(args, list) or len(args) != n
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)):
+        if (
+            not isinstance(args, list)
+            or len(args) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
+        ):
             shape = "[lo, hi, q]" if n == 3 else "[lo, hi]"
             raise SweepError(f"{path}: '{name}.{kind}' must be {shape} numbers, got {args!r}")
         if not all(math.isfinite(v) for v in args) or not math.isfinite(args[1] - args[0]):
@@ -119,8 +138,9 @@ def parse_variants(spec: Any, path: str, where: str = "space.") -> Domain:
     """`variant: {grid|choice: [{label: str, set: {dotted key: value}}, ...]}` as a Domain of bundles."""
     name = f"{where}variant"
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("grid", "choice"):
-        raise SweepError(f"{path}: '{name}' must be {{grid: [...]}} or {{choice: [...]}} of "
-                         "{label: ..., set: {...}} bundles")
+        raise SweepError(
+            f"{path}: '{name}' must be {{grid: [...]}} or {{choice: [...]}} of {{label: ..., set: {{...}}}} bundles"
+        )
     ((kind, items),) = spec.items()
     if not isinstance(items, list) or not items:
         raise SweepError(f"{path}: '{name}.{kind}' must be a non-empty list")
@@ -149,12 +169,29 @@ def check_expr(text: str, name: str, path: str) -> None:
         raise SweepError(f"{path}: '{name}' is not a valid expression: {e.msg}") from None
     except (RecursionError, MemoryError):
         raise SweepError(f"{path}: '{name}' is nested too deeply") from None
-    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop, ast.Constant, ast.Name,
-               ast.Attribute, ast.Load, ast.Call, ast.IfExp, ast.Compare, ast.cmpop, ast.BoolOp, ast.boolop)
+    allowed = (
+        ast.Expression,
+        ast.BinOp,
+        ast.UnaryOp,
+        ast.operator,
+        ast.unaryop,
+        ast.Constant,
+        ast.Name,
+        ast.Attribute,
+        ast.Load,
+        ast.Call,
+        ast.IfExp,
+        ast.Compare,
+        ast.cmpop,
+        ast.BoolOp,
+        ast.boolop,
+    )
     for node in ast.walk(tree):
         if not isinstance(node, allowed):
-            raise SweepError(f"{path}: '{name}' may only use arithmetic, dotted config keys and "
-                             f"{', '.join(FUNCTIONS)}; found {type(node).__name__}")
+            raise SweepError(
+                f"{path}: '{name}' may only use arithmetic, dotted config keys and "
+                f"{', '.join(FUNCTIONS)}; found {type(node).__name__}"
+            )
         if isinstance(node, ast.Attribute):
             if not isinstance(node.value, ast.Name) or node.value.id not in SECTIONS:
                 raise SweepError(f"{path}: '{name}' refers to '{ast.unparse(node)}', not a dotted config key")
@@ -163,22 +200,45 @@ def check_expr(text: str, name: str, path: str) -> None:
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 raise SweepError(f"{path}: '{name}' calls '{ast.unparse(node.func)}'; allowed: {', '.join(FUNCTIONS)}")
         elif isinstance(node, ast.Name) and node.id not in SECTIONS and node.id not in FUNCTIONS:
-            raise SweepError(f"{path}: '{name}' refers to unknown name '{node.id}'; use dotted config keys "
-                             "like data.batch_size")
+            raise SweepError(
+                f"{path}: '{name}' refers to unknown name '{node.id}'; use dotted config keys like data.batch_size"
+            )
 
 
-MAX_EXPR = 1000     # characters: an expression is a formula, not a program
-LIMIT = 1e300       # the largest magnitude an expr may reach: far above any config value, below float overflow
+MAX_EXPR = 1000  # characters: an expression is a formula, not a program
+LIMIT = 1e300  # the largest magnitude an expr may reach: far above any config value, below float overflow
 BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.LShift: operator.lshift,
-    ast.RShift: operator.rshift, ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor}
-UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_,
-                                           ast.Invert: operator.invert}
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.LShift: operator.lshift,
+    ast.RShift: operator.rshift,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
+}
+UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+    ast.Invert: operator.invert,
+}
 COMPARE: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-    ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-    ast.Is: operator.is_, ast.IsNot: operator.is_not}
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
 
 
 class ExprError(ValueError):

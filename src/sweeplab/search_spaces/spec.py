@@ -2,6 +2,7 @@
 
 The format is docs/sweeps.md. Each check raises SweepError naming the file and the dotted key.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,21 @@ from sweeplab.config import ConfigError, _suggest, load_yaml, read_yaml
 from sweeplab.search_spaces.domains import Domain, SweepError, check_key, parse, parse_variants
 from sweeplab.tracking.store import METRICS
 
-TOP = ("name", "config", "overrides", "space", "seeds", "search", "scheduler", "metric", "mode",
-       "resources", "max_concurrent", "tables", "smoke")
+TOP = (
+    "name",
+    "config",
+    "overrides",
+    "space",
+    "seeds",
+    "search",
+    "scheduler",
+    "metric",
+    "mode",
+    "resources",
+    "max_concurrent",
+    "tables",
+    "smoke",
+)
 SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources")
 SEARCH = {"name": str, "num_samples": int, "seed": int}
 SEARCHES = ("grid", "random", "optuna")
@@ -24,8 +38,7 @@ SCHEDULERS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "asha": {"grace_period": int, "reduction_factor": (int, float), "max_t": int, "brackets": int},
     "hyperband": {"reduction_factor": (int, float), "max_t": int},
     "median": {"grace_period": int, "min_samples_required": int},
-    "pbt": {"perturbation_interval": int, "mutate": list, "quantile_fraction": float,
-            "resample_probability": float},
+    "pbt": {"perturbation_interval": int, "mutate": list, "quantile_fraction": float, "resample_probability": float},
 }
 RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
 
@@ -65,8 +78,10 @@ def unknown(section: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], 
     for key in section:
         if key not in allowed:
             full = [f"{where}{k}" for k in allowed]
-            raise SweepError(f"{path}: unknown key '{where}{key}'{_suggest(f'{where}{key}', full)}; "
-                             f"valid: {', '.join(allowed) or '(none)'}")
+            raise SweepError(
+                f"{path}: unknown key '{where}{key}'{_suggest(f'{where}{key}', full)}; "
+                f"valid: {', '.join(allowed) or '(none)'}"
+            )
 
 
 def mapping(spec: dict[str, Any], key: str, path: Any) -> dict[str, Any]:
@@ -117,8 +132,9 @@ def search(section: dict[str, Any], path: Any) -> dict[str, Any]:
     typed(section, SEARCH, "search.", path)
     name = section.get("name", "grid")
     if name not in SEARCHES:
-        raise SweepError(f"{path}: 'search.name' is {name!r}{_suggest(str(name), list(SEARCHES))}; "
-                         f"valid: {', '.join(SEARCHES)}")
+        raise SweepError(
+            f"{path}: 'search.name' is {name!r}{_suggest(str(name), list(SEARCHES))}; valid: {', '.join(SEARCHES)}"
+        )
     out = {"name": name, "num_samples": 1 if name == "grid" else 10, "seed": 0, **section}
     if out["num_samples"] < 1:
         raise SweepError(f"{path}: 'search.num_samples' must be >= 1")
@@ -134,8 +150,10 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
     """{name, options...}; unknown options of the chosen scheduler are rejected."""
     name = section.get("name", "fifo")
     if name not in SCHEDULERS:
-        raise SweepError(f"{path}: 'scheduler.name' is {name!r}{_suggest(str(name), list(SCHEDULERS))}; "
-                         f"valid: {', '.join(SCHEDULERS)}")
+        raise SweepError(
+            f"{path}: 'scheduler.name' is {name!r}{_suggest(str(name), list(SCHEDULERS))}; "
+            f"valid: {', '.join(SCHEDULERS)}"
+        )
     options = {k: v for k, v in section.items() if k != "name"}
     unknown(options, SCHEDULERS[name], "scheduler.", path)
     typed(options, SCHEDULERS[name], "scheduler.", path)
@@ -151,8 +169,10 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in options.get("mutate", [])):
         raise SweepError(f"{path}: 'scheduler.mutate' must list dotted keys of the space, got {options['mutate']!r}")
     if options.get("grace_period", 1) > options.get("max_t", math.inf):
-        raise SweepError(f"{path}: 'scheduler.grace_period' ({options['grace_period']}) must be <= "
-                         f"'scheduler.max_t' ({options['max_t']})")
+        raise SweepError(
+            f"{path}: 'scheduler.grace_period' ({options['grace_period']}) must be <= "
+            f"'scheduler.max_t' ({options['max_t']})"
+        )
     return {"name": name, **options}
 
 
@@ -175,8 +195,9 @@ def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:
     """(metric, mode): a reported design metric, minimised unless `mode: max`."""
     name, mode = spec.get("metric", "val/error"), spec.get("mode", "min")
     if name not in METRICS:
-        raise SweepError(f"{path}: 'metric' is {name!r}{_suggest(str(name), list(METRICS))}; "
-                         f"valid: {', '.join(METRICS)}")
+        raise SweepError(
+            f"{path}: 'metric' is {name!r}{_suggest(str(name), list(METRICS))}; valid: {', '.join(METRICS)}"
+        )
     if mode not in ("min", "max"):
         raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}")
     return name, mode
@@ -188,8 +209,10 @@ def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict
     out: dict[str, dict[str, str]] = {}
     for tid, entry in section.items():
         if tid not in known:
-            raise SweepError(f"{path}: unknown table id 'tables.{tid}'{_suggest(str(tid), list(known))} "
-                             "(see `sweeplab table --list`)")
+            raise SweepError(
+                f"{path}: unknown table id 'tables.{tid}'{_suggest(str(tid), list(known))} "
+                "(see `sweeplab table --list`)"
+            )
         if not isinstance(entry, dict) or set(entry) - {"match"}:
             raise SweepError(f"{path}: 'tables.{tid}' must be {{match: {{column: dotted key}}}}")
         match = entry.get("match") or {}
@@ -198,8 +221,10 @@ def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict
         columns = known[tid].columns
         for col, key in match.items():
             if col not in columns:
-                raise SweepError(f"{path}: 'tables.{tid}.match' column {col!r} is not in that table"
-                                 f"{_suggest(str(col), columns)}; columns: {', '.join(columns)}")
+                raise SweepError(
+                    f"{path}: 'tables.{tid}.match' column {col!r} is not in that table"
+                    f"{_suggest(str(col), columns)}; columns: {', '.join(columns)}"
+                )
             if key == "variant":
                 if not has_variant:
                     raise SweepError(f"{path}: 'tables.{tid}.match.{col}' is variant, but the space has no variant")

@@ -4,6 +4,7 @@ A trial's config is `config` + `overrides` (+ `smoke.overrides`) + the variant's
 sampled point + `train.seed`, then the `expr` values computed from it. The same `resolve` runs in
 the dry-run, in the driver (tags, table rows) and in the trainable, so all three agree.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,7 @@ from sweeplab.search_spaces import spec as S
 from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
 
 SEED = "train.seed"
-MAX_RUNGS = 100     # ASHA / HyperBand rungs: a reduction_factor of 1.0001 would make tens of thousands
+MAX_RUNGS = 100  # ASHA / HyperBand rungs: a reduction_factor of 1.0001 would make tens of thousands
 MAX_TRIALS = 10_000  # a sweep above this needs `--max-trials`: the dry-run alone would take minutes and GBs
 
 
@@ -49,9 +50,9 @@ class Sweep:
     path: str
     name: str
     smoke: bool
-    spec: dict[str, Any]            # the file as read, kept for `resume`
-    config_tree: dict[str, Any]     # the base config file's tree, kept for `resume`
-    base: dict[str, Any]            # config + overrides (+ smoke overrides)
+    spec: dict[str, Any]  # the file as read, kept for `resume`
+    config_tree: dict[str, Any]  # the base config file's tree, kept for `resume`
+    base: dict[str, Any]  # config + overrides (+ smoke overrides)
     space: dict[str, Domain]
     seeds: int
     search: dict[str, Any]
@@ -79,7 +80,7 @@ class Sweep:
                 continue
             try:  # names see the whole trial config, defaults included
                 value = evaluate(dom.args, merge(defaults, tree))
-            except Exception as e:  # noqa: BLE001 - any failure of the user's expression is bad input
+            except Exception as e:
                 raise SweepError(f"{self.path}: 'space.{key}.expr' failed{where}: {type(e).__name__}: {e}") from None
             if isinstance(flatten(defaults).get(key), int) and isinstance(value, float) and value.is_integer():
                 value = int(value)  # e.g. data.batch_size: {expr: "2 * 64.0"} is still an int key
@@ -104,8 +105,13 @@ class Sweep:
 
     def make_trial(self, point: dict[str, Any], index: int = -1) -> Trial:
         """Resolve a point into a Trial, with the reference rows it fills."""
-        where = (f" (trial {index}{': ' + label(point) if point else ''})" if index >= 0
-                 else f" ({label(point)})" if point else "")
+        where = (
+            f" (trial {index}{': ' + label(point) if point else ''})"
+            if index >= 0
+            else f" ({label(point)})"
+            if point
+            else ""
+        )
         config, derived = self._resolve(point, where)
         trial = Trial(index, dict(point), derived, config)
         trial.rows = self._rows(trial)
@@ -115,8 +121,9 @@ class Sweep:
         """(the number of trials, how it is made up), computed without enumerating them."""
         grids = [len(d.args) for d in self.space.values() if d.kind == "grid"]
         n = math.prod(grids) * self.search["num_samples"] * self.seeds
-        return n, (f"grid {' x '.join(map(str, grids)) or 1} x num_samples {self.search['num_samples']} "
-                   f"x seeds {self.seeds}")
+        return n, (
+            f"grid {' x '.join(map(str, grids)) or 1} x num_samples {self.search['num_samples']} x seeds {self.seeds}"
+        )
 
     def points(self) -> list[dict[str, Any]]:
         """The points to run: grid x num_samples x seeds (grid and random search); for optuna, the
@@ -163,8 +170,10 @@ class Sweep:
         for t in self._trials:  # DDP splits the global batch: it must split evenly, ghost batches per rank
             batch, ghost = t.config.data.batch_size, t.config.train.ghost_batch_size
             if batch % workers or (ghost and (batch // workers) % ghost):
-                raise SweepError(f"{self.path}: 'data.batch_size' {batch} (trial {t.index}) must split into "
-                                 f"{workers} equal per-worker batches{' of whole ghost batches of ' + str(ghost) if ghost else ''}")
+                raise SweepError(
+                    f"{self.path}: 'data.batch_size' {batch} (trial {t.index}) must split into "
+                    f"{workers} equal per-worker batches{' of whole ghost batches of ' + str(ghost) if ghost else ''}"
+                )
         first = self._trials[0].point
         for key, dom in self.space.items():
             if dom.sampled:
@@ -178,17 +187,23 @@ class Sweep:
         s = self.scheduler
         max_t = s.get("max_t", self.max_epochs())
         if s["name"] in ("asha", "median") and s.get("grace_period", 1) > max_t:
-            raise SweepError(f"{self.path}: 'scheduler.grace_period' ({s['grace_period']}) is longer than the "
-                             f"longest trial ({max_t} epochs{'' if 'max_t' in s else ', train.epochs'})")
+            raise SweepError(
+                f"{self.path}: 'scheduler.grace_period' ({s['grace_period']}) is longer than the "
+                f"longest trial ({max_t} epochs{'' if 'max_t' in s else ', train.epochs'})"
+            )
         if s["name"] in ("asha", "hyperband"):
             rf = s.get("reduction_factor", 4 if s["name"] == "asha" else 3)
             rungs = int(math.log(max_t / s.get("grace_period", 1)) / math.log(rf)) + 1
             if rungs > MAX_RUNGS:
-                raise SweepError(f"{self.path}: 'scheduler.reduction_factor' {rf} makes {rungs} rungs over "
-                                 f"{max_t} epochs (at most {MAX_RUNGS}); use 2 or more")
+                raise SweepError(
+                    f"{self.path}: 'scheduler.reduction_factor' {rf} makes {rungs} rungs over "
+                    f"{max_t} epochs (at most {MAX_RUNGS}); use 2 or more"
+                )
             if s.get("brackets", 1) > rungs:
-                raise SweepError(f"{self.path}: 'scheduler.brackets' ({s['brackets']}) must be at most the "
-                                 f"number of rungs ({rungs}: grace_period x reduction_factor^k up to {max_t})")
+                raise SweepError(
+                    f"{self.path}: 'scheduler.brackets' ({s['brackets']}) must be at most the "
+                    f"number of rungs ({rungs}: grace_period x reduction_factor^k up to {max_t})"
+                )
 
     def snapshot(self) -> dict[str, Any]:
         """What `resume` needs to rebuild this sweep, unaffected by later edits of its files."""
@@ -285,15 +300,18 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     # smoke.resources is merged into resources and checked even without --smoke, like smoke.overrides
     base_resources = S.mapping(spec, "resources", path)
     resources = S.resources(base_resources, path)
-    smoke_resources = S.resources({**base_resources, **S.mapping(smoke_block, "resources", path)}, path,
-                                  "smoke.resources.")
+    smoke_resources = S.resources(
+        {**base_resources, **S.mapping(smoke_block, "resources", path)}, path, "smoke.resources."
+    )
     if smoke:
         resources = smoke_resources
     if search["name"] == "optuna":
         grids = [k for k, d in space.items() if d.kind == "grid"]
         if grids:
-            raise SweepError(f"{path}: 'space.{grids[0]}' is a grid, which optuna (TPE) cannot sample; "
-                             "use {choice: [...]} or search: {name: grid}")
+            raise SweepError(
+                f"{path}: 'space.{grids[0]}' is a grid, which optuna (TPE) cannot sample; "
+                "use {choice: [...]} or search: {name: grid}"
+            )
         if seeds > 1:
             raise SweepError(f"{path}: 'seeds: {seeds}' needs search grid or random (TPE draws each point once)")
     if scheduler["name"] == "pbt":
@@ -303,8 +321,9 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
             if key not in space or key == "variant" or space[key].kind == "expr":
                 raise SweepError(f"{path}: 'scheduler.mutate' names {key!r}, which is not a sampled key of the space")
     max_concurrent = spec.get("max_concurrent")
-    if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
-                                       or max_concurrent < 1):
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
+    ):
         raise SweepError(f"{path}: 'max_concurrent' must be an integer >= 1, got {max_concurrent!r}")
     name = spec.get("name", Path(path).stem)
     try:  # it names the MLflow experiment and, with a timestamp, the launch's folder
@@ -313,8 +332,23 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
         raise SweepError(f"{path}: {e}") from None
     metric, mode = S.metric(spec, path)
     matches = S.table_matches(S.mapping(spec, "tables", path), "variant" in space, path)
-    return Sweep(path, name, smoke, spec, config_tree, base, space, seeds, search, scheduler, metric, mode,
-                 resources, max_concurrent, matches)
+    return Sweep(
+        path,
+        name,
+        smoke,
+        spec,
+        config_tree,
+        base,
+        space,
+        seeds,
+        search,
+        scheduler,
+        metric,
+        mode,
+        resources,
+        max_concurrent,
+        matches,
+    )
 
 
 def load(path: str | Path, smoke: bool = False, max_trials: int | None = None) -> Sweep:
@@ -325,8 +359,9 @@ def load(path: str | Path, smoke: bool = False, max_trials: int | None = None) -
     cap = MAX_TRIALS if max_trials is None else max_trials
     n, parts = sweep.size()
     if n > cap:
-        raise SweepError(f"{path}: {n} trials ({parts}) is more than the cap of {cap}; "
-                         f"run it with --max-trials {n} if you mean it")
+        raise SweepError(
+            f"{path}: {n} trials ({parts}) is more than the cap of {cap}; run it with --max-trials {n} if you mean it"
+        )
     sweep.check()
     return sweep
 

@@ -3,6 +3,7 @@
 Importing this module sets MLflow's environment first: telemetry is on by default in MLflow 3
 and nothing may leave 127.0.0.1, so it is switched off before `mlflow` is ever imported.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -12,15 +13,19 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from sweeplab.config import ConfigError
 
 # Telemetry is switched off in sweeplab/__init__.py (it runs before this module); these only quiet MLflow.
-for _key, _value in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+for _key, _value in {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}.items():
     os.environ.setdefault(_key, _value)
 
 if TYPE_CHECKING:
@@ -28,8 +33,18 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 # The design's per-epoch metrics: everything else Tune reports (pid, timestamp, ...) is clutter.
-METRICS = ("epoch", "lr", "train/loss", "train/error", "val/loss", "val/error",
-           "time/epoch_s", "time/images_per_s", "time/train_s", "time/compile_s")
+METRICS = (
+    "epoch",
+    "lr",
+    "train/loss",
+    "train/error",
+    "val/loss",
+    "val/error",
+    "time/epoch_s",
+    "time/images_per_s",
+    "time/train_s",
+    "time/compile_s",
+)
 
 LAUNCH, TRIAL, SWEEP, TABLES = "sweeplab.launch", "sweeplab.trial_id", "sweeplab.sweep", "sweeplab.tables"
 PARENT = "mlflow.parentRunId"
@@ -47,8 +62,10 @@ def resolve_uri(uri: str | None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
     if scheme not in _SCHEMES:
-        raise ConfigError(f"tracking URI {uri!r} is not one MLflow can use here: give sqlite:///PATH/mlflow.db, "
-                          f"http(s)://HOST:PORT or a database URI ({', '.join(_SCHEMES)})")
+        raise ConfigError(
+            f"tracking URI {uri!r} is not one MLflow can use here: give sqlite:///PATH/mlflow.db, "
+            f"http(s)://HOST:PORT or a database URI ({', '.join(_SCHEMES)})"
+        )
     db = sqlite_path(uri)
     if db is not None and not db.is_absolute():  # so `resume` from another folder finds the same store
         return f"sqlite:///{Path.cwd().resolve() / db}"
@@ -59,7 +76,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI, None for any other store."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):])
+    return Path(uri[len("sqlite:///") :])
 
 
 def client(uri: str) -> MlflowClient:
@@ -84,7 +101,7 @@ def warm_store(uri: str) -> None:
     """Create (and migrate) the store now, e.g. in a thread while Ray starts; errors surface later."""
     try:
         client(uri).search_experiments(max_results=1)
-    except Exception:  # noqa: BLE001 - the Tracker's own client() call raises it again, with context
+    except Exception:
         pass
 
 
@@ -111,8 +128,10 @@ def _locked(db: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{db}.lock: another process has held the MLflow store's lock for "
-                                       f"{LOCK_WAIT_S} s; is a sweeplab or mlflow process stuck?") from None
+                    raise RuntimeError(
+                        f"{db}.lock: another process has held the MLflow store's lock for "
+                        f"{LOCK_WAIT_S} s; is a sweeplab or mlflow process stuck?"
+                    ) from None
                 time.sleep(0.1)
         yield
     finally:
@@ -148,10 +167,12 @@ def _open_sqlite(uri: str, db: Path) -> MlflowClient:
                 warnings.simplefilter("ignore")
                 note = _repair(db, tables)
                 c = opened()
-        except Exception as e:  # noqa: BLE001 - beyond repair: bad input, with the fix
-            raise ConfigError(f"MLflow store {db} is half-migrated ({why}) and could not be repaired "
-                              f"({type(e).__name__}: {_line(e)}); move it aside (the next sweep makes a new "
-                              f"one) or restore it from a copy") from None
+        except Exception as e:
+            raise ConfigError(
+                f"MLflow store {db} is half-migrated ({why}) and could not be repaired "
+                f"({type(e).__name__}: {_line(e)}); move it aside (the next sweep makes a new "
+                f"one) or restore it from a copy"
+            ) from None
     if why:
         print(f"sweeplab: repaired the half-migrated MLflow store {db} ({why}){note}", file=sys.stderr, flush=True)
     return c
@@ -202,7 +223,7 @@ def _behind(db: Path) -> str:
 
 def _drop_leftovers(db: Path, tables: set[str]) -> list[str]:
     """Drop alembic's temporary copies whose table still exists (its data is in the table itself)."""
-    leftovers = sorted(t for t in tables if t.startswith(_TMP) and t[len(_TMP):] in tables)
+    leftovers = sorted(t for t in tables if t.startswith(_TMP) and t[len(_TMP) :] in tables)
     if leftovers:
         with _sqlite(db) as con:
             for t in leftovers:
@@ -217,10 +238,14 @@ def _repair(db: Path, tables: set[str]) -> str:
     from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
 
     with _sqlite(db) as con:
-        if not any(con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone() for t in tables - _BOOKKEEPING
-                   if not t.startswith(_TMP)):
-            for kind, name in con.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
-                                          "AND name NOT LIKE 'sqlite_%'").fetchall():
+        if not any(
+            con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone()
+            for t in tables - _BOOKKEEPING
+            if not t.startswith(_TMP)
+        ):
+            for kind, name in con.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+            ).fetchall():
                 con.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
             return ""
         backup = Path(f"{db}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -268,15 +293,21 @@ def ensure_experiment(c: MlflowClient, uri: str, name: str) -> str:
     return exp.experiment_id
 
 
-def search(c: MlflowClient, experiment_ids: list[str], filter_string: str = "",
-           order_by: list[str] | None = None, limit: int | None = None) -> list[Run]:
+def search(
+    c: MlflowClient,
+    experiment_ids: list[str],
+    filter_string: str = "",
+    order_by: list[str] | None = None,
+    limit: int | None = None,
+) -> list[Run]:
     """Every run matching the filter, following MLflow's page tokens."""
     runs: list[Run] = []
     token = None
     while True:
         page_size = min(1000, limit - len(runs)) if limit else 1000
-        page = c.search_runs(experiment_ids, filter_string=filter_string, order_by=order_by,
-                             max_results=page_size, page_token=token)
+        page = c.search_runs(
+            experiment_ids, filter_string=filter_string, order_by=order_by, max_results=page_size, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token or (limit and len(runs) >= limit):
@@ -292,11 +323,16 @@ def git_commit() -> str:
     """The commit of the sweeplab checkout that runs (with '-dirty' for local edits), else 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
         # read-only: `git diff` never writes the index (unlike `git status`)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=here,
-                               capture_output=True, timeout=5).returncode == 1
+        dirty = (
+            subprocess.run(
+                ["git", "diff", "--quiet", "HEAD", "--"], cwd=here, capture_output=True, timeout=5
+            ).returncode
+            == 1
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha

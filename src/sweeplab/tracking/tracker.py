@@ -4,6 +4,7 @@ Only the driver talks to MLflow, so one SQLite file serves a whole cluster. Ever
 again by its tags (`sweeplab.launch`, `sweeplab.trial_id`), which is what makes `sweeplab resume`
 re-attach instead of duplicating.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -13,8 +14,19 @@ from typing import Any
 import yaml
 
 from sweeplab.config import flatten
-from sweeplab.tracking.store import (LAUNCH, METRICS, PARENT, SWEEP, TRIAL, client, ensure_experiment,
-                                     git_commit, quote, resolve_uri, search)
+from sweeplab.tracking.store import (
+    LAUNCH,
+    METRICS,
+    PARENT,
+    SWEEP,
+    TRIAL,
+    client,
+    ensure_experiment,
+    git_commit,
+    quote,
+    resolve_uri,
+    search,
+)
 
 
 class Tracker:
@@ -28,8 +40,9 @@ class Tracker:
         self._children: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, set[int]] = {}  # trial id -> epochs in MLflow
         all_tags = {SWEEP: experiment, LAUNCH: launch, **tags, "sweeplab.git_commit": git_commit()}
-        found = search(self.client, [self.experiment_id],
-                       f"tags.`{LAUNCH}` = {quote(launch)} and tags.`{PARENT}` IS NULL")
+        found = search(
+            self.client, [self.experiment_id], f"tags.`{LAUNCH}` = {quote(launch)} and tags.`{PARENT}` IS NULL"
+        )
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
@@ -128,8 +141,11 @@ class Tracker:
 
     def _find(self, trial_id: str) -> str | None:
         if trial_id not in self._children:
-            found = search(self.client, [self.experiment_id],
-                           f"tags.`{PARENT}` = {quote(self.parent_id)} and tags.`{TRIAL}` = {quote(trial_id)}")
+            found = search(
+                self.client,
+                [self.experiment_id],
+                f"tags.`{PARENT}` = {quote(self.parent_id)} and tags.`{TRIAL}` = {quote(trial_id)}",
+            )
             if not found:
                 return None
             self._children[trial_id] = found[0].info.run_id

@@ -4,6 +4,7 @@ Everything about the input is checked before Ray starts (bad input exits 2). Eac
 `sweeplab.json` next to Tune's state in `STORAGE/NAME`: the sweep as it was compiled and the
 tracking URI, so `resume` rebuilds exactly the same trials even if the files were edited since.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     storage = resolve_storage(args.storage)
     launch = check_name(args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name")
     if _read_meta(storage, launch) is not None:
-        raise SweepError(f"launch {launch!r} already exists in {storage}; continue it with "
-                         f"`sweeplab resume {launch}` or choose another --name")
+        raise SweepError(
+            f"launch {launch!r} already exists in {storage}; continue it with "
+            f"`sweeplab resume {launch}` or choose another --name"
+        )
     max_concurrent = args.max_concurrent or sweep.max_concurrent
     if max_concurrent is not None and max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be >= 1, got {max_concurrent}")
@@ -48,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
     uri = resolve_uri(args.tracking_uri)
     meta = {"sweep": sweep.snapshot(), "tracking_uri": uri, "launch": launch, "command": _command()}
     n = len(sweep.trials())
-    print(f"sweeplab: launch {launch}: {n} trials of {sweep.path}{' (smoke)' if sweep.smoke else ''}, "
-          f"at most {sweep.epoch_budget()} epochs; storage {storage}; tracking {uri}", flush=True)
+    print(
+        f"sweeplab: launch {launch}: {n} trials of {sweep.path}{' (smoke)' if sweep.smoke else ''}, "
+        f"at most {sweep.epoch_budget()} epochs; storage {storage}; tracking {uri}",
+        flush=True,
+    )
     return _drive(sweep, storage, launch, meta, args, max_concurrent, resuming=False)
 
 
@@ -60,20 +66,30 @@ def resume(args: argparse.Namespace) -> int:
     meta = _read_meta(storage, args.name)
     if meta is None:
         known = launches(storage)
-        raise SweepError(f"no launch {args.name!r} in {storage}{_suggest(args.name, known)}"
-                         f"{'; launches: ' + ', '.join(known) if known else ''}")
+        raise SweepError(
+            f"no launch {args.name!r} in {storage}{_suggest(args.name, known)}"
+            f"{'; launches: ' + ', '.join(known) if known else ''}"
+        )
     sweep = from_snapshot(meta["sweep"])
     if args.tracking_uri:
         from sweeplab.tracking import resolve_uri
 
         meta["tracking_uri"] = resolve_uri(args.tracking_uri)
-    print(f"sweeplab: resuming {args.name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}",
-          flush=True)
+    print(
+        f"sweeplab: resuming {args.name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}", flush=True
+    )
     return _drive(sweep, storage, args.name, meta, args, None, resuming=True)
 
 
-def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: argparse.Namespace,
-           max_concurrent: int | None, resuming: bool) -> int:
+def _drive(
+    sweep: Sweep,
+    storage: str,
+    launch: str,
+    meta: dict[str, Any],
+    args: argparse.Namespace,
+    max_concurrent: int | None,
+    resuming: bool,
+) -> int:
     from sweeplab.tracking import Tracker, warm_store
     from sweeplab.trainables import launch_state, progress, ray_backend
 
@@ -82,12 +98,19 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
         try:  # Tune unpickles its state: only a copy this user's key signed is put back for it to read
             aside = ray_backend.prepare_resume(storage, launch)
         except launch_state.StateError as e:  # refused (not this key's): bad input, exit 2; none saved: 1
-            print(f"sweeplab: {'error: ' if e.refused else ''}cannot resume {launch}: {e}; start the sweep "
-                  "again under another --name", file=sys.stderr)
+            print(
+                f"sweeplab: {'error: ' if e.refused else ''}cannot resume {launch}: {e}; start the sweep "
+                "again under another --name",
+                file=sys.stderr,
+            )
             return 2 if e.refused else 1
         if aside:
-            print(f"sweeplab: moved aside unread, as they differ from the last verified Tune state: "
-                  f"{', '.join(aside)}; resuming from the verified copy", file=sys.stderr, flush=True)
+            print(
+                f"sweeplab: moved aside unread, as they differ from the last verified Tune state: "
+                f"{', '.join(aside)}; resuming from the verified copy",
+                file=sys.stderr,
+                flush=True,
+            )
     else:
         _write_meta(storage, launch, meta)
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.
@@ -99,9 +122,14 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
     # its own handler (a C++ stack dump).
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     warm.join()
-    tags = {"sweeplab.sweep_file": sweep.path, "sweeplab.launch": launch, "sweeplab.command": _command(),
-            "sweeplab.ray_address": address, "sweeplab.smoke": str(sweep.smoke).lower(),
-            "sweeplab.tables": ",".join(sweep.tables)}
+    tags = {
+        "sweeplab.sweep_file": sweep.path,
+        "sweeplab.launch": launch,
+        "sweeplab.command": _command(),
+        "sweeplab.ray_address": address,
+        "sweeplab.smoke": str(sweep.smoke).lower(),
+        "sweeplab.tables": ",".join(sweep.tables),
+    }
     tracker, status = None, "FAILED"
     try:
         sweep, note = ray_backend.fit_resources(sweep, local=args.address is None)
@@ -133,19 +161,30 @@ def _drive(sweep: Sweep, storage: str, launch: str, meta: dict[str, Any], args: 
     progress.print_summary(sweep, summaries)
     if driver.lost:  # never silent: the sweep ran, but its record in MLflow is incomplete
         who = ", ".join(t or "the parent run" for t in driver.lost_trials())
-        print(f"sweeplab: MLflow is missing data of {who}; `sweeplab resume {launch}` logs it again from "
-              "Tune's results once the store works", file=sys.stderr)
+        print(
+            f"sweeplab: MLflow is missing data of {who}; `sweeplab resume {launch}` logs it again from "
+            "Tune's results once the store works",
+            file=sys.stderr,
+        )
     if unfinished or missing:
-        print(f"sweeplab: stopped with {len(unfinished) + missing} trial(s) unfinished; `sweeplab resume {launch}` "
-              "continues them", file=sys.stderr)
+        print(
+            f"sweeplab: stopped with {len(unfinished) + missing} trial(s) unfinished; `sweeplab resume {launch}` "
+            "continues them",
+            file=sys.stderr,
+        )
         return 1
     lost = [s for s in failed if s.error and "cannot be resumed" in s.error]
     if lost:
-        print(f"sweeplab: {len(lost)} trial(s) have no readable checkpoint and must be run again "
-              f"({', '.join(s.trial_id for s in lost)})", file=sys.stderr)
+        print(
+            f"sweeplab: {len(lost)} trial(s) have no readable checkpoint and must be run again "
+            f"({', '.join(s.trial_id for s in lost)})",
+            file=sys.stderr,
+        )
     if len(failed) > len(lost):
-        print(f"sweeplab: {len(failed) - len(lost)} trial(s) failed; `sweeplab resume {launch}` retries them",
-              file=sys.stderr)
+        print(
+            f"sweeplab: {len(failed) - len(lost)} trial(s) failed; `sweeplab resume {launch}` retries them",
+            file=sys.stderr,
+        )
     return 1 if failed or driver.lost else 0
 
 
@@ -160,10 +199,14 @@ def _settled(summaries: list[Any], backend: Any, storage: str, launch: str, expe
     saved state, which `resume` continues from, says RUNNING or PENDING."""
     try:
         saved = {t.trial_id: t for t in backend.trials(storage, launch)}
-    except Exception:  # noqa: BLE001 - nothing saved to compare with: what fit returned stands
+    except Exception:
         return summaries, max(0, expected - len(summaries))
-    out = [saved[s.trial_id] if s.status == "TERMINATED" and s.trial_id in saved
-           and saved[s.trial_id].status not in ("TERMINATED", "ERROR") else s for s in summaries]
+    out = [
+        saved[s.trial_id]
+        if s.status == "TERMINATED" and s.trial_id in saved and saved[s.trial_id].status not in ("TERMINATED", "ERROR")
+        else s
+        for s in summaries
+    ]
     seen = {s.trial_id for s in out}
     out += [t for tid, t in saved.items() if tid not in seen]
     return out, max(0, expected - len(out))
@@ -190,7 +233,7 @@ def status(args: argparse.Namespace) -> int:
         except launch_state.StateError as e:  # no copy of Tune's state this user's key signed: not read
             print(f"sweeplab: {name}: {e}", file=sys.stderr)
             trials = []
-        except Exception:  # noqa: BLE001 - a launch whose driver died before Tune saved anything
+        except Exception:
             trials = []
         progress.print_status(name, meta, trials, detail=bool(args.name))
     return 0
@@ -201,22 +244,33 @@ def print_trials(sweep: Sweep) -> None:
     trials = sweep.trials()
     s = sweep.search
     sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.items() if k != "name")
-    print(f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s['name']}"
-          f"{' seed=' + str(s['seed']) if s['name'] != 'grid' else ''}; scheduler {sweep.scheduler['name']}{sched}; "
-          f"metric {sweep.metric} ({sweep.mode})")
+    print(
+        f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s['name']}"
+        f"{' seed=' + str(s['seed']) if s['name'] != 'grid' else ''}; scheduler {sweep.scheduler['name']}{sched}; "
+        f"metric {sweep.metric} ({sweep.mode})"
+    )
     keys = list(dict.fromkeys(k for t in trials for k in t.values))
     header = ["#", *keys, "epochs", *(f"row:{tid}" for tid in sweep.tables)]
-    rows = [[str(t.index), *(_fmt(t.values.get(k)) for k in keys), str(t.config.train.epochs),
-             *(str(t.rows.get(tid, "-")) for tid in sweep.tables)] for t in trials]
+    rows = [
+        [
+            str(t.index),
+            *(_fmt(t.values.get(k)) for k in keys),
+            str(t.config.train.epochs),
+            *(str(t.rows.get(tid, "-")) for tid in sweep.tables),
+        ]
+        for t in trials
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
     if s["name"] == "optuna":
         print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
     r = sweep.resources
-    print(f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
-          f"per trial {r['workers']} worker(s) x {r['cpus_per_worker']} CPU, {r['gpus_per_worker']} GPU; "
-          f"max concurrent {sweep.max_concurrent or 'unlimited'}")
+    print(
+        f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
+        f"per trial {r['workers']} worker(s) x {r['cpus_per_worker']} CPU, {r['gpus_per_worker']} GPU; "
+        f"max concurrent {sweep.max_concurrent or 'unlimited'}"
+    )
 
 
 def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
@@ -279,6 +333,8 @@ def launches(storage: str) -> list[str]:
 
     fs, root = _fs(storage)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
-                  and _read_meta(storage, i.base_name) is not None)
-
+    return sorted(
+        i.base_name
+        for i in infos
+        if i.type == pyarrow.fs.FileType.Directory and _read_meta(storage, i.base_name) is not None
+    )

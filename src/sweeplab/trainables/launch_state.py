@@ -8,6 +8,7 @@ storage folder (`~/.config/sweeplab/state.key`, or $SWEEPLAB_KEY_FILE). `resume`
 newest copy whose every digest verifies and never read the live files otherwise. The copies double as
 the last good state: a Tune state torn by a full disk or a kill is replaced by the copy, never read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ from pathlib import Path
 
 STATE_DIR = ".sweeplab-state"
 DIGESTS = "digests.json"
-KEEP = 2                    # the newest copy and one before it, in case the newest is torn
+KEEP = 2  # the newest copy and one before it, in case the newest is torn
 SKIP = {".validate_storage_marker"}
 
 
@@ -83,7 +84,9 @@ class Keeper:
         self._seen: dict[str, tuple[int, int]] = {}
         self._last = 0.0
         self._warned = False
-        existing = [int(p.name) for p in (self.dir / STATE_DIR).glob("[0-9]*")] if (self.dir / STATE_DIR).is_dir() else []
+        existing = (
+            [int(p.name) for p in (self.dir / STATE_DIR).glob("[0-9]*")] if (self.dir / STATE_DIR).is_dir() else []
+        )
         self._seq = max(existing, default=0)
 
     def maybe_copy(self, force: bool = False) -> bool:
@@ -104,8 +107,12 @@ class Keeper:
         except OSError as e:  # a full disk: the older copies stay; the sweep goes on, and tries again
             shutil.rmtree(self.dir / STATE_DIR / f"tmp-{self._seq}", ignore_errors=True)
             if not self._warned:
-                print(f"sweeplab: warning: could not copy Tune's state ({e}); `resume` would continue from "
-                      "the last copy that was made", file=sys.stderr, flush=True)
+                print(
+                    f"sweeplab: warning: could not copy Tune's state ({e}); `resume` would continue from "
+                    "the last copy that was made",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self._warned = True
             return False
         self._seen = stamp
@@ -157,31 +164,42 @@ def verified(launch_dir: str | Path) -> Path:
         raise StateError(f"{launch_dir} has no saved Tune state (its driver died before Tune saved any)")
     k = key(create=False)
     if k is None:
-        raise StateError(f"no signing key at {key_file()}: this launch's state cannot be verified here "
-                         "(resume it on the machine and account that started it, or set SWEEPLAB_KEY_FILE)",
-                         refused=True)
+        raise StateError(
+            f"no signing key at {key_file()}: this launch's state cannot be verified here "
+            "(resume it on the machine and account that started it, or set SWEEPLAB_KEY_FILE)",
+            refused=True,
+        )
     problems = []
     for copy in copies:
         try:
             digests = json.loads((copy / DIGESTS).read_text())
             files = {p.name for p in copy.iterdir() if p.name != DIGESTS}
-            ok = files == set(digests) and all(hmac.compare_digest(_digest(k, copy / n), d) and _whole(copy / n)
-                                               for n, d in digests.items())
+            ok = files == set(digests) and all(
+                hmac.compare_digest(_digest(k, copy / n), d) and _whole(copy / n) for n, d in digests.items()
+            )
         except (OSError, ValueError, AttributeError, TypeError):
             ok = False
         if ok:
             return copy
         problems.append(copy.name)
-    raise StateError(f"the saved Tune state of {launch_dir} does not verify (copies {', '.join(problems)}): "
-                     "it was changed by someone else or is torn; it was not read", refused=True)
+    raise StateError(
+        f"the saved Tune state of {launch_dir} does not verify (copies {', '.join(problems)}): "
+        "it was changed by someone else or is torn; it was not read",
+        refused=True,
+    )
 
 
 def differing(launch_dir: str | Path, copy: Path) -> list[str]:
     """Names of the launch's live state files that are not byte-identical to those of `copy`."""
     launch = Path(launch_dir)
     names = {p.name for p in _state_files(launch)} | set(json.loads((copy / DIGESTS).read_text()))
-    return sorted(n for n in names if not (launch / n).is_file() or not (copy / n).is_file()
-                  or (launch / n).read_bytes() != (copy / n).read_bytes())
+    return sorted(
+        n
+        for n in names
+        if not (launch / n).is_file()
+        or not (copy / n).is_file()
+        or (launch / n).read_bytes() != (copy / n).read_bytes()
+    )
 
 
 def reinstate(launch_dir: str | Path) -> tuple[Path, list[str]]:

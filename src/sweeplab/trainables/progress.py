@@ -5,14 +5,16 @@ one line per trial start, per epoch and per end. A tracking call that fails is r
 still did not take is recorded in `Driver.lost` (never just a warning), and `Driver.reconcile`
 logs it again from Tune's own per-trial results.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sweeplab.search_spaces import Sweep, label
 from sweeplab.tracking import METRICS
@@ -59,7 +61,7 @@ class Driver:
             try:
                 fn(*args, **kwargs)
                 return True
-            except Exception as e:  # noqa: BLE001 - tracking must not stop the sweep; the loss is recorded
+            except Exception as e:
                 if delay is None:
                     self._lose(trial_id, what, e)
                     return False
@@ -70,8 +72,11 @@ class Driver:
         error = f"{type(e).__name__}: {_first_line(e)}"
         self.lost.append(Lost(trial_id, what, error))
         whose = f"trial {trial_id}" if trial_id else f"launch {getattr(self.tracker, 'launch', '')}".rstrip()
-        print(f"sweeplab: tracking lost {whose}: {what} (after {len(self.RETRY_DELAYS) + 1} tries: {error})",
-              file=sys.stderr, flush=True)
+        print(
+            f"sweeplab: tracking lost {whose}: {what} (after {len(self.RETRY_DELAYS) + 1} tries: {error})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def say(self, trial_id: str, text: str) -> None:
         print(f"[{time.monotonic() - self.start:6.0f}s] {trial_id}  {text}", file=self.out, flush=True)
@@ -79,8 +84,14 @@ class Driver:
     def trial_start(self, trial_id: str, point: dict[str, Any]) -> None:
         trial = self.sweep.trial(point)
         self.epochs[trial_id] = trial.config.train.epochs
-        self._log(trial_id, "run (params, config.yaml, tags)", self.tracker.trial_start,
-                  trial_id, trial.config.to_dict(), self._tags(trial_id, trial.config.train.seed, trial.rows, point))
+        self._log(
+            trial_id,
+            "run (params, config.yaml, tags)",
+            self.tracker.trial_start,
+            trial_id,
+            trial.config.to_dict(),
+            self._tags(trial_id, trial.config.train.seed, trial.rows, point),
+        )
         self.say(trial_id, f"start  {label(trial.values)}")
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -88,19 +99,32 @@ class Driver:
             self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}")
             return
         if isinstance(result.get("hardware"), str):
-            self._log(trial_id, "hardware tag", self.tracker.trial_tags,
-                      trial_id, {"sweeplab.hardware": result["hardware"]})
+            self._log(
+                trial_id, "hardware tag", self.tracker.trial_tags, trial_id, {"sweeplab.hardware": result["hardware"]}
+            )
         metrics = _metrics(result)
-        self._log(trial_id, f"epoch {int(result.get('epoch', 0))} metrics", self.tracker.trial_result,
-                  trial_id, metrics, result.get("reported_at"))
+        self._log(
+            trial_id,
+            f"epoch {int(result.get('epoch', 0))} metrics",
+            self.tracker.trial_result,
+            trial_id,
+            metrics,
+            result.get("reported_at"),
+        )
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics)
         self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}")
 
     def trial_end(self, trial_id: str, result: dict[str, Any], error: str | None) -> None:
         epoch, epochs = int(result.get("epoch", 0)), self._epochs(trial_id, result)
         stopped = error is None and epoch < epochs
-        self._log(trial_id, f"end ({'FAILED' if error is not None else 'FINISHED'})", self.tracker.trial_end,
-                  trial_id, failed=error is not None, stopped_early=stopped)
+        self._log(
+            trial_id,
+            f"end ({'FAILED' if error is not None else 'FINISHED'})",
+            self.tracker.trial_end,
+            trial_id,
+            failed=error is not None,
+            stopped_early=stopped,
+        )
         metric = f"{self.sweep.metric} {result[self.sweep.metric]:.4g}" if self.sweep.metric in result else ""
         if error is not None:
             self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}")
@@ -112,8 +136,11 @@ class Driver:
     def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None:
         """Tune runs a failed trial again (FailureConfig) from its last checkpoint: its run stays open."""
         epoch = int(result.get("epoch", 0))
-        self.say(trial_id, f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
-                           f"retrying from {'its epoch ' + str(epoch) + ' checkpoint' if epoch else 'the start'}")
+        self.say(
+            trial_id,
+            f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
+            f"retrying from {'its epoch ' + str(epoch) + ' checkpoint' if epoch else 'the start'}",
+        )
 
     def reconcile(self, trials: Iterable[Any]) -> list[str]:
         """Log again, from Tune's results, what MLflow lacks of each trial: its run (params, config.yaml,
@@ -137,8 +164,9 @@ class Driver:
 
     def _reconcile(self, t: Any, point: dict[str, Any], results: list[dict[str, Any]], done: list[str]) -> None:
         trial, tr = self.sweep.trial(point), self.tracker
-        by_epoch = {int(r["epoch"]): r for r in results or [t.result or {}]
-                    if _number(r.get("epoch")) and not r.get("replay")}  # the last report of each epoch
+        by_epoch = {
+            int(r["epoch"]): r for r in results or [t.result or {}] if _number(r.get("epoch")) and not r.get("replay")
+        }  # the last report of each epoch
         tags = self._tags(t.trial_id, trial.config.train.seed, trial.rows, point)
         hardware = [r["hardware"] for r in results or [t.result or {}] if isinstance(r.get("hardware"), str)]
         if hardware:
@@ -151,15 +179,22 @@ class Driver:
         want = ENDED.get(t.status)
         if want and tr.run_status(t.trial_id) != want:
             last = max(by_epoch, default=0)
-            tr.trial_end(t.trial_id, failed=want == "FAILED",
-                         stopped_early=want == "FINISHED" and last < trial.config.train.epochs)
+            tr.trial_end(
+                t.trial_id,
+                failed=want == "FAILED",
+                stopped_early=want == "FINISHED" and last < trial.config.train.epochs,
+            )
             done.append(f"end ({want})")
 
     def _tags(self, trial_id: str, seed: int, rows: dict[str, int], point: dict[str, Any]) -> dict[str, str]:
-        return {"sweeplab.trial_id": trial_id, "sweeplab.seed": str(seed),
-                "sweeplab.variant": str(point.get("variant", "")), "sweeplab.tables": ",".join(rows),
-                "sweeplab.smoke": str(self.sweep.smoke).lower(),
-                **{f"sweeplab.row.{tid}": str(row) for tid, row in rows.items()}}
+        return {
+            "sweeplab.trial_id": trial_id,
+            "sweeplab.seed": str(seed),
+            "sweeplab.variant": str(point.get("variant", "")),
+            "sweeplab.tables": ",".join(rows),
+            "sweeplab.smoke": str(self.sweep.smoke).lower(),
+            **{f"sweeplab.row.{tid}": str(row) for tid, row in rows.items()},
+        }
 
     def _epochs(self, trial_id: str, result: dict[str, Any]) -> int:
         if trial_id not in self.epochs:  # an event of a trial started by an earlier driver
@@ -240,8 +275,10 @@ def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
     for s in summaries:
         states[s.status] = states.get(s.status, 0) + 1
     stopped = sum(1 for s in summaries if s.status == "TERMINATED") - len(full)
-    print(f"sweeplab: {len(summaries)} trials: {len(full)} finished, {stopped} stopped early, "
-          f"{states.get('ERROR', 0)} failed")
+    print(
+        f"sweeplab: {len(summaries)} trials: {len(full)} finished, {stopped} stopped early, "
+        f"{states.get('ERROR', 0)} failed"
+    )
     if not full:
         return
     sign = 1 if sweep.mode == "min" else -1

@@ -5,6 +5,7 @@ Ray reads some settings once, when it is first imported (auth mode, usage stats,
 `environment()` must run before the process's first `import ray`: every Ray import is inside a
 function here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,19 +16,20 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from sweeplab.search_spaces import Domain, Sweep
 from sweeplab.trainables import launch_state, ray_ddp, worker
 
 LOCAL_DEFAULTS = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",   # a local node binds 127.0.0.1, not the external address
-    "RAY_USAGE_STATS_ENABLED": "0",             # nothing leaves the machine
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # a local node binds 127.0.0.1, not the external address
+    "RAY_USAGE_STATS_ENABLED": "0",  # nothing leaves the machine
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "TUNE_GLOBAL_CHECKPOINT_S": "1",            # experiment state saved often: `resume` loses little
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved often: `resume` loses little
     # Tune's default TensorBoard logger imports torch in the driver (1.5 s, just as the first trial is
     # scheduled) to write what MLflow already has; `_loggers()` keeps the JSON and CSV ones.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -49,11 +51,11 @@ class TrialSummary:
     """A trial as Tune last saw it."""
 
     trial_id: str
-    status: str                 # PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    status: str  # PENDING, RUNNING, PAUSED, TERMINATED, ERROR
     point: dict[str, Any]
     result: dict[str, Any]
     error: str | None = None
-    path: str | None = None     # the trial's folder (Tune's result.json), when it is local
+    path: str | None = None  # the trial's folder (Tune's result.json), when it is local
 
 
 _LISTENER: Listener | None = None  # the driver's listener; the (pickled) Tune callback looks it up here
@@ -98,9 +100,15 @@ def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bo
         # DDP trials need the dashboard (on loopback): Train V2 cleans up after a stopped trial through
         # it. Other sweeps skip its modules: ~2 CPU-seconds that a 2-core laptop would spend while Ray
         # starts, right before the first trial's start-up (BENCHMARKS.md, "command -> first step").
-        ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=100_000_000,
-                       _temp_dir=private_temp_dir(), dashboard_host="127.0.0.1",
-                       include_dashboard=dashboard, **quiet)
+        ctx = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=100_000_000,
+            _temp_dir=private_temp_dir(),
+            dashboard_host="127.0.0.1",
+            include_dashboard=dashboard,
+            **quiet,
+        )
     else:
         ctx = ray.init(address=address, **quiet)
     _STARTED, _LOCAL = True, address is None
@@ -157,8 +165,9 @@ def fit_resources(sweep: Sweep, local: bool) -> tuple[Sweep, str | None]:
     before = f"{w} x {was['cpus_per_worker']} CPU + {was['gpus_per_worker']} GPU"
     if r["gpus_per_worker"] != was["gpus_per_worker"]:
         return fitted, f"note: this Ray cluster has no GPU: each trial runs on CPU as {now} instead of {before}"
-    return fitted, (f"note: each trial runs as {now} instead of {before}, "
-                    f"to fit this cluster's largest node ({largest:g} CPU)")
+    return fitted, (
+        f"note: each trial runs as {now} instead of {before}, to fit this cluster's largest node ({largest:g} CPU)"
+    )
 
 
 def _tune_domain(dom: Domain, variant: bool = False) -> Any:
@@ -197,20 +206,33 @@ def _scheduler(sweep: Sweep) -> Any:
     opts = dict(sweep.scheduler)
     name, max_t = opts.pop("name"), opts.pop("max_t", sweep.max_epochs())
     if name == "asha":
-        return s.ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=opts.get("grace_period", 1),
-                               reduction_factor=opts.get("reduction_factor", 4), brackets=opts.get("brackets", 1))
+        return s.ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_t,
+            grace_period=opts.get("grace_period", 1),
+            reduction_factor=opts.get("reduction_factor", 4),
+            brackets=opts.get("brackets", 1),
+        )
     if name == "hyperband":
         return s.HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=opts.get("reduction_factor", 3))
     if name == "median":
-        return s.MedianStoppingRule(time_attr="epoch", grace_period=opts.get("grace_period", 1),
-                                    min_samples_required=opts.get("min_samples_required", 3))
+        return s.MedianStoppingRule(
+            time_attr="epoch",
+            grace_period=opts.get("grace_period", 1),
+            min_samples_required=opts.get("min_samples_required", 3),
+        )
     if name == "pbt":
-        mutations = {k: (sweep.space[k].args if sweep.space[k].kind == "grid" else _tune_domain(sweep.space[k]))
-                     for k in opts["mutate"]}
-        return s.PopulationBasedTraining(time_attr="epoch", perturbation_interval=opts.get("perturbation_interval", 1),
-                                         hyperparam_mutations={"point": mutations},
-                                         quantile_fraction=opts.get("quantile_fraction", 0.25),
-                                         resample_probability=opts.get("resample_probability", 0.25))
+        mutations = {
+            k: (sweep.space[k].args if sweep.space[k].kind == "grid" else _tune_domain(sweep.space[k]))
+            for k in opts["mutate"]
+        }
+        return s.PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=opts.get("perturbation_interval", 1),
+            hyperparam_mutations={"point": mutations},
+            quantile_fraction=opts.get("quantile_fraction", 0.25),
+            resample_probability=opts.get("resample_probability", 0.25),
+        )
     return s.FIFOScheduler()
 
 
@@ -222,8 +244,9 @@ def _trainable(sweep: Sweep, storage: str, launch: str) -> Any:
         fn = tune.with_parameters(train_trial, sweep=sweep)
         return tune.with_resources(fn, {"cpu": r["cpus_per_worker"], "gpu": r["gpus_per_worker"]})
     # The trial's own function only launches the TorchTrainer, whose workers hold the CPUs and GPUs.
-    fn = tune.with_parameters(ray_ddp.train_ddp_trial, sweep=sweep,
-                              storage=f"{storage.rstrip('/')}/{launch}/{DDP_STORAGE}", loopback=_LOCAL)
+    fn = tune.with_parameters(
+        ray_ddp.train_ddp_trial, sweep=sweep, storage=f"{storage.rstrip('/')}/{launch}/{DDP_STORAGE}", loopback=_LOCAL
+    )
     return tune.with_resources(fn, {"cpu": 0, "memory": 10_000_000})
 
 
@@ -284,17 +307,29 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
 
     _watch(listener, storage, launch)
     tuner = tune.Tuner(
-        _trainable(sweep, storage, launch), param_space=param_space(sweep),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=_searcher(sweep),
-                                    scheduler=_scheduler(sweep), max_concurrent_trials=max_concurrent,
-                                    # a reused actor has torch imported and the dataset cached:
-                                    # seconds saved on every trial after the first
-                                    reuse_actors=True,
-                                    num_samples=sweep.search["num_samples"] if sweep.search["name"] == "optuna" else 1),
-        run_config=tune.RunConfig(name=launch, storage_path=storage, verbose=0, callbacks=[_callback(), *_loggers()],
-                                  # two: the older is the fallback when the newest is unreadable
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+        _trainable(sweep, storage, launch),
+        param_space=param_space(sweep),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            search_alg=_searcher(sweep),
+            scheduler=_scheduler(sweep),
+            max_concurrent_trials=max_concurrent,
+            # a reused actor has torch imported and the dataset cached:
+            # seconds saved on every trial after the first
+            reuse_actors=True,
+            num_samples=sweep.search["num_samples"] if sweep.search["name"] == "optuna" else 1,
+        ),
+        run_config=tune.RunConfig(
+            name=launch,
+            storage_path=storage,
+            verbose=0,
+            callbacks=[_callback(), *_loggers()],
+            # two: the older is the fallback when the newest is unreadable
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
     return _fit(tuner)
 
 
@@ -331,8 +366,13 @@ def resume(sweep: Sweep, launch: str, storage: str, listener: Listener) -> list[
 
     _watch(listener, storage, launch)
     path = f"{storage.rstrip('/')}/{launch}"
-    tuner = tune.Tuner.restore(path, _trainable(sweep, storage, launch), resume_unfinished=True,
-                               resume_errored=True, param_space=param_space(sweep))
+    tuner = tune.Tuner.restore(
+        path,
+        _trainable(sweep, storage, launch),
+        resume_unfinished=True,
+        resume_errored=True,
+        param_space=param_space(sweep),
+    )
     return _fit(tuner)
 
 
@@ -366,15 +406,24 @@ def _summaries(results: Any) -> list[TrialSummary]:
 
 
 def _summaries_of(trials: list[Any]) -> list[TrialSummary]:
-    return [TrialSummary(t.trial_id, t.status, dict(t.config.get("point", {})), dict(t.last_result or {}),
-                         _error(t) if t.status == "ERROR" else None, _local_path(t)) for t in trials]
+    return [
+        TrialSummary(
+            t.trial_id,
+            t.status,
+            dict(t.config.get("point", {})),
+            dict(t.last_result or {}),
+            _error(t) if t.status == "ERROR" else None,
+            _local_path(t),
+        )
+        for t in trials
+    ]
 
 
 def _local_path(trial: Any) -> str | None:
     """The trial's folder on this machine, if its storage is a local folder."""
     try:
         path = trial.path
-    except Exception:  # noqa: BLE001 - a trial restored without storage context
+    except Exception:
         return None
     return path if path and "://" not in path and Path(path).is_dir() else None
 

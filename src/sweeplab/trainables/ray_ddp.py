@@ -6,12 +6,14 @@ says, and gloo and NCCL pick the host's address. A sweep on sweeplab's own local
 binds the store to a loopback socket made here (TCPStore's master_listen_fd) and points gloo and
 NCCL at `lo`, so a DDP trial listens on 127.0.0.1 like every other sweeplab process.
 """
+
 from __future__ import annotations
 
 import copy
 import datetime
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sweeplab.search_spaces import Sweep
 from sweeplab.trainables import worker
@@ -31,12 +33,17 @@ def train_ddp_trial(config: dict[str, Any], sweep: Sweep, storage: str, loopback
     gpu = r["gpus_per_worker"] > 0
     per_worker = {"CPU": r["cpus_per_worker"], **({"GPU": r["gpus_per_worker"]} if gpu else {})}
     trainer = TorchTrainer(
-        ddp_worker, train_loop_config={"config": conf.to_dict(), "workers": r["workers"]},
+        ddp_worker,
+        train_loop_config={"config": conf.to_dict(), "workers": r["workers"]},
         scaling_config=ray.train.ScalingConfig(num_workers=r["workers"], use_gpu=gpu, resources_per_worker=per_worker),
         torch_config=_loopback_config(gpu) if loopback else TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=storage,
-                                       callbacks=[TuneReportCallback()],
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+        run_config=ray.train.RunConfig(
+            name=tune.get_context().get_trial_id(),
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
     trainer.fit()
 
 
@@ -57,8 +64,9 @@ def ddp_worker(loop_config: dict[str, Any]) -> None:
     if state is not None and state["epoch"] >= conf.train.epochs:
         ray.train.report({**last, "replay": True})
         return
-    report = worker.Reporter(ray.train.report, ray.train.Checkpoint, rank,
-                             worker.hardware(conf.data.device, loop_config["workers"]))
+    report = worker.Reporter(
+        ray.train.report, ray.train.Checkpoint, rank, worker.hardware(conf.data.device, loop_config["workers"])
+    )
 
     def on_epoch(metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]]) -> None:
         spread = worker.weight_spread(state_fn()["model"], conf.data.device)  # every rank takes part
@@ -83,9 +91,20 @@ def _loopback_config(gpu: bool) -> Any:
             world, timeout_s = len(worker_group), backend_config.timeout_s
             port = worker_group.execute_single(0, _open_loopback_store, world=world, timeout_s=timeout_s)
             worker_group.execute(_set_torch_distributed_env_vars)
-            ray.get([worker_group.execute_single_async(i, _join_loopback, backend=backend_config.backend,
-                                                       world_rank=i, world=world, port=port, timeout_s=timeout_s)
-                     for i in range(world)])
+            ray.get(
+                [
+                    worker_group.execute_single_async(
+                        i,
+                        _join_loopback,
+                        backend=backend_config.backend,
+                        world_rank=i,
+                        world=world,
+                        port=port,
+                        timeout_s=timeout_s,
+                    )
+                    for i in range(world)
+                ]
+            )
 
     class LoopbackTorchConfig(TorchConfig):
         @property
@@ -105,8 +124,15 @@ def _open_loopback_store(world: int, timeout_s: int) -> int:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    store = dist.TCPStore("127.0.0.1", sock.getsockname()[1], world, True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=timeout_s), master_listen_fd=sock.fileno())
+    store = dist.TCPStore(
+        "127.0.0.1",
+        sock.getsockname()[1],
+        world,
+        True,
+        wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        master_listen_fd=sock.fileno(),
+    )
     _STORE = (store, sock)
     return sock.getsockname()[1]
 

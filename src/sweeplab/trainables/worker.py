@@ -3,14 +3,16 @@
 `ray_backend` passes in Tune's or Ray Train's `report` and `Checkpoint`, so this module works with
 either and is tested without a cluster.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class Reporter:
@@ -20,8 +22,9 @@ class Reporter:
         self.report, self.checkpoint_cls, self.rank, self.hardware = report, checkpoint_cls, rank, hardware
         self.val: dict[str, float] = {}
 
-    def __call__(self, metrics: dict[str, float], state: Callable[[], dict[str, Any]],
-                 extra: dict[str, Any] | None = None) -> None:
+    def __call__(
+        self, metrics: dict[str, float], state: Callable[[], dict[str, Any]], extra: dict[str, Any] | None = None
+    ) -> None:
         import torch
 
         # When the epoch was measured, on this worker: the driver logs it to MLflow with this time,
@@ -95,11 +98,14 @@ def _older(checkpoint: Any) -> list[Path]:
         return []
 
     def order(p: Path) -> tuple[int, str]:  # numbers compare as numbers past checkpoint_999999
-        suffix = p.name[len("checkpoint_"):]
+        suffix = p.name[len("checkpoint_") :]
         return (int(suffix), "") if suffix.isdigit() else (-1, suffix)
 
-    siblings = [p for p in latest.parent.iterdir()
-                if p.name.startswith("checkpoint_") and p.is_dir() and order(p) < order(latest)]
+    siblings = [
+        p
+        for p in latest.parent.iterdir()
+        if p.name.startswith("checkpoint_") and p.is_dir() and order(p) < order(latest)
+    ]
     return sorted(siblings, key=order, reverse=True)
 
 
@@ -135,8 +141,12 @@ def weight_spread(model_state: dict[str, Any], device: str = "cpu") -> float:
     import torch
     import torch.distributed as dist
 
-    stats = [s for k, t in model_state.items() if t.is_floating_point() and "running_" not in k
-             for s in (t.double().sum(), t.double().abs().sum())]
+    stats = [
+        s
+        for k, t in model_state.items()
+        if t.is_floating_point() and "running_" not in k
+        for s in (t.double().sum(), t.double().abs().sum())
+    ]
     hi = torch.stack(stats).to(device if dist.get_backend() == "nccl" else "cpu")
     lo = hi.clone()
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
