@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sweeplab import config, engine, models
 from sweeplab.data import datasets
+from sweeplab.schema import Config
 
 BASE = "configs/fashion_mnist/resnet_preact20.yaml"
 
 
-def plain_loop_images_per_s(conf: config.Config, data: datasets.Dataset, n: int) -> float:
+def plain_loop_images_per_s(conf: Config, data: datasets.Dataset, n: int) -> float:
     """One timed pass of the textbook loop over the first n training images."""
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
@@ -57,7 +58,7 @@ def plain_loop_images_per_s(conf: config.Config, data: datasets.Dataset, n: int)
     return one_pass()
 
 
-def engine_images_per_s(conf: config.Config, data: datasets.Dataset) -> tuple[float, float]:
+def engine_images_per_s(conf: Config, data: datasets.Dataset) -> tuple[float, float]:
     """(images/s of a timed pass, seconds of the warm-up pass, which includes any compilation)."""
     trainer = engine.Trainer(conf, data)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sweeplab.analysis import reference
+from sweeplab import reference
 from sweeplab.tracking import Tracker
 from sweeplab.tracking.store import client
 

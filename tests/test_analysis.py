@@ -14,7 +14,8 @@ import yaml
 
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_store import fresh_uri, grid_point, run_trial, trial_config
-from sweeplab.analysis import reference, runs, tables
+from sweeplab import reference
+from sweeplab.analysis import runs, tables
 from sweeplab.cli import main
 from sweeplab.tracking import Tracker
 from sweeplab.tracking.store import client

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeplab.config import AugmentConfig
 from sweeplab.data import augment
+from sweeplab.schema import MIXERS, AugmentConfig
 
 N, C, H, W, K = 8, 3, 32, 32, 10
 
@@ -204,7 +204,7 @@ def test_same_seed_same_batch_other_seed_differs(name):
     assert not torch.equal(o1, o3)
 
 
-@pytest.mark.parametrize("pair", list(itertools.combinations(augment.MIXERS, 2)))
+@pytest.mark.parametrize("pair", list(itertools.combinations(MIXERS, 2)))
 def test_two_mixers_refused_naming_both(pair):
     with pytest.raises(ValueError) as e:
         make(cutout=8, **{k: 0.5 for k in pair})

@@ -547,7 +547,8 @@ def test_trial_cap_counts_before_enumerating(tmp_path):
     import time
     import tracemalloc
 
-    from sweeplab.search_spaces import SweepError, load
+    from sweeplab.core.errors import SweepError
+    from sweeplab.search_spaces import load
 
     path = _sweep_file(tmp_path, "space: {optim.lr: {grid: [0.1, 0.2, 0.3]}}\nseeds: 4\n")
     assert len(load(path).trials()) == 12 and len(load(path, max_trials=12).trials()) == 12

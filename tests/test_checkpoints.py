@@ -18,7 +18,7 @@ import torch
 
 from sweeplab import config, engine
 from sweeplab.cli import main
-from sweeplab.trainables import worker
+from sweeplab.runner import worker
 
 CONFIG = str(Path(__file__).parents[1] / "configs/fashion_mnist/resnet_preact20.yaml")
 # channels_last off: with it, this torch build's oneDNN CPU kernels corrupt the heap on some CPUs

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from sweeplab import config, engine
 from sweeplab.cli import main
 from sweeplab.data.loader import DeviceLoader
+from sweeplab.schema import Config
 
 CONFIG = str(Path(__file__).parents[1] / "configs/fashion_mnist/resnet_preact20.yaml")
 TINY = [
@@ -34,7 +35,7 @@ TINY = [
 ]
 
 
-def tiny(*extra: str) -> config.Config:
+def tiny(*extra: str) -> Config:
     return config.load(None, TINY + list(extra))
 
 

@@ -232,7 +232,7 @@ class Payload:
 def test_a_state_file_caught_mid_write_is_never_signed(tmp_path, monkeypatch):
     """Tune's syncer uploads its state files in a background thread: a copy taken meanwhile held a
     0-byte experiment_state, signed, and `resume` died on it with a traceback (found by case 2)."""
-    from sweeplab.trainables import launch_state as ls
+    from sweeplab.runner import launch_state as ls
 
     monkeypatch.setenv("SWEEPLAB_KEY_FILE", str(tmp_path / "keys" / "state.key"))
     d = tmp_path / "ray" / "torn"

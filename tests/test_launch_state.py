@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeplab.trainables import launch_state as ls
+from sweeplab.runner import launch_state as ls
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +119,7 @@ def test_reinstate_puts_the_copy_back_and_moves_differing_files_aside_unread(tmp
 def test_a_token_written_by_a_concurrent_first_launch_is_shared(tmp_path, monkeypatch):
     # Two first sweeps in one new storage folder: the other one writes the token right after this one
     # looked for it (simulated: `exists` answers False once it is there). It used to be FileExistsError.
-    from sweeplab.trainables import ray_backend
+    from sweeplab.runner import ray_backend
 
     storage = tmp_path / "storage"
     storage.mkdir()
@@ -137,7 +137,7 @@ def test_a_token_written_by_a_concurrent_first_launch_is_shared(tmp_path, monkey
 
 
 def test_ray_temp_folder_is_private(tmp_path, monkeypatch):
-    from sweeplab.trainables import ray_backend
+    from sweeplab.runner import ray_backend
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile

@@ -81,7 +81,8 @@ def test_catalog_read_from_source_equals_the_imported_registries() -> None:
     import importlib
     import inspect
 
-    from sweeplab import catalog, optim
+    from sweeplab import optim
+    from sweeplab.models import catalog
 
     for module, _ in catalog.models().values():
         importlib.import_module(module)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sweeplab import config, engine, ghost_bn, optim
-from sweeplab.config import OptimConfig
+from sweeplab.schema import OptimConfig
 
 TINY = [
     "data.name=synthetic",

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sweeplab import config, engine
+from sweeplab.schema import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(ROOT.glob("configs/**/*.yaml"))
@@ -55,7 +56,7 @@ def tiny_model(model: dict[str, Any]) -> dict[str, Any]:
     raise AssertionError(f"tiny_model does not know model {name!r}: add its small size here")
 
 
-def smoke_overrides(recipe: config.Config) -> dict[str, Any]:
+def smoke_overrides(recipe: Config) -> dict[str, Any]:
     """Dotted overrides for a one-epoch run of `recipe` on 64 synthetic images of its dataset's shape."""
     shape = SHAPES[recipe.data.name] or recipe.data.synthetic_shape
     over: dict[str, Any] = {

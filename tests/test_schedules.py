@@ -12,7 +12,8 @@ import math
 import pytest
 
 from sweeplab import config, schedules
-from sweeplab.config import SchedConfig
+from sweeplab.core.errors import ConfigError
+from sweeplab.schema import SchedConfig
 
 BASE, SPE, EPOCHS = 0.1, 10, 10
 LAST = SPE * EPOCHS - 1
@@ -160,20 +161,20 @@ def test_warmup_hands_over_to_the_schedule_at_base_lr(name):
 
 # These values would make `lr_at` loop forever (sgdr) or go negative (min_lr_factor).
 def test_sgdr_t0_must_be_positive():
-    with pytest.raises(config.ConfigError, match="sched.sgdr_t0"):
+    with pytest.raises(ConfigError, match="sched.sgdr_t0"):
         config.load(None, ["sched.name=sgdr", "sched.sgdr_t0=0", "data.name=synthetic"])
 
 
 def test_sgdr_t_mult_must_be_at_least_one():
-    with pytest.raises(config.ConfigError, match="sched.sgdr_t_mult"):
+    with pytest.raises(ConfigError, match="sched.sgdr_t_mult"):
         config.load(None, ["sched.name=sgdr", "sched.sgdr_t_mult=0.5", "data.name=synthetic"])
 
 
 def test_min_lr_factor_must_be_in_unit_interval():
-    with pytest.raises(config.ConfigError, match="sched.min_lr_factor"):
+    with pytest.raises(ConfigError, match="sched.min_lr_factor"):
         config.load(None, ["sched.min_lr_factor=-0.5", "data.name=synthetic"])
 
 
 def test_onecycle_rejects_a_separate_warmup():
-    with pytest.raises(config.ConfigError, match="sched.warmup_epochs"):
+    with pytest.raises(ConfigError, match="sched.warmup_epochs"):
         config.load(None, ["sched.name=onecycle", "sched.warmup_epochs=1", "data.name=synthetic"])

@@ -18,11 +18,11 @@ import pytest
 
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_store import fresh_uri
-from sweeplab.config import flatten
+from sweeplab.commands.progress import Driver
+from sweeplab.schema import flatten
 from sweeplab.search_spaces import load
 from sweeplab.tracking import Tracker
 from sweeplab.tracking.store import client, sqlite_path
-from sweeplab.trainables.progress import Driver
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
 

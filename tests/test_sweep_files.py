@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sweeplab import models
-from sweeplab.analysis import reference as ref
+from sweeplab import reference as ref
 from sweeplab.search_spaces import Sweep, load
 
 ROOT = Path(__file__).resolve().parents[1]

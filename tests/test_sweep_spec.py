@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeplab.search_spaces import SweepError, load
+from sweeplab.core.errors import SweepError
+from sweeplab.search_spaces import load
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs/fashion_mnist/resnet_preact20.yaml")
@@ -138,7 +139,7 @@ def test_optuna_space_becomes_tune_domains(tmp_path):
     ray_tune = pytest.importorskip("ray.tune")
     from ray.tune.search.sample import Categorical, Float
 
-    from sweeplab.trainables import ray_backend
+    from sweeplab.runner import ray_backend
 
     sweep = load(
         write(
@@ -199,7 +200,7 @@ def test_smoke_resources_merge_into_resources(tmp_path):
 
 def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    from sweeplab.trainables import ray_backend
+    from sweeplab.runner import ray_backend
 
     sweep = load(
         write(
@@ -313,7 +314,7 @@ def test_dry_run_prints_trials_count_and_budget(tmp_path):
 )
 def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
     pytest.importorskip("ray.tune")
-    from sweeplab.trainables import ray_backend
+    from sweeplab.runner import ray_backend
 
     sweep = load(
         write(

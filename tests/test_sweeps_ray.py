@@ -236,7 +236,7 @@ def _spread_worker(rank: int, init: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from sweeplab.trainables.worker import weight_spread
+    from sweeplab.runner.worker import weight_spread
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     same = {"w": torch.ones(3), "bn.running_mean": torch.full((2,), float(rank))}

@@ -11,7 +11,8 @@ import yaml
 
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_store import fresh_uri, grid_point, run_trial, trial_config
-from sweeplab.tracking import METRICS, Tracker, resolve_uri
+from sweeplab.core.names import METRICS
+from sweeplab.tracking import Tracker, resolve_uri
 from sweeplab.tracking.store import client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")  # MLflow's own SQLAlchemy use

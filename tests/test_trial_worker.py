@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from sweeplab import config, engine
-from sweeplab.trainables import worker
+from sweeplab.runner import worker
 
 
 class FakeCheckpoint:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from sweeplab.config import ConfigError
+from sweeplab.commands import analysis, models, sweep, train
+from sweeplab.core.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -64,36 +65,6 @@ def folder(text: str) -> str:
     return text
 
 
-def _train(args: argparse.Namespace) -> int:
-    from sweeplab.train_cmd import train
-
-    return train(args.config, args.overrides, args.output, args.resume, args.stop_after)
-
-
-def _models(args: argparse.Namespace) -> int:
-    from sweeplab.train_cmd import list_models
-
-    return list_models(args.counts)
-
-
-def _sweeps(name: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        from sweeplab.trainables import launch
-
-        return getattr(launch, name)(args)
-
-    return handler
-
-
-def _analysis(name: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        from sweeplab.analysis import commands
-
-        return getattr(commands, name)(args)
-
-    return handler
-
-
 def _tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
@@ -117,11 +88,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="EPOCH",
         help="stop after this epoch's checkpoint (continue later with --resume)",
     )
-    p.set_defaults(fn=_train)
+    p.set_defaults(fn=lambda a: train.train(a.config, a.overrides, a.output, a.resume, a.stop_after))
 
     p = sub.add_parser("models", help="list the models, their options and parameter counts")
     p.add_argument("--no-counts", dest="counts", action="store_false", help="skip building each model")
-    p.set_defaults(fn=_models)
+    p.set_defaults(fn=lambda a: models.list_models(a.counts))
 
     p = sub.add_parser("run", help="run a sweep file on Ray")
     p.add_argument("sweep", help="sweep YAML (sweeps/...)")
@@ -139,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
     _tracking_uri(p)
-    p.set_defaults(fn=_sweeps("run"))
+    p.set_defaults(fn=sweep.run)
 
     p = sub.add_parser("resume", help="continue a sweep whose driver died")
     p.add_argument("name", help="launch name (see `sweeplab status`)")
@@ -147,12 +118,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address; default: start a local Ray")
     p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
     _tracking_uri(p)
-    p.set_defaults(fn=_sweeps("resume"))
+    p.set_defaults(fn=sweep.resume)
 
     p = sub.add_parser("status", help="list sweeps and the states of their trials")
     p.add_argument("name", nargs="?", help="launch name; default: all launches")
     p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
-    p.set_defaults(fn=_sweeps("status"))
+    p.set_defaults(fn=sweep.status)
 
     p = sub.add_parser("best", help="the best trials of a sweep or launch")
     p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
@@ -162,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--yaml", action="store_true", help="write the best config as a `sweeplab train` YAML")
     _tracking_uri(p)
-    p.set_defaults(fn=_analysis("best"))
+    p.set_defaults(fn=analysis.best)
 
     p = sub.add_parser("table", help="rebuild a results table from the logged runs")
     p.add_argument("table_id", nargs="?")
@@ -170,23 +141,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("md", "csv", "html"), default="md")
     p.add_argument("--out", help="also write the table (and its figures) into this folder")
     _tracking_uri(p)
-    p.set_defaults(fn=_analysis("table"))
+    p.set_defaults(fn=analysis.table)
 
     p = sub.add_parser("report", help="every table and figure with runs behind it, with an index page")
     p.add_argument("--out", default="report")
     _tracking_uri(p)
-    p.set_defaults(fn=_analysis("report"))
+    p.set_defaults(fn=analysis.report)
 
     p = sub.add_parser("export", help="every trial of a sweep as one Parquet file")
     p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
     p.add_argument("--out", required=True, help="FILE.parquet")
     _tracking_uri(p)
-    p.set_defaults(fn=_analysis("export"))
+    p.set_defaults(fn=analysis.export)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     p.add_argument("--port", type=count(1, 65535), default=5000)
     _tracking_uri(p)
-    p.set_defaults(fn=_analysis("ui"))
+    p.set_defaults(fn=analysis.ui)
     return ap
 
 

@@ -1,4 +1,4 @@
-"""The typed training config: YAML loading, dotted overrides and strict validation.
+"""Loading a training config: YAML, dotted overrides, types coerced and values validated.
 
 A config is six flat sections. Every key has a type and a default; unknown keys, wrong types
 and out-of-range values raise `ConfigError` naming the dotted key, before any data or model
@@ -9,144 +9,20 @@ against the model builder's signature.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config: the message names the offending key or file."""
-
-
-DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "synthetic")
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-@dataclass
-class DataConfig:
-    name: str = "cifar10"  # one of DATASETS
-    root: str = "~/.cache/sweeplab/data"  # torchvision layout; offline copies are searched too
-    download: bool = True  # try torchvision's download when files are missing
-    batch_size: int = 128
-    eval_batch_size: int = 1024  # evaluation has no backward pass: bigger is faster
-    train_subset: int = 0  # first N of a seeded shuffle of the train set (0 = all)
-    test_subset: int = 0  # first N test images (0 = all); for quick runs only
-    device: str = "auto"  # auto = cuda if available, else cpu
-    # synthetic data only: image shape, classes and set sizes
-    synthetic_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
-    synthetic_classes: int = 10
-    synthetic_train: int = 2048
-    synthetic_test: int = 512
-
-
-@dataclass
-class AugmentConfig:
-    random_crop: bool = True  # pad, then crop back to size at a random offset
-    crop_padding: int = 4
-    hflip: bool = True  # random horizontal flip (off for digits)
-    normalize: bool = True  # per-channel dataset mean/std
-    cutout: int = 0  # square mask side in px, 0 = off
-    cutout_prob: float = 1.0
-    cutout_inside: bool = False  # keep the mask's centre away from the border
-    random_erasing: float = 0.0  # probability per image, 0 = off
-    random_erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
-    random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3333])
-    mixup: float = 0.0  # Beta(alpha, alpha) alpha, 0 = off
-    cutmix: float = 0.0  # Beta(alpha, alpha) alpha, 0 = off
-    ricap: float = 0.0  # Beta(beta, beta) beta, 0 = off
-    dual_cutout: float = 0.0  # consistency-loss weight, 0 = off (needs cutout > 0)
-    label_smoothing: float = 0.0  # epsilon
-
-
-@dataclass
-class OptimConfig:
-    name: str = "sgd"  # sgd, adam, amsgrad, lars
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    no_weight_decay_on_bn: bool = False  # exclude BatchNorm and bias parameters from decay
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lars_eps: float = 1e-9
-    lars_trust_coefficient: float = 0.0  # 0 = plain layer-wise ratio (the reference's default)
-    grad_clip: float = 0.0  # max global grad norm, 0 = off
-
-
-@dataclass
-class SchedConfig:
-    name: str = "cosine"  # see sweeplab.schedules.names()
-    warmup_epochs: float = 0.0
-    warmup_kind: str = "linear"  # linear or exponential
-    warmup_start_factor: float = 0.001  # lr at step 0 = lr * factor
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, or epochs if > 1
-    gamma: float = 0.1  # multistep / piecewise decay factor
-    min_lr_factor: float = 0.0  # cosine / linear end at lr * factor
-    sgdr_t0: float = 10.0  # SGDR first period in epochs
-    sgdr_t_mult: float = 2.0
-    onecycle_peak: float = 0.2  # one-cycle: fraction of training at the peak lr
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 160
-    precision: str = "fp32"  # fp32, fp16 or bf16 (torch.autocast)
-    seed: int = 0
-    channels_last: bool = (
-        True  # NHWC: what tensor cores want, 1.3x on AVX-512 CPUs; AVX2 CPUs stay NCHW (engine.nhwc_is_safe)
-    )
-    compile: bool = False  # torch.compile the model
-    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
-    ghost_batch_size: int = 0  # BatchNorm statistics over chunks of this size, 0 = off
-    flip_tta: bool = False  # average logits of the image and its mirror at eval
-    eval_every: int = 1  # evaluate every N epochs (and always the last)
-    threads: int = 0  # torch.set_num_threads on CPU, 0 = leave as is
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "resnet_preact"})
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sched: SchedConfig = field(default_factory=SchedConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (YAML-safe)."""
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        """Dotted keys -> values, e.g. {'optim.lr': 0.1, ...}."""
-        return flatten(self.to_dict())
-
-
-SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def valid_keys() -> list[str]:
-    """Every dotted key of the fixed sections, plus model.name."""
-    keys = ["model.name"]
-    for name, f in SECTIONS.items():
-        if name != "model":
-            keys += [f"{name}.{g.name}" for g in dataclasses.fields(f.default_factory())]
-    return keys
+from sweeplab.core.errors import ConfigError, suggest
+from sweeplab.schema import (
+    SECTIONS,
+    Config,
+    valid_keys,
+)
+from sweeplab.validate import check
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -257,7 +133,7 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     if not leaf:
         raise ConfigError(f"override '{key}' must be a dotted key like 'optim.lr'")
     if section not in SECTIONS:
-        raise ConfigError(f"unknown config section '{section}' in '{key}'{_suggest(key, valid_keys())}")
+        raise ConfigError(f"unknown config section '{section}' in '{key}'{suggest(key, valid_keys())}")
     node = tree.setdefault(section, {})
     if not isinstance(node, dict):
         raise ConfigError(f"'{section}' must be a mapping")
@@ -328,7 +204,7 @@ def from_dict(tree: dict[str, Any], where: str = "") -> Config:
     kwargs: dict[str, Any] = {}
     for section, value in tree.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}'{where}{_suggest(section, list(SECTIONS))}")
+            raise ConfigError(f"unknown config section '{section}'{where}{suggest(section, list(SECTIONS))}")
         if not isinstance(value, dict):
             raise ConfigError(f"'{section}'{where} must be a mapping of keys, got {value!r}")
         if section == "model":
@@ -341,12 +217,10 @@ def from_dict(tree: dict[str, Any], where: str = "") -> Config:
         hints = typing.get_type_hints(cls)
         for key, v in value.items():
             if key not in known:
-                raise ConfigError(f"unknown key '{section}.{key}'{where}{_suggest(f'{section}.{key}', valid_keys())}")
+                raise ConfigError(f"unknown key '{section}.{key}'{where}{suggest(f'{section}.{key}', valid_keys())}")
             value[key] = _coerce(f"{section}.{key}", v, hints[key], where)
         kwargs[section] = cls(**value)
     config = Config(**kwargs)
-    from sweeplab.validate import check  # late import: validation needs the registries
-
     check(config, where)
     return config
 
@@ -376,11 +250,6 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
 
 
 MAX_INT = 2**63 - 1  # what a C long holds: torch, numpy and Ray take no bigger count
-
-
-def _suggest(key: Any, candidates: list[str]) -> str:
-    near = difflib.get_close_matches(str(key), candidates, n=1, cutoff=0.5)
-    return f"; did you mean '{near[0]}'?" if near else ""
 
 
 def save(config: Config, path: str | Path) -> None:

@@ -23,9 +23,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sweeplab import ghost_bn, models, optim, schedules
-from sweeplab.config import Config
 from sweeplab.data import augment, datasets
 from sweeplab.data.loader import DeviceLoader
+from sweeplab.schema import Config
 
 # on_epoch(metrics, checkpoint) where checkpoint() builds the resumable state only if asked for.
 EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sweeplab.config import OptimConfig
+from sweeplab.schema import OptimConfig
 
 _OPTIMS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {}
 

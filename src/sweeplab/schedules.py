@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from sweeplab.config import SchedConfig
+from sweeplab.schema import SchedConfig
 
 # A shape maps (t in [0, 1] of the post-warmup phase, epoch, total epochs, cfg) to a factor.
 Shape = Callable[[float, float, int, SchedConfig], float]

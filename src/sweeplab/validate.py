@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sweeplab.config import DATASETS, PRECISIONS, Config, ConfigError
+from sweeplab import models, schedules  # torch-free registries: validating a config never imports torch
+from sweeplab.core.errors import ConfigError
+from sweeplab.models import catalog, rules
+from sweeplab.schema import DATASETS, MIXERS, PRECISIONS, Config
 
 
 def _require(ok: bool, key: str, message: str, where: str) -> None:
@@ -16,9 +19,6 @@ def _one_of(value: str, choices: list[str] | tuple[str, ...], key: str, where: s
 
 def check(c: Config, where: str = "") -> None:
     """Raise ConfigError naming the first bad key of `c`."""
-    from sweeplab import catalog, models, schedules  # no torch: validation stays fast
-    from sweeplab.models import rules
-
     d, a, o, s, t = c.data, c.augment, c.optim, c.sched, c.train
     _one_of(d.name, DATASETS, "data.name", where)
     _require(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}", where)
@@ -60,7 +60,7 @@ def check(c: Config, where: str = "") -> None:
     for key in ("cutout_prob", "random_erasing"):
         v = getattr(a, key)
         _require(0.0 <= v <= 1.0, f"augment.{key}", f"is a probability, got {v}", where)
-    for key in ("mixup", "cutmix", "ricap", "dual_cutout"):
+    for key in MIXERS:
         _require(getattr(a, key) >= 0, f"augment.{key}", "must be >= 0 (0 = off)", where)
     _require(0.0 <= a.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)", where)
     for key, top in (("random_erasing_area", 1.0), ("random_erasing_ratio", None)):
@@ -71,7 +71,7 @@ def check(c: Config, where: str = "") -> None:
             f"must be [lo, hi] with 0 < lo <= hi{' <= 1' if top else ''}, got {v}",
             where,
         )
-    mixers = [k for k in ("mixup", "cutmix", "ricap", "dual_cutout") if getattr(a, k) > 0]
+    mixers = [k for k in MIXERS if getattr(a, k) > 0]
     # Two batch mixers would silently overwrite each other's targets: refuse instead.
     _require(
         len(mixers) <= 1,

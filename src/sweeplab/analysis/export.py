@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplab.analysis.runs import Trial, history
-from sweeplab.tracking.store import METRICS
+from sweeplab.core.names import METRICS
 
 if TYPE_CHECKING:
     import pyarrow as pa

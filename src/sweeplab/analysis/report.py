@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeplab.analysis import figures, reference, runs, tables
+from sweeplab import reference
+from sweeplab.analysis import figures, runs, tables
 from sweeplab.analysis.runs import AXES
 from sweeplab.analysis.tables import METRIC, Built
 

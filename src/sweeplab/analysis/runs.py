@@ -9,19 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sweeplab.config import ConfigError, parse_value
-from sweeplab.tracking.store import (
-    LAUNCH,
-    PARENT,
-    SWEEP,
-    TABLES,
-    TRIAL,
-    client,
-    quote,
-    resolve_uri,
-    search,
-    sqlite_path,
-)
+from sweeplab.config import parse_value
+from sweeplab.core.errors import ConfigError
+from sweeplab.core.names import LAUNCH, PARENT, SWEEP, TABLES, TRIAL
+from sweeplab.tracking.store import client, quote, resolve_uri, search, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

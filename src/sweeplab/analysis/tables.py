@@ -15,8 +15,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sweeplab.analysis.reference import Table, fmt, match_row
 from sweeplab.analysis.runs import Trial, history
+from sweeplab.core.fmt import number
+from sweeplab.reference import Table, match_row
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -133,7 +134,7 @@ def rows_of(table: Table, trials: list[Trial]) -> tuple[list[list[str]], dict[in
         i = match_row(Table(table.id, "", "", table.columns, rows), table.match, values)
         if i is None:
             i = len(rows)
-            rows.append([fmt(values[table.match[c]]) if c in table.match else "" for c in table.columns])
+            rows.append([number(values[table.match[c]]) if c in table.match else "" for c in table.columns])
             by_row[i] = []
         by_row[i].append(t)
     return rows, by_row

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sweeplab.config import AugmentConfig
+from sweeplab.schema import MIXERS, AugmentConfig
 
 Eraser = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
-MIXERS = ("mixup", "cutmix", "ricap", "dual_cutout")
 
 
 def host_rng(gen: torch.Generator | None, device: torch.device) -> np.random.Generator:

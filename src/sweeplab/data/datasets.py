@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeplab.config import ConfigError, DataConfig
+from sweeplab.core.errors import ConfigError
+from sweeplab.schema import DataConfig
 
 
 class DatasetError(ConfigError):

@@ -7,13 +7,12 @@ config is validated without importing torch; `build` imports the model's family 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sweeplab import catalog
-from sweeplab.models import rules
+from sweeplab.core.errors import suggest
+from sweeplab.models import catalog, rules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,8 +45,7 @@ def check_options(name: str, opts: dict[str, Any]) -> None:
     valid = options(name)
     for key in opts:
         if key not in valid:
-            near = difflib.get_close_matches(str(key), [str(k) for k in valid], n=1)
-            hint = f"; did you mean 'model.{near[0]}'?" if near else f"; valid: {', '.join(sorted(valid))}"
+            hint = suggest(key, valid, prefix="model.", cutoff=0.6) or f"; valid: {', '.join(sorted(valid))}"
             raise ValueError(f"model '{name}' has no option 'model.{key}'{hint}")
     rules.check(name, opts, valid)
 

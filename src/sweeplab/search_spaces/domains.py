@@ -14,12 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sweeplab.config import SECTIONS, ConfigError, _suggest, check_tree, valid_keys
-
-
-class SweepError(ConfigError):
-    """A bad sweep file: the message names the file and the key."""
-
+from sweeplab.config import check_tree
+from sweeplab.core.errors import ConfigError, SweepError, suggest
+from sweeplab.schema import SECTIONS, valid_keys
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint", "expr")
 BOUNDS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2}
@@ -87,7 +84,7 @@ def is_config_key(key: str) -> bool:
 def check_key(key: str, where: str, path: str) -> None:
     """Raise SweepError when `key` is not a config key, suggesting the nearest one."""
     if not isinstance(key, str) or not is_config_key(key):
-        raise SweepError(f"{path}: '{where}{key}' is not a config key{_suggest(str(key), valid_keys())}")
+        raise SweepError(f"{path}: '{where}{key}' is not a config key{suggest(str(key), valid_keys())}")
 
 
 def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
@@ -100,7 +97,7 @@ def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
         )
     ((kind, args),) = spec.items()
     if kind not in KINDS:
-        raise SweepError(f"{path}: '{name}' has unknown sampler '{kind}'{_suggest(str(kind), list(KINDS))}")
+        raise SweepError(f"{path}: '{name}' has unknown sampler '{kind}'{suggest(str(kind), list(KINDS))}")
     if kind in ("grid", "choice"):
         if not isinstance(args, list) or not args:
             raise SweepError(f"{path}: '{name}.{kind}' must be a non-empty list")

@@ -9,10 +9,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sweeplab.analysis import reference
-from sweeplab.config import ConfigError, _suggest, load_yaml, read_yaml
-from sweeplab.search_spaces.domains import Domain, SweepError, check_key, parse, parse_variants
-from sweeplab.tracking.store import METRICS
+from sweeplab import reference
+from sweeplab.config import load_yaml, read_yaml
+from sweeplab.core.errors import ConfigError, SweepError, suggest
+from sweeplab.core.names import METRICS
+from sweeplab.search_spaces.domains import Domain, check_key, parse, parse_variants
 
 TOP = (
     "name",
@@ -79,7 +80,7 @@ def unknown(section: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], 
         if key not in allowed:
             full = [f"{where}{k}" for k in allowed]
             raise SweepError(
-                f"{path}: unknown key '{where}{key}'{_suggest(f'{where}{key}', full)}; "
+                f"{path}: unknown key '{where}{key}'{suggest(f'{where}{key}', full)}; "
                 f"valid: {', '.join(allowed) or '(none)'}"
             )
 
@@ -133,7 +134,7 @@ def search(section: dict[str, Any], path: Any) -> dict[str, Any]:
     name = section.get("name", "grid")
     if name not in SEARCHES:
         raise SweepError(
-            f"{path}: 'search.name' is {name!r}{_suggest(str(name), list(SEARCHES))}; valid: {', '.join(SEARCHES)}"
+            f"{path}: 'search.name' is {name!r}{suggest(str(name), list(SEARCHES))}; valid: {', '.join(SEARCHES)}"
         )
     out = {"name": name, "num_samples": 1 if name == "grid" else 10, "seed": 0, **section}
     if out["num_samples"] < 1:
@@ -151,7 +152,7 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
     name = section.get("name", "fifo")
     if name not in SCHEDULERS:
         raise SweepError(
-            f"{path}: 'scheduler.name' is {name!r}{_suggest(str(name), list(SCHEDULERS))}; "
+            f"{path}: 'scheduler.name' is {name!r}{suggest(str(name), list(SCHEDULERS))}; "
             f"valid: {', '.join(SCHEDULERS)}"
         )
     options = {k: v for k, v in section.items() if k != "name"}
@@ -196,7 +197,7 @@ def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:
     name, mode = spec.get("metric", "val/error"), spec.get("mode", "min")
     if name not in METRICS:
         raise SweepError(
-            f"{path}: 'metric' is {name!r}{_suggest(str(name), list(METRICS))}; valid: {', '.join(METRICS)}"
+            f"{path}: 'metric' is {name!r}{suggest(str(name), list(METRICS))}; valid: {', '.join(METRICS)}"
         )
     if mode not in ("min", "max"):
         raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}")
@@ -210,8 +211,7 @@ def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict
     for tid, entry in section.items():
         if tid not in known:
             raise SweepError(
-                f"{path}: unknown table id 'tables.{tid}'{_suggest(str(tid), list(known))} "
-                "(see `sweeplab table --list`)"
+                f"{path}: unknown table id 'tables.{tid}'{suggest(str(tid), list(known))} (see `sweeplab table --list`)"
             )
         if not isinstance(entry, dict) or set(entry) - {"match"}:
             raise SweepError(f"{path}: 'tables.{tid}' must be {{match: {{column: dotted key}}}}")
@@ -223,7 +223,7 @@ def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict
             if col not in columns:
                 raise SweepError(
                     f"{path}: 'tables.{tid}.match' column {col!r} is not in that table"
-                    f"{_suggest(str(col), columns)}; columns: {', '.join(columns)}"
+                    f"{suggest(str(col), columns)}; columns: {', '.join(columns)}"
                 )
             if key == "variant":
                 if not has_variant:

@@ -16,11 +16,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sweeplab.analysis import reference
-from sweeplab.config import Config, ConfigError, flatten, from_dict, merge, set_dotted
-from sweeplab.names import check_name
+from sweeplab import reference
+from sweeplab.config import from_dict, merge, set_dotted
+from sweeplab.core.errors import ConfigError, SweepError
+from sweeplab.core.fmt import number
+from sweeplab.core.names import check_name
+from sweeplab.schema import Config, flatten
 from sweeplab.search_spaces import spec as S
-from sweeplab.search_spaces.domains import Domain, SweepError, evaluate
+from sweeplab.search_spaces.domains import Domain, evaluate
 
 SEED = "train.seed"
 MAX_RUNGS = 100  # ASHA / HyperBand rungs: a reduction_factor of 1.0001 would make tens of thousands
@@ -267,11 +270,7 @@ def nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 def label(point: dict[str, Any]) -> str:
     """A short human label of a point: 'lr=0.1 weight_decay=0.0005 seed=1'."""
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in point.items())
-
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={number(v, 4)}" for k, v in point.items())
 
 
 def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: bool) -> Sweep:

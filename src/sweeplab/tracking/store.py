@@ -18,7 +18,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeplab.config import ConfigError
+from sweeplab.core.errors import ConfigError
 
 # Telemetry is switched off in sweeplab/__init__.py (it runs before this module); these only quiet MLflow.
 for _key, _value in {
@@ -32,22 +32,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-# The design's per-epoch metrics: everything else Tune reports (pid, timestamp, ...) is clutter.
-METRICS = (
-    "epoch",
-    "lr",
-    "train/loss",
-    "train/error",
-    "val/loss",
-    "val/error",
-    "time/epoch_s",
-    "time/images_per_s",
-    "time/train_s",
-    "time/compile_s",
-)
-
-LAUNCH, TRIAL, SWEEP, TABLES = "sweeplab.launch", "sweeplab.trial_id", "sweeplab.sweep", "sweeplab.tables"
-PARENT = "mlflow.parentRunId"
 
 _clients: dict[str, MlflowClient] = {}
 

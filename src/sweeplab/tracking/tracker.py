@@ -13,20 +13,9 @@ from typing import Any
 
 import yaml
 
-from sweeplab.config import flatten
-from sweeplab.tracking.store import (
-    LAUNCH,
-    METRICS,
-    PARENT,
-    SWEEP,
-    TRIAL,
-    client,
-    ensure_experiment,
-    git_commit,
-    quote,
-    resolve_uri,
-    search,
-)
+from sweeplab.core.names import LAUNCH, METRICS, PARENT, SWEEP, TRIAL
+from sweeplab.schema import flatten
+from sweeplab.tracking.store import client, ensure_experiment, git_commit, quote, resolve_uri, search
 
 
 class Tracker:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab import config as cfg
-from sweeplab.config import ConfigError
+from sweeplab.core.errors import ConfigError
+from sweeplab.schema import Config, flatten
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 
@@ -151,7 +152,7 @@ def _lines(path: Path) -> list[str]:
     return good
 
 
-def _resume_state(out: Path, conf: cfg.Config) -> tuple[dict[str, Any], Path]:
+def _resume_state(out: Path, conf: Config) -> tuple[dict[str, Any], Path]:
     """The newest checkpoint of OUTPUT that loads (checkpoint.pt, else checkpoint.prev.pt) and its path,
     refusing one trained with a different config (bar the epoch count)."""
     paths = [out / CHECKPOINT, out / PREVIOUS]
@@ -169,7 +170,7 @@ def _resume_state(out: Path, conf: cfg.Config) -> tuple[dict[str, Any], Path]:
         break
     else:
         raise ConfigError(f"--resume: no checkpoint of {out} can be used: {'; '.join(problems)}")
-    old, new = cfg.flatten(state["config"]), conf.flat()
+    old, new = flatten(state["config"]), conf.flat()
     old.pop("train.epochs", None)
     changed = sorted(k for k in old.keys() | new.keys() if k != "train.epochs" and old.get(k) != new.get(k))
     if changed:
@@ -180,14 +181,3 @@ def _resume_state(out: Path, conf: cfg.Config) -> tuple[dict[str, Any], Path]:
     if problems:  # e.g. a crash between the two renames leaves no checkpoint.pt: the older one is whole
         print(f"sweeplab: warning: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
     return state, path
-
-
-def list_models(counts: bool) -> int:
-    """Print each registered model with its options and its parameter count at the defaults."""
-    from sweeplab import models
-
-    for name in models.names():
-        opts = ", ".join(f"{k}={v!r}" for k, v in models.options(name).items())
-        size = f"{models.num_parameters(models.build(name)) / 1e6:8.2f}M" if counts else ""
-        print(f"{name:18s} {size}  {opts}")
-    return 0

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from sweeplab.analysis import reference, runs, tables
+from sweeplab import reference
+from sweeplab.analysis import runs, tables
 from sweeplab.analysis.runs import AXES
-from sweeplab.config import ConfigError
-from sweeplab.tracking.store import METRICS, resolve_uri, sqlite_path
+from sweeplab.core.env import no_telemetry
+from sweeplab.core.errors import ConfigError
+from sweeplab.core.names import METRICS
+from sweeplab.tracking.store import resolve_uri, sqlite_path
 
 
 def best(args: argparse.Namespace) -> int:
@@ -158,12 +161,7 @@ def ui(args: argparse.Namespace) -> int:
     db = sqlite_path(uri)
     if db is not None:  # artifacts of experiments created from the UI go next to the database
         cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
-    env = {
-        **os.environ,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-    }
+    env = no_telemetry({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
     try:
         return subprocess.call(cmd, env=env)

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sweeplab.runner import launch_state, ray_ddp, worker
 from sweeplab.search_spaces import Domain, Sweep
-from sweeplab.trainables import launch_state, ray_ddp, worker
 
 LOCAL_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # a local node binds 127.0.0.1, not the external address
-    "RAY_USAGE_STATS_ENABLED": "0",  # nothing leaves the machine
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved often: `resume` loses little

@@ -15,8 +15,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from sweeplab.runner import worker
 from sweeplab.search_spaces import Sweep
-from sweeplab.trainables import worker
 
 
 def train_ddp_trial(config: dict[str, Any], sweep: Sweep, storage: str, loopback: bool = False) -> None:

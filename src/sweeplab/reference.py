@@ -1,6 +1,6 @@
 """The reference tables sweeplab regenerates, and which sweep files fill them.
 
-The package keeps its own copy of the 49 published tables (`reference/*.json`), plus one table
+The package keeps its own copy of the 49 published tables (`reference_tables/*.json`), plus one table
 of its own, `quickstart`, whose rows are the quickstart sweep's lr x weight-decay grid.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from sweeplab.config import ConfigError
+from sweeplab.core.errors import ConfigError, suggest
+from sweeplab.core.fmt import number
 
 HERE = Path(__file__).resolve().parent
 FILES = ("hysts_tables.json", "other_tables.json")
@@ -45,7 +46,7 @@ class Table:
 def sweeps_dir() -> Path:
     """./sweeps when it exists, else the sweeps/ folder of the checkout this package lives in."""
     here = Path.cwd() / "sweeps"
-    return here if here.is_dir() else HERE.parents[2] / "sweeps"
+    return here if here.is_dir() else HERE.parents[1] / "sweeps"
 
 
 def quickstart_table(sweeps: Path | None = None) -> Table:
@@ -56,7 +57,7 @@ def quickstart_table(sweeps: Path | None = None) -> Table:
     full = {k: _values(space.get(k)) or v for k, v in QUICKSTART_GRID.items()}
     grids = [full] + ([{k: _values(smoke.get(k)) or v for k, v in full.items()}] if smoke else [])
     points = {(lr, wd) for g in grids for lr in g["optim.lr"] for wd in g["optim.weight_decay"]}
-    rows = [[fmt(lr), fmt(wd), "", "", ""] for lr, wd in sorted(points)]
+    rows = [[number(lr), number(wd), "", "", ""] for lr, wd in sorted(points)]
     return Table(
         "quickstart",
         "Quickstart: ResNet-preact-20 on Fashion-MNIST, lr x weight decay",
@@ -75,16 +76,11 @@ def _values(spec: Any) -> list[float]:
     return [float(v) for v in spec.get("grid") or spec.get("choice") or []]
 
 
-def fmt(value: Any) -> str:
-    """A number as the tables print it: 0.1, 0.0005, 1e-05."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 @lru_cache(maxsize=1)
 def _published() -> dict[str, Table]:
     out: dict[str, Table] = {}
     for name in FILES:
-        for t in json.loads((HERE / "reference" / name).read_text()):
+        for t in json.loads((HERE / "reference_tables" / name).read_text()):
             known = {"id", "title", "dataset", "columns", "rows", "notes"}
             out[t["id"]] = Table(
                 t["id"],
@@ -107,10 +103,7 @@ def get(table_id: str) -> Table:
     """One table; UnknownTable (exit 2) with the nearest ids when there is none."""
     found = tables()
     if table_id not in found:
-        import difflib
-
-        near = difflib.get_close_matches(table_id, list(found), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(near)}?" if near else "; see `sweeplab table --list`"
+        hint = suggest(table_id, found, n=3, cutoff=0.4) or "; see `sweeplab table --list`"
         raise UnknownTable(f"unknown table id '{table_id}'{hint}")
     return found[table_id]
 

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeplab.config import _suggest, flatten, from_dict
-from sweeplab.names import check_name
-from sweeplab.search_spaces import Sweep, SweepError, from_snapshot, load
+from sweeplab.commands import progress
+from sweeplab.core.errors import SweepError, suggest
+from sweeplab.core.names import check_name
+from sweeplab.search_spaces import Sweep, from_snapshot, load
 
 DEFAULT_STORAGE = "runs/ray"
 META = "sweeplab.json"
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """`sweeplab run`: validate, then dry-run or launch."""
     sweep = load(args.sweep, smoke=args.smoke, max_trials=args.max_trials)
     if args.dry_run:
-        print_trials(sweep)
+        progress.print_trials(sweep)
         return 0
     storage = resolve_storage(args.storage)
     launch = check_name(args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name")
@@ -67,7 +68,7 @@ def resume(args: argparse.Namespace) -> int:
     if meta is None:
         known = launches(storage)
         raise SweepError(
-            f"no launch {args.name!r} in {storage}{_suggest(args.name, known)}"
+            f"no launch {args.name!r} in {storage}{suggest(args.name, known)}"
             f"{'; launches: ' + ', '.join(known) if known else ''}"
         )
     sweep = from_snapshot(meta["sweep"])
@@ -90,8 +91,8 @@ def _drive(
     max_concurrent: int | None,
     resuming: bool,
 ) -> int:
+    from sweeplab.runner import launch_state, ray_backend
     from sweeplab.tracking import Tracker, warm_store
-    from sweeplab.trainables import launch_state, progress, ray_backend
 
     if resuming:
         ray_backend.environment(storage, local=args.address is None)
@@ -214,14 +215,14 @@ def _settled(summaries: list[Any], backend: Any, storage: str, launch: str, expe
 
 def status(args: argparse.Namespace) -> int:
     """`sweeplab status [NAME]`: launches and the states of their trials."""
-    from sweeplab.trainables import launch_state, progress, ray_backend
+    from sweeplab.runner import launch_state, ray_backend
 
     storage = resolve_storage(args.storage)
     names = launches(storage)
     if args.name:
         check_name(args.name, "launch name")
     if args.name and args.name not in names:
-        raise SweepError(f"no launch {args.name!r} in {storage}{_suggest(args.name, names)}")
+        raise SweepError(f"no launch {args.name!r} in {storage}{suggest(args.name, names)}")
     if not names:
         print(f"no launches in {storage}")
         return 0
@@ -237,57 +238,6 @@ def status(args: argparse.Namespace) -> int:
             trials = []
         progress.print_status(name, meta, trials, detail=bool(args.name))
     return 0
-
-
-def print_trials(sweep: Sweep) -> None:
-    """The dry-run: one line per compiled trial, then the count and the epoch budget."""
-    trials = sweep.trials()
-    s = sweep.search
-    sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.items() if k != "name")
-    print(
-        f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s['name']}"
-        f"{' seed=' + str(s['seed']) if s['name'] != 'grid' else ''}; scheduler {sweep.scheduler['name']}{sched}; "
-        f"metric {sweep.metric} ({sweep.mode})"
-    )
-    keys = list(dict.fromkeys(k for t in trials for k in t.values))
-    header = ["#", *keys, "epochs", *(f"row:{tid}" for tid in sweep.tables)]
-    rows = [
-        [
-            str(t.index),
-            *(_fmt(t.values.get(k)) for k in keys),
-            str(t.config.train.epochs),
-            *(str(t.rows.get(tid, "-")) for tid in sweep.tables),
-        ]
-        for t in trials
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-    if s["name"] == "optuna":
-        print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
-    r = sweep.resources
-    print(
-        f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
-        f"per trial {r['workers']} worker(s) x {r['cpus_per_worker']} CPU, {r['gpus_per_worker']} GPU; "
-        f"max concurrent {sweep.max_concurrent or 'unlimited'}"
-    )
-
-
-def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
-    """A `sweeplab train` command line that reproduces the trial of `point`."""
-    config_file = sweep.spec["config"]
-    base = flatten(from_dict(json.loads(json.dumps(sweep.config_tree))).to_dict())
-    flat = flatten(sweep.resolve(point).to_dict())
-    diff = [f"{k}={_fmt(v)}" for k, v in flat.items() if base.get(k) != v]
-    return f"sweeplab train {config_file} {' '.join(diff)}".rstrip()
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, list):
-        return "[" + ",".join(_fmt(x) for x in v) + "]"
-    return "" if v is None else str(v)
 
 
 def _command() -> str:

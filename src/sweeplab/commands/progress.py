@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeplab.search_spaces import Sweep, label
-from sweeplab.tracking import METRICS
+from sweeplab.config import from_dict
+from sweeplab.core.fmt import number
+from sweeplab.core.names import METRICS
+from sweeplab.schema import flatten
+from sweeplab.search_spaces import Sweep, from_snapshot, label
 
 SHOWN = ("train/loss", "val/error", "time/images_per_s")
 ENDED = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune's final states -> the child run's status
@@ -268,8 +271,6 @@ def finished(sweep: Sweep, summaries: list[Any]) -> list[Any]:
 
 def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
     """Counts of trial outcomes and the best finished trial with a command that reproduces it."""
-    from sweeplab.trainables.launch import best_command
-
     full = finished(sweep, summaries)
     states: dict[str, int] = {}
     for s in summaries:
@@ -289,8 +290,6 @@ def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
 
 def print_status(name: str, meta: dict[str, Any], trials: list[Any], detail: bool) -> None:
     """One line per launch; with `detail`, one line per trial. A trial a scheduler stopped is 'stopped'."""
-    from sweeplab.search_spaces import from_snapshot
-
     sweep = meta.get("sweep", {})
     compiled = from_snapshot(sweep) if sweep else None
     counts: dict[str, int] = {}
@@ -309,3 +308,46 @@ def print_status(name: str, meta: dict[str, Any], trials: list[Any], detail: boo
         r = t.result
         shown = "  ".join(f"{k} {r[k]:.4g}" for k in ("epoch", "val/error") if isinstance(r.get(k), (int, float)))
         print(f"  {t.trial_id}  {t.status:10s}  {shown:28s}  {label(t.point)}{'  ' + t.error if t.error else ''}")
+
+
+def print_trials(sweep: Sweep) -> None:
+    """The dry-run: one line per compiled trial, then the count and the epoch budget."""
+    trials = sweep.trials()
+    s = sweep.search
+    sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.items() if k != "name")
+    print(
+        f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s['name']}"
+        f"{' seed=' + str(s['seed']) if s['name'] != 'grid' else ''}; scheduler {sweep.scheduler['name']}{sched}; "
+        f"metric {sweep.metric} ({sweep.mode})"
+    )
+    keys = list(dict.fromkeys(k for t in trials for k in t.values))
+    header = ["#", *keys, "epochs", *(f"row:{tid}" for tid in sweep.tables)]
+    rows = [
+        [
+            str(t.index),
+            *(number(t.values.get(k)) for k in keys),
+            str(t.config.train.epochs),
+            *(str(t.rows.get(tid, "-")) for tid in sweep.tables),
+        ]
+        for t in trials
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    if s["name"] == "optuna":
+        print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
+    r = sweep.resources
+    print(
+        f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
+        f"per trial {r['workers']} worker(s) x {r['cpus_per_worker']} CPU, {r['gpus_per_worker']} GPU; "
+        f"max concurrent {sweep.max_concurrent or 'unlimited'}"
+    )
+
+
+def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
+    """A `sweeplab train` command line that reproduces the trial of `point`."""
+    config_file = sweep.spec["config"]
+    base = flatten(from_dict(json.loads(json.dumps(sweep.config_tree))).to_dict())
+    flat = flatten(sweep.resolve(point).to_dict())
+    diff = [f"{k}={number(v)}" for k, v in flat.items() if base.get(k) != v]
+    return f"sweeplab train {config_file} {' '.join(diff)}".rstrip()

@@ -1,12 +1,32 @@
-"""Names that become folder names (launches, sweeps): one path component, printable, no tricks."""
+"""Names shared by every layer: the per-epoch metrics, the MLflow tags, and launch/sweep names.
+
+Metric and tag names are a contract (docs/mlflow.md): Tune, MLflow and metrics.jsonl use the same ones.
+"""
 
 from __future__ import annotations
 
 import unicodedata
 
-from sweeplab.config import ConfigError
+from sweeplab.core.errors import ConfigError
 
-MAX_LENGTH = 128
+# The per-epoch metrics: everything else Tune reports (pid, timestamp, ...) is clutter.
+METRICS = (
+    "epoch",
+    "lr",
+    "train/loss",
+    "train/error",
+    "val/loss",
+    "val/error",
+    "time/epoch_s",
+    "time/images_per_s",
+    "time/train_s",
+    "time/compile_s",
+)
+
+LAUNCH, TRIAL, SWEEP, TABLES = "sweeplab.launch", "sweeplab.trial_id", "sweeplab.sweep", "sweeplab.tables"
+PARENT = "mlflow.parentRunId"
+
+MAX_LENGTH = 128  # characters of a launch or sweep name
 
 
 def check_name(name: object, what: str) -> str:

@@ -1,0 +1,157 @@
+"""The package's layers (docs/architecture.md), checked statically: every import points down, none in a cycle.
+
+The walk reads the source with `ast`, so it sees imports inside functions (the lazy ones that keep
+torch and Ray out of the driver) as well as module-level ones: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Bottom to top. A module may import its own layer and the layers below it, never one above.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("shared names and errors", ("sweeplab", "sweeplab.core")),
+    ("config schema, published tables", ("sweeplab.schema", "sweeplab.reference")),
+    (
+        "engine and its parts",
+        (
+            "sweeplab.models",
+            "sweeplab.data",
+            "sweeplab.optim",
+            "sweeplab.schedules",
+            "sweeplab.ghost_bn",
+            "sweeplab.engine",
+        ),
+    ),
+    ("config loading and validation", ("sweeplab.config", "sweeplab.validate")),
+    ("sweep compiler", ("sweeplab.search_spaces",)),
+    ("tracking (MLflow)", ("sweeplab.tracking",)),
+    ("runner (Ray)", ("sweeplab.runner",)),
+    ("analysis", ("sweeplab.analysis",)),
+    ("commands", ("sweeplab.commands",)),
+    ("command line", ("sweeplab.cli",)),
+]
+
+# Which layers may import which heavy third-party package: Ray stays in the runner (its API has
+# changed three times), MLflow in tracking and analysis, torch in the engine and what runs it.
+THIRD_PARTY: dict[str, tuple[str, ...]] = {
+    "ray": ("sweeplab.runner",),
+    "optuna": ("sweeplab.runner",),
+    "mlflow": ("sweeplab.tracking", "sweeplab.analysis"),
+    "torch": LAYERS[2][1] + ("sweeplab.runner", "sweeplab.commands.train", "sweeplab.commands.models"),
+    "torchvision": ("sweeplab.data",),
+}
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package: dotted name -> file."""
+    out = {}
+    for path in sorted((SRC / "sweeplab").rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+MODULES = modules()
+
+
+def imports(name: str) -> set[str]:
+    """The sweeplab modules and top-level third-party packages that module `name` imports, anywhere in it."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            # `from pkg import sub` imports the module pkg.sub when there is one, else a name of pkg
+            out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
+    return {m if m.startswith("sweeplab") else m.split(".")[0] for m in out}
+
+
+def layer(name: str) -> int:
+    """The index in LAYERS of the layer `name` belongs to (its longest matching prefix)."""
+    best, found = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (name == p or name.startswith(p + ".")) and len(p) > best:
+                best, found = len(p), i
+    assert found is not None, f"{name} is in no layer: add it to LAYERS and to docs/architecture.md"
+    return found
+
+
+def parents(name: str) -> list[str]:
+    """The packages Python runs before module `name`: importing a.b.c runs a/__init__ and a/b/__init__."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_import_points_down(name):
+    here = layer(name)
+    for target in sorted(imports(name)):
+        if not target.startswith("sweeplab"):
+            continue
+        # a module's own parent packages run first whatever it imports: they may sit in a lower
+        # layer or in its own, so a package's __init__ never drags in a layer above its modules
+        for dep in [*parents(target), target]:
+            if dep in parents(name):
+                continue
+            assert layer(dep) <= here, (
+                f"{name} ({LAYERS[here][0]}) imports {dep} ({LAYERS[layer(dep)][0]}), a layer above it"
+            )
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_heavy_packages_stay_in_their_layers(name):
+    for package, allowed in THIRD_PARTY.items():
+        if package in imports(name):
+            assert any(name == a or name.startswith(a + ".") for a in allowed), (
+                f"{name} imports {package}, which belongs to {', '.join(allowed)} only"
+            )
+
+
+def test_no_import_cycle():
+    graph = {m: {t for t in imports(m) if t in MODULES} for m in MODULES}
+    done: set[str] = set()
+
+    def visit(m: str, stack: list[str]) -> None:
+        if m in stack:
+            cycle = [*stack[stack.index(m) :], m]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if m in done:
+            return
+        for t in sorted(graph[m]):
+            visit(t, [*stack, m])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
+    """The walk itself: an engine module importing the runner is reported."""
+    bad = tmp_path / "engine.py"
+    bad.write_text("def f():\n    from sweeplab.runner import ray_backend\n")
+    monkeypatch.setitem(MODULES, "sweeplab.engine", bad)
+    with pytest.raises(AssertionError, match=r"imports sweeplab.runner \(runner"):
+        test_every_import_points_down("sweeplab.engine")
+
+
+def test_the_check_catches_a_cycle(tmp_path, monkeypatch):
+    """The walk itself: two modules importing each other (even lazily) are reported."""
+    (tmp_path / "config.py").write_text("def f():\n    from sweeplab import validate\n")
+    (tmp_path / "validate.py").write_text("from sweeplab.config import load\n")
+    monkeypatch.setitem(MODULES, "sweeplab.config", tmp_path / "config.py")
+    monkeypatch.setitem(MODULES, "sweeplab.validate", tmp_path / "validate.py")
+    with pytest.raises(AssertionError, match="import cycle: sweeplab.config -> sweeplab.validate -> sweeplab.config"):
+        test_no_import_cycle()
