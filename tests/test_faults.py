@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from test_sweeps_ray import cli, descendants, write_sweep
+from sweep_cli import cli, descendants, write_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -43,7 +43,7 @@ def keyed(tmp_path: Path, key: Path | None = None) -> dict[str, str]:
 
 
 def cmd(*args: str, storage: Path, uri: str) -> list[str]:
-    """Like test_sweeps_ray.cli, for a storage folder or store elsewhere than tmp_path."""
+    """Like sweep_cli.cli, for a storage folder or store elsewhere than tmp_path."""
     return [sys.executable, "-m", "sweeplab.cli", *args, "--storage", str(storage), "--tracking-uri", uri]
 
 

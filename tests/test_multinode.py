@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_sweeps_ray import BASE, LOOPBACK, TINY, child_runs, descendants, listening
+from sweep_cli import BASE, LOOPBACK, TINY, child_runs, descendants, listening
 
 EPOCHS = 5
 TRIALS = 3

@@ -8,88 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = str(ROOT / "configs/fashion_mnist/resnet_preact20.yaml")
-TINY = {
-    "data.name": "synthetic",
-    "data.synthetic_shape": [1, 8, 8],
-    "data.synthetic_train": 256,
-    "data.synthetic_test": 128,
-    "data.batch_size": 64,
-    "data.device": "cpu",
-    "model.depth": 8,
-    "model.initial_channels": 4,
-    "train.threads": 1,
-}
-LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
-
-
-def write_sweep(tmp_path: Path, **spec) -> Path:
-    spec = {"config": BASE, **spec, "overrides": {**TINY, **spec.get("overrides", {})}}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def cli(tmp_path: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sweeplab.cli",
-        *args,
-        "--storage",
-        str(tmp_path / "ray"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-    ]
-
-
-def descendants(root: int) -> set[int]:
-    """`root` and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" (", 1)
-            ppid = int(rest.rsplit(") ", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(pid))
-    out, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        out.add(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def listening(pids: set[int]) -> list[tuple[str, str]]:
-    """(local address, process) of every TCP/UDP listening socket owned by one of `pids`."""
-    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True, check=True).stdout
-    found = []
-    for line in out.splitlines():
-        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        if owners & pids:
-            local = line.split()[4]
-            found.append((local.rsplit(":", 1)[0], line.split()[-1]))
-    return found
-
-
-def child_runs(tmp_path: Path, launch: str) -> list:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, f"tags.`sweeplab.launch` = '{launch}'")
-    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+from sweep_cli import LOOPBACK, child_runs, cli, descendants, listening, write_sweep
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,19 @@
+"""Shared test helpers live in plain modules next to the tests, imported by name:
+
+- sweep_cli: drive `sweeplab` in a subprocess on tiny data (sweep file, argv, its processes, sockets, MLflow runs);
+- mlflow_store: a fresh, already-migrated SQLite MLflow store per test, and a sweep simulated through the Tracker.
+
+They are modules rather than fixtures because most are plain functions of a folder, called from module-scoped
+fixtures and helpers as well as from tests. A test file imports them, never another test file, so that each
+test file can be renamed, split or deleted on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# pytest's default import mode puts tests/ on sys.path already; `--import-mode=importlib` does not.
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
