@@ -68,12 +68,13 @@ def train(
             os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a torn checkpoint
         saved = int(metrics["epoch"])
         shown = {k: metrics[k] for k in ("train/loss", "val/error", "time/images_per_s") if k in metrics}
-        bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-        bar.update(1)
+        if bar is not None:
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            bar.update(1)
         if stop_after is not None and metrics["epoch"] >= stop_after:
             raise _Pause(int(metrics["epoch"]))
 
-    bar = None
+    bar: Any = None  # the progress bar (tqdm), made once the run folder is ready
     last: dict[str, float] = {}
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,8 @@ def train(
         bar = tqdm(total=conf.train.epochs, initial=saved, unit="epoch", file=sys.stderr, dynamic_ncols=True)
         last = engine.fit(conf, on_epoch, checkpoint=checkpoint, data=data)
     except _Pause as paused:  # e.g. a time-sliced queue: the run continues later with --resume
-        bar.close()
+        if bar is not None:
+            bar.close()
         print(f"stopped after epoch {paused.args[0]}; continue with --resume", file=sys.stderr)
     except _WriteFailed as failed:
         if bar is not None:

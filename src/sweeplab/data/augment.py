@@ -228,13 +228,13 @@ def build(cfg: AugmentConfig, num_classes: int) -> BatchAugment:
     erasers: list[Eraser] = [cutout] if cutout and cfg.dual_cutout == 0 else []  # dual cuts twice itself
     if cfg.random_erasing > 0:
         erasers.append(RandomErasing(cfg.random_erasing, cfg.random_erasing_area, cfg.random_erasing_ratio))
-    kw = dict(label_smoothing=cfg.label_smoothing, erasers=erasers)
+    smooth = cfg.label_smoothing
     if cfg.mixup > 0:
-        return Mixup(num_classes, cfg.mixup, **kw)
+        return Mixup(num_classes, cfg.mixup, label_smoothing=smooth, erasers=erasers)
     if cfg.cutmix > 0:
-        return CutMix(num_classes, cfg.cutmix, **kw)
+        return CutMix(num_classes, cfg.cutmix, label_smoothing=smooth, erasers=erasers)
     if cfg.ricap > 0:
-        return Ricap(num_classes, cfg.ricap, **kw)
-    if cfg.dual_cutout > 0:
-        return DualCutout(num_classes, cfg.dual_cutout, cutout, **kw)
-    return BatchAugment(num_classes, **kw)
+        return Ricap(num_classes, cfg.ricap, label_smoothing=smooth, erasers=erasers)
+    if cutout is not None and cfg.dual_cutout > 0:
+        return DualCutout(num_classes, cfg.dual_cutout, cutout, label_smoothing=smooth, erasers=erasers)
+    return BatchAugment(num_classes, label_smoothing=smooth, erasers=erasers)

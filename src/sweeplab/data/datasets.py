@@ -34,7 +34,8 @@ class Dataset:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
 
 
 # torchvision folder name, offline copies, and normalisation statistics of each IDX set.

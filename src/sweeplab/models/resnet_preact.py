@@ -6,7 +6,7 @@ Follows the paper where the reference repo differs: bottleneck stage 1 outputs
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +145,7 @@ def resnet_preact(
     initial_channels: int = 16,
     remove_first_relu: bool = False,
     add_last_bn: bool = False,
-    preact_stage: list[bool] = (True, True, True),
+    preact_stage: Sequence[bool] = (True, True, True),
 ) -> nn.Module:
     """Pre-activation ResNet (He et al. 2016): https://arxiv.org/abs/1603.05027"""
     return ResNetPreact(

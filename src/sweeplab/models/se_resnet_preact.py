@@ -6,6 +6,8 @@ paper's SE-ResNet module, Fig. 3); everything else is `resnet_preact`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +40,7 @@ def se_resnet_preact(
     initial_channels: int = 16,
     remove_first_relu: bool = False,
     add_last_bn: bool = False,
-    preact_stage: list[bool] = (True, True, True),
+    preact_stage: Sequence[bool] = (True, True, True),
     se_reduction: int = 16,
 ) -> nn.Module:
     """SE-ResNet-preact (Hu et al. 2018): https://arxiv.org/abs/1709.01507"""
