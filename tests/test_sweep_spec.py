@@ -136,7 +136,7 @@ def test_random_search_is_seeded_and_samples_in_range(tmp_path):
 
 
 def test_optuna_space_becomes_tune_domains(tmp_path):
-    ray_tune = pytest.importorskip("ray.tune")
+    from ray import tune as ray_tune
     from ray.tune.search.sample import Categorical, Float
 
     from sweeplab.runner import ray_backend
@@ -199,7 +199,8 @@ def test_smoke_resources_merge_into_resources(tmp_path):
 
 
 def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
+    import ray
+
     from sweeplab.runner import ray_backend
 
     sweep = load(
@@ -313,7 +314,6 @@ def test_dry_run_prints_trials_count_and_budget(tmp_path):
     ],
 )
 def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
-    pytest.importorskip("ray.tune")
     from sweeplab.runner import ray_backend
 
     sweep = load(
