@@ -17,7 +17,7 @@ from sweeplab.schema import SchedConfig
 
 BASE, SPE, EPOCHS = 0.1, 10, 10
 LAST = SPE * EPOCHS - 1
-# The schedules the design doc promises under `sched.name`.
+# The schedules a config may name under `sched.name`: dropping one would break configs written for it.
 PROMISED = {"constant", "cosine", "multistep", "linear", "sgdr", "onecycle", "piecewise"}
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-# the five axes of the classic grid (design.md), shown wherever trials are listed
+# the five axes of the classic grid (docs/architecture.md, "Contracts"), shown wherever trials are listed
 AXES = ("data.batch_size", "optim.lr", "train.epochs", "optim.weight_decay", "train.precision")
 CHILD = f"tags.`{TRIAL}` IS NOT NULL"
 # metrics where bigger is better; everything else (errors, losses, times) is minimised
