@@ -1,6 +1,7 @@
 """Names shared by every layer: the per-epoch metrics, the MLflow tags, and launch/sweep names.
 
-Metric and tag names are a contract (docs/architecture.md, "Contracts"): Tune, MLflow and metrics.jsonl use the same ones.
+Metric and tag names are a contract (docs/architecture.md, "Contracts"): Tune, MLflow and metrics.jsonl
+use the same ones.
 """
 
 from __future__ import annotations
