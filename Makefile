@@ -1,5 +1,5 @@
 PY := .venv/bin/python
-.PHONY: quickstart test test-fast setup
+.PHONY: quickstart test test-fast lint format setup
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
 	test -d .venv || python3 -m venv .venv
@@ -18,3 +18,12 @@ test: setup
 # The quick loop while editing: everything but the tests marked slow (CI runs them all, via `make test`).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+# What CI checks besides the tests: lint rules, formatting, and types (settings in pyproject.toml).
+lint: setup
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/mypy
+# Apply what `make lint` can fix by itself: autofixable lint rules and formatting.
+format: setup
+	.venv/bin/ruff check --fix src tests benchmarks
+	.venv/bin/ruff format src tests benchmarks
