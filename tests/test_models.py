@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sweeplab import models
+from sweeplab.models import catalog
 
 # Small variants so a forward and backward pass takes milliseconds on a CPU; a model missing
 # here is tested with its defaults, so a new registration is never skipped.
@@ -76,22 +80,54 @@ def _train_step(name: str, opts: dict, shape: tuple[int, ...]) -> None:
         assert torch.isfinite(model(x)).all()
 
 
-def test_catalog_read_from_source_equals_the_imported_registries() -> None:
-    """Validation reads names and options from the source (no torch); they must be what `build` takes."""
-    import importlib
-    import inspect
+@pytest.mark.parametrize("name", sorted(catalog.MODELS))
+def test_catalog_entry_is_the_builders_signature(name: str) -> None:
+    """Validation reads names and options from the table (no torch); they must be what `build` takes."""
+    entry = catalog.MODELS[name]
+    importlib.import_module(entry.module)
+    params = inspect.signature(models._REGISTRY[name]).parameters
+    assert {k: p.default for k, p in params.items()} == {**catalog.BUILD_ARGS, **entry.options}
+    assert list(params) == [*catalog.BUILD_ARGS, *entry.options], "keep the builder's order (sweeplab models)"
 
+
+def test_every_registered_model_is_in_the_catalog() -> None:
+    """A new `@register_model` (under any spelling) without a catalog row fails here."""
+    package = Path(models.__file__).parent
+    for info in pkgutil.iter_modules([str(package)]):
+        importlib.import_module(f"sweeplab.models.{info.name}")
+    assert sorted(models._REGISTRY) == sorted(catalog.MODELS) == models.names()
+    for name, fn in models._REGISTRY.items():
+        assert fn.__module__ == catalog.MODELS[name].module
+
+
+def test_catalog_optimizers_are_the_optim_registry() -> None:
     from sweeplab import optim
-    from sweeplab.models import catalog
 
-    for module, _ in catalog.models().values():
-        importlib.import_module(module)
-    imported = {
-        name: {k: p.default for k, p in inspect.signature(fn).parameters.items()}
-        for name, fn in models._REGISTRY.items()
-    }
-    assert {name: params for name, (_, params) in catalog.models().items()} == imported
-    assert catalog.optimizers() == optim.names() and "lars" in optim.names()
+    assert catalog.OPTIMIZERS == tuple(optim.names()) and "lars" in optim.names()
+
+
+# `sweeplab models --no-counts` as it printed when the options were read from the builders' source
+LISTING = [
+    "densenet             depth=100, block_type='bottleneck', growth_rate=12, compression_rate=0.5, drop_rate=0.0",
+    "pyramidnet           depth=272, block_type='bottleneck', alpha=200, shakedrop=0.0",
+    "resnet               depth=110, block_type='basic', initial_channels=16",
+    "resnet9              channels=64, celu_alpha=0.0",
+    "resnet_preact        depth=20, block_type='basic', initial_channels=16,"
+    " remove_first_relu=False, add_last_bn=False, preact_stage=(True, True, True)",
+    "resnext              depth=29, cardinality=8, base_channels=64",
+    "se_resnet_preact     depth=110, block_type='basic', initial_channels=16,"
+    " remove_first_relu=False, add_last_bn=False, preact_stage=(True, True, True), se_reduction=16",
+    "shake_shake          depth=26, initial_channels=96, shake_forward=True, shake_backward=True, shake_image=True",
+    "vgg                  n_channels=64, n_layers=15, use_bn=True",
+    "wrn                  depth=28, widening_factor=10, drop_rate=0.0",
+]
+
+
+def test_models_listing_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    from sweeplab.commands.models import list_models
+
+    assert list_models(counts=False) == 0
+    assert capsys.readouterr().out.splitlines() == LISTING
 
 
 def test_validating_a_sweep_does_not_import_torch() -> None:

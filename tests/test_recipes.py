@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sweeplab import config, engine
-from sweeplab.schema import Config
+from sweeplab.schema import Config, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(ROOT.glob("configs/**/*.yaml"))
@@ -33,9 +33,9 @@ SHAPES = {
 }
 
 
-def tiny_model(model: dict[str, Any]) -> dict[str, Any]:
+def tiny_model(model: ModelConfig) -> dict[str, Any]:
     """Overrides that shrink a model to its smallest valid depth and a small width, keeping its kind."""
-    name, block = model["name"], model.get("block_type", "basic")
+    name, block = model.name, model.options.get("block_type", "basic")
     bottleneck = block == "bottleneck"
     if name in ("resnet", "resnet_preact", "se_resnet_preact"):
         return {"depth": 11 if bottleneck else 8, "initial_channels": 4}
@@ -108,7 +108,7 @@ def test_recipe_trains_on_synthetic_data(path: Path) -> None:
         "train.flip_tta",
     ):
         assert c.flat()[key] == recipe.flat()[key], key
-    assert c.model["name"] == recipe.model["name"]
+    assert c.model.name == recipe.model.name
     metrics = engine.fit(c)
     assert metrics["epoch"] == 1
     for key in ("train/loss", "val/loss", "val/error"):

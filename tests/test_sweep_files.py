@@ -108,11 +108,10 @@ def test_sweep_smoke_block_is_small(path: Path) -> None:
             assert c.data.name == "fashion_mnist" and 0 < c.data.train_subset <= 6000, (
                 f"{path.name}: smoke data must be synthetic or a Fashion-MNIST subset"
             )
-        options = {k: v for k, v in c.model.items() if k != "name"}
         channels = c.data.synthetic_shape[0] if c.data.name == "synthetic" else 1
-        size = models.num_parameters(models.build(c.model["name"], 10, channels, **options))
+        size = models.num_parameters(models.build(c.model.name, 10, channels, **c.model.options))
         # (ResNeXt-29 cannot go below ~0.7M: its stage widths 256/512/1024 are fixed by the paper)
-        assert size < 1_000_000, f"{path.name}: smoke model {c.model['name']} has {size} parameters"
+        assert size < 1_000_000, f"{path.name}: smoke model {c.model.name} has {size} parameters"
 
 
 def test_every_reference_row_is_filled_by_exactly_one_sweep() -> None:

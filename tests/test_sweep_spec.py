@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sweeplab.core.errors import SweepError
+from sweeplab.schema import ModelConfig
 from sweeplab.search_spaces import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def test_grid_times_seeds(tmp_path):
     combos = {(t.config.optim.lr, t.config.optim.weight_decay, t.config.train.seed) for t in trials}
     assert len(combos) == 18 and {s for *_, s in combos} == {0, 1, 2}
     # base config and overrides underneath every trial
-    assert all(t.config.model["depth"] == 8 and t.config.data.name == "synthetic" for t in trials)
+    assert all(t.config.model.options["depth"] == 8 and t.config.data.name == "synthetic" for t in trials)
     assert sweep.epoch_budget() == 18 * 200 and sweep.max_epochs() == 200
 
 
@@ -82,8 +83,8 @@ def test_variants_bundle_overrides_and_find_their_reference_row(tmp_path):
     a, b = sweep.trials()
     assert a.point == {"variant": "ResNet-110"} and b.point == {"variant": "ResNet-preact-110"}
     # a changed model.name drops the base model's options (resnet has no initial_channels option)
-    assert a.config.model == {"name": "resnet", "depth": 110}
-    assert b.config.model["name"] == "resnet_preact" and b.config.model["depth"] == 110
+    assert a.config.model == ModelConfig("resnet", {"depth": 110})
+    assert b.config.model.name == "resnet_preact" and b.config.model.options["depth"] == 110
     assert (a.rows, b.rows) == ({"cifar10_paper_settings": 1}, {"cifar10_paper_settings": 2})
 
 

@@ -3,11 +3,12 @@
 A config is six flat sections. Every key has a type and a default; unknown keys, wrong types
 and out-of-range values raise `ConfigError` naming the dotted key, before any data or model
 is touched. `model.*` is the exception: its keys are the chosen model's own options, checked
-against the model builder's signature.
+against the model catalog (`sweeplab/models/catalog.py`, the builders' signatures as a table).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -17,11 +18,7 @@ from typing import Any
 import yaml
 
 from sweeplab.core.errors import ConfigError, suggest
-from sweeplab.schema import (
-    SECTIONS,
-    Config,
-    valid_keys,
-)
+from sweeplab.schema import SECTIONS, Config, ModelConfig, valid_keys
 from sweeplab.validate import check
 
 
@@ -198,7 +195,7 @@ def _split(override: str) -> tuple[str, Any]:
 
 
 def from_dict(tree: dict[str, Any], where: str = "") -> Config:
-    """Build and validate a Config from a nested dict."""
+    """Build and validate a Config from a nested dict; `tree` is left as it was and shares nothing with the result."""
     if not isinstance(tree, dict):
         raise ConfigError(f"config{where} must be a mapping")
     kwargs: dict[str, Any] = {}
@@ -210,16 +207,18 @@ def from_dict(tree: dict[str, Any], where: str = "") -> Config:
         if section == "model":
             if "name" not in value:
                 raise ConfigError(f"'model.name' is missing{where}: a model section needs a name")
-            kwargs[section] = dict(value)
+            options = {k: v for k, v in value.items() if k != "name"}
+            kwargs[section] = ModelConfig(value["name"], copy.deepcopy(options))
             continue
         cls = SECTIONS[section].default_factory().__class__
         known = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
+        fields: dict[str, Any] = {}
         for key, v in value.items():
             if key not in known:
                 raise ConfigError(f"unknown key '{section}.{key}'{where}{suggest(f'{section}.{key}', valid_keys())}")
-            value[key] = _coerce(f"{section}.{key}", v, hints[key], where)
-        kwargs[section] = cls(**value)
+            fields[key] = _coerce(f"{section}.{key}", v, hints[key], where)  # a list comes back as a new list
+        kwargs[section] = cls(**fields)
     config = Config(**kwargs)
     check(config, where)
     return config

@@ -165,8 +165,7 @@ class Trainer:
             data.test_x, data.test_y, c.data.eval_batch_size, train=False, rank=self.rank, world=self.world, **common
         )
         torch.manual_seed(c.train.seed)  # model initialisation
-        options = {k: v for k, v in c.model.items() if k != "name"}
-        model = models.build(c.model["name"], data.num_classes, data.shape[0], **options)
+        model = models.build(c.model.name, data.num_classes, data.shape[0], **c.model.options)
         ghost_bn.apply(model, c.train.ghost_batch_size)
         self.model = model.to(
             self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format

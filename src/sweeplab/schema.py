@@ -6,6 +6,7 @@ YAML, dotted overrides and validation live in `config.py` and `validate.py`, one
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,17 +97,37 @@ class TrainConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The model section: a registered model's name and its own options (models/catalog.py lists them).
+
+    The YAML, `to_dict()` and the MLflow params keep the options beside the name, flat:
+    `model: {name: wrn, depth: 28}` <-> ModelConfig("wrn", {"depth": 28}) <-> `model.name`, `model.depth`.
+    """
+
+    name: str = "resnet_preact"
+    options: dict[str, Any] = field(default_factory=dict)  # only the options given; the builder has the rest
+
+    def to_dict(self) -> dict[str, Any]:
+        """{'name': ..., **options}, the section as the YAML writes it."""
+        return {"name": self.name, **copy.deepcopy(self.options)}
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "resnet_preact"})
+    model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (YAML-safe)."""
-        return dataclasses.asdict(self)
+        """Nested plain dict (YAML-safe), a copy: the config's own YAML layout, options beside model.name."""
+        return {
+            f.name: value.to_dict() if isinstance(value, ModelConfig) else dataclasses.asdict(value)
+            for f in dataclasses.fields(self)
+            for value in [getattr(self, f.name)]
+        }
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values, e.g. {'optim.lr': 0.1, ...}."""

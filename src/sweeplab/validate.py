@@ -45,11 +45,11 @@ def check(c: Config, where: str = "") -> None:
         where,
     )
 
-    name = c.model.get("name")
+    name = c.model.name
     _require(isinstance(name, str), "model.name", f"must be a model name; valid: {', '.join(models.names())}", where)
     _one_of(name, models.names(), "model.name", where)
     try:  # the family's own rules (models/rules.py), without torch: e.g. a depth it cannot build
-        models.check_options(name, {k: v for k, v in c.model.items() if k != "name"})
+        models.check_options(name, c.model.options)
     except rules.OptionError as e:
         raise ConfigError(f"'{e.key}'{where} {e.message}") from None
     except ValueError as e:
@@ -82,7 +82,7 @@ def check(c: Config, where: str = "") -> None:
     )
     _require(a.dual_cutout == 0 or a.cutout > 0, "augment.dual_cutout", "needs augment.cutout > 0", where)
 
-    _one_of(o.name, catalog.optimizers(), "optim.name", where)
+    _one_of(o.name, catalog.OPTIMIZERS, "optim.name", where)
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}", where)
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}", where)
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}", where)

@@ -1,8 +1,8 @@
 """Model registry: `build(name, num_classes, in_channels, **options)`, `names()` and `options(name)`.
 
-Names and options come from `sweeplab.catalog` (the families' source, read without torch), so a
-config is validated without importing torch; `build` imports the model's family module, whose
-`@register_model` functions fill the registry.
+Names and options come from `catalog.MODELS` (a plain table, checked against the builders by the
+tests), so a config is validated without importing torch; `build` imports the model's family module,
+whose `@register_model` functions fill the registry.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def names() -> list[str]:
     """All registered model names, sorted."""
-    return sorted(catalog.models())
+    return sorted(catalog.MODELS)
 
 
 def options(name: str) -> dict[str, Any]:
     """The options a model takes, with their defaults (num_classes and in_channels excluded)."""
-    params = _lookup(name)[1]
-    return {k: v for k, v in params.items() if k not in ("num_classes", "in_channels")}
+    return dict(_lookup(name).options)
 
 
 def check_options(name: str, opts: dict[str, Any]) -> None:
@@ -53,7 +52,7 @@ def check_options(name: str, opts: dict[str, Any]) -> None:
 def build(name: str, num_classes: int = 10, in_channels: int = 3, **opts: Any) -> nn.Module:
     """Build model `name` for `num_classes` classes from `in_channels`-channel images."""
     check_options(name, opts)
-    importlib.import_module(_lookup(name)[0])  # registers the family's models
+    importlib.import_module(_lookup(name).module)  # registers the family's models
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **opts)
 
 
@@ -62,7 +61,7 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _lookup(name: str) -> tuple[str, dict[str, Any]]:
-    if name not in catalog.models():
+def _lookup(name: str) -> catalog.ModelEntry:
+    if name not in catalog.MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(names())}")
-    return catalog.models()[name]
+    return catalog.MODELS[name]

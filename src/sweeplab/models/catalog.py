@@ -1,68 +1,60 @@
-"""What the model and optimiser registries hold, read from their source without importing torch.
+"""What the model and optimiser registries hold, as plain data: names, family modules, option defaults.
 
-Validating a config needs only the names and each model's options. Reading them from the decorated
-functions' signatures keeps torch (~1.5 s to import) out of `sweeplab run`'s driver, its dry-run and
-its bad-input errors; tests/test_models.py checks this against the imported registries.
+Validating a config needs only the names and each model's options. A table here keeps torch (~1.5 s to
+import) out of `sweeplab run`'s driver, its dry-run and its bad-input errors. The builders stay the
+truth: tests/test_models.py imports each family and checks this table against the signatures of its
+`@register_model` functions and against `sweeplab.optim`'s registry, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
-import pkgutil
-from functools import cache, lru_cache
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-NO_DEFAULT = object()  # a parameter without a default value
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: the module under sweeplab.models that builds it and its options' defaults."""
+
+    family: str  # e.g. "wrn" for sweeplab.models.wrn
+    options: dict[str, Any] = field(default_factory=dict)  # in the builder's order, as `sweeplab models` lists them
+
+    @property
+    def module(self) -> str:
+        """The family module's import path."""
+        return f"sweeplab.models.{self.family}"
 
 
-def registered(module: str, decorator: str) -> dict[str, dict[str, Any]]:
-    """{function: {parameter: default}} of `module`'s top-level functions decorated with `@decorator`."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(module)
-    return _parse(spec.origin, decorator)
+_PREACT = {
+    "block_type": "basic",
+    "initial_channels": 16,
+    "remove_first_relu": False,
+    "add_last_bn": False,
+    "preact_stage": (True, True, True),
+}
 
+# Keep a model's options in its builder's order and with its builder's defaults (the test checks both).
+MODELS: dict[str, ModelEntry] = {
+    "densenet": ModelEntry(
+        "densenet",
+        {"depth": 100, "block_type": "bottleneck", "growth_rate": 12, "compression_rate": 0.5, "drop_rate": 0.0},
+    ),
+    "pyramidnet": ModelEntry("pyramidnet", {"depth": 272, "block_type": "bottleneck", "alpha": 200, "shakedrop": 0.0}),
+    "resnet": ModelEntry("resnet", {"depth": 110, "block_type": "basic", "initial_channels": 16}),
+    "resnet9": ModelEntry("resnet9", {"channels": 64, "celu_alpha": 0.0}),
+    "resnet_preact": ModelEntry("resnet_preact", {"depth": 20, **_PREACT}),
+    "resnext": ModelEntry("resnext", {"depth": 29, "cardinality": 8, "base_channels": 64}),
+    "se_resnet_preact": ModelEntry("se_resnet_preact", {"depth": 110, **_PREACT, "se_reduction": 16}),
+    "shake_shake": ModelEntry(
+        "shake_shake",
+        {"depth": 26, "initial_channels": 96, "shake_forward": True, "shake_backward": True, "shake_image": True},
+    ),
+    "vgg": ModelEntry("vgg", {"n_channels": 64, "n_layers": 15, "use_bn": True}),
+    "wrn": ModelEntry("wrn", {"depth": 28, "widening_factor": 10, "drop_rate": 0.0}),
+}
 
-@cache
-def _parse(path: str, decorator: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for node in ast.parse(Path(path).read_text()).body:
-        if not (
-            isinstance(node, ast.FunctionDef)
-            and any(isinstance(d, ast.Name) and d.id == decorator for d in node.decorator_list)
-        ):
-            continue
-        a = node.args
-        positional = a.posonlyargs + a.args
-        defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults) + list(a.kw_defaults)
-        out[node.name] = {arg.arg: _literal(d) for arg, d in zip(positional + a.kwonlyargs, defaults)}
-    return out
+# Every `@register_optim` builder in sweeplab.optim, sorted.
+OPTIMIZERS: tuple[str, ...] = ("adam", "amsgrad", "lars", "sgd")
 
-
-def _literal(node: ast.expr | None) -> Any:
-    if node is None:
-        return NO_DEFAULT
-    try:
-        return ast.literal_eval(node)
-    except ValueError:  # not a literal (e.g. a class): its source text, for listings
-        return ast.unparse(node)
-
-
-@lru_cache(maxsize=1)
-def models() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Model name -> (its module, {parameter: default}) for every `@register_model` in sweeplab.models."""
-    package = importlib.util.find_spec("sweeplab.models")
-    assert package is not None and package.submodule_search_locations is not None
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for info in pkgutil.iter_modules(package.submodule_search_locations):
-        module = f"sweeplab.models.{info.name}"
-        for name, params in registered(module, "register_model").items():
-            out[name] = (module, params)
-    return out
-
-
-def optimizers() -> list[str]:
-    """Every `@register_optim` name in sweeplab.optim, sorted."""
-    return sorted(registered("sweeplab.optim", "register_optim"))
+# What every builder takes besides its options: `models.build` passes them from the dataset.
+BUILD_ARGS: dict[str, Any] = {"num_classes": 10, "in_channels": 3}
