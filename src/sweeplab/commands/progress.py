@@ -347,7 +347,7 @@ def print_trials(sweep: Sweep) -> None:
 def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
     """A `sweeplab train` command line that reproduces the trial of `point`."""
     config_file = sweep.spec["config"]
-    base = flatten(from_dict(json.loads(json.dumps(sweep.config_tree))).to_dict())
+    base = flatten(from_dict(sweep.config_tree).to_dict())
     flat = flatten(sweep.resolve(point).to_dict())
     diff = [f"{k}={number(v)}" for k, v in flat.items() if base.get(k) != v]
     return f"sweeplab train {config_file} {' '.join(diff)}".rstrip()

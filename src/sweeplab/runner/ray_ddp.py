@@ -9,7 +9,6 @@ NCCL at `lo`, so a DDP trial listens on 127.0.0.1 like every other sweeplab proc
 
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 from collections.abc import Callable
@@ -56,7 +55,7 @@ def ddp_worker(loop_config: dict[str, Any]) -> None:
     from sweeplab import engine
     from sweeplab.config import from_dict
 
-    conf = from_dict(copy.deepcopy(loop_config["config"]))
+    conf = from_dict(loop_config["config"])
     rank = ray.train.get_context().get_world_rank()
     if conf.data.device in ("auto", "cuda") and torch.cuda.is_available():
         conf.data.device = str(get_device())  # this rank's GPU, not cuda:0

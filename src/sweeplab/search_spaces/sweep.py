@@ -7,7 +7,6 @@ the dry-run, in the driver (tags, table rows) and in the trainable, so all three
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import random
@@ -71,7 +70,7 @@ class Sweep:
         return self._resolve(point)[0]
 
     def _resolve(self, point: dict[str, Any], where: str = "") -> tuple[Config, dict[str, Any]]:
-        tree = copy.deepcopy(self.base)
+        tree = self.base  # merge and from_dict leave it as it is
         if "variant" in point:
             bundles = {b["label"]: b["set"] for b in self.space["variant"].args}
             tree = merge(tree, nested(bundles[point["variant"]]))
@@ -277,8 +276,7 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     """Check every section of a sweep file's mapping and compile it into a Sweep."""
     smoke_block = S.mapping(spec, "smoke", path)
     S.unknown(smoke_block, S.SMOKE, "smoke.", path)
-    base = copy.deepcopy(config_tree)
-    base = merge(base, nested(S.overrides(S.mapping(spec, "overrides", path), "overrides.", path)))
+    base = merge(config_tree, nested(S.overrides(S.mapping(spec, "overrides", path), "overrides.", path)))
     space = S.space(S.mapping(spec, "space", path), "space.", path)
     smoke_over = S.overrides(S.mapping(smoke_block, "overrides", path), "smoke.overrides.", path)
     smoke_space = S.space(S.mapping(smoke_block, "space", path), "smoke.space.", path)
