@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeplab.analysis.runs import Trial, history
+from sweeplab.analysis.runs import LoggedTrial, history
 from sweeplab.core.names import METRICS
 
 if TYPE_CHECKING:
@@ -33,14 +33,14 @@ def _typed(texts: list[str | None]) -> pa.Array:
     return pa.array(texts, pa.string())
 
 
-def _histories(c: MlflowClient, trial: Trial) -> tuple[list[int], dict[str, list[float | None]]]:
+def _histories(c: MlflowClient, trial: LoggedTrial) -> tuple[list[int], dict[str, list[float | None]]]:
     """The union of logged steps and, per metric, its value at each step (None where not logged)."""
     per_key = {k: dict(history(c, trial.run_id, k)) for k in METRICS if k != "epoch" and k in trial.metrics}
     steps = sorted({s for h in per_key.values() for s in h})
     return steps, {k: [h.get(s) for s in steps] for k, h in per_key.items()}
 
 
-def arrow_table(c: MlflowClient, trials: list[Trial]) -> pa.Table:
+def arrow_table(c: MlflowClient, trials: list[LoggedTrial]) -> pa.Table:
     """One row per trial with params, final metrics, tags and per-epoch histories."""
     import pyarrow as pa
 
@@ -68,7 +68,7 @@ def arrow_table(c: MlflowClient, trials: list[Trial]) -> pa.Table:
     return pa.table(cols)
 
 
-def write_parquet(c: MlflowClient, trials: list[Trial], path: str | Path) -> Path:
+def write_parquet(c: MlflowClient, trials: list[LoggedTrial], path: str | Path) -> Path:
     """Write the trials' Arrow table to `path` (parent folders are created)."""
     import pyarrow.parquet as pq
 

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeplab.analysis.runs import Trial, history
+from sweeplab.analysis.runs import LoggedTrial, history
 from sweeplab.analysis.tables import METRIC, completed
 
 if TYPE_CHECKING:
@@ -35,21 +35,21 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _number(trial: Trial, key: str) -> float | None:
+def _number(trial: LoggedTrial, key: str) -> float | None:
     value = trial.value(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def completed_all(trials: list[Trial]) -> list[Trial]:
+def completed_all(trials: list[LoggedTrial]) -> list[LoggedTrial]:
     """Finished full-length trials, one per (config, seed): `completed` applied per distinct config."""
-    groups: dict[tuple, list[Trial]] = {}
+    groups: dict[tuple, list[LoggedTrial]] = {}
     for t in trials:
         key = tuple(sorted((k, v) for k, v in t.params.items() if k != "train.seed"))
         groups.setdefault(key, []).append(t)
     return [t for g in groups.values() for t in completed(g)]
 
 
-def error_vs_lr(trials: list[Trial], path: Path, title: str = "") -> Path | None:
+def error_vs_lr(trials: list[LoggedTrial], path: Path, title: str = "") -> Path | None:
     """Final val/error against initial lr (log axis), one line per batch size (and weight decay if it varies)."""
     done = [t for t in completed_all(trials) if _number(t, "optim.lr") is not None]
     if not done:
@@ -80,7 +80,7 @@ def error_vs_lr(trials: list[Trial], path: Path, title: str = "") -> Path | None
     return _save(fig, path)
 
 
-def learning_curves(c: MlflowClient | None, trials: list[Trial], path: Path, title: str = "") -> Path | None:
+def learning_curves(c: MlflowClient | None, trials: list[LoggedTrial], path: Path, title: str = "") -> Path | None:
     """val/error per epoch of every trial; dashed lines are trials a scheduler stopped early."""
     curves = [(t, history(c, t.run_id, METRIC)) for t in trials] if c is not None else []
     curves = [(t, h) for t, h in curves if h]
@@ -105,7 +105,7 @@ def learning_curves(c: MlflowClient | None, trials: list[Trial], path: Path, tit
     return _save(fig, path)
 
 
-def scheduler_stops(trials: list[Trial], path: Path, title: str = "") -> Path | None:
+def scheduler_stops(trials: list[LoggedTrial], path: Path, title: str = "") -> Path | None:
     """Epochs each trial ran, sorted by final error: red bars are trials stopped early (ASHA), None if none were."""
     ran = [t for t in trials if t.epochs > 0]
     if not any(t.stopped_early for t in ran):

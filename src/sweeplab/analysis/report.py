@@ -46,7 +46,7 @@ def write_table(
     return [f for f in figs if f is not None]
 
 
-def _sweep_summary(trials: list[runs.Trial], top: int = 5) -> Built:
+def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5) -> Built:
     """A sweep's best trials (finished or not) as a small table."""
     scored = [t for t in trials if METRIC in t.metrics and not math.isnan(t.metrics[METRIC])]
     ranked = sorted(scored, key=lambda t: t.metrics[METRIC])[:top]

@@ -30,8 +30,11 @@ class UnknownTarget(ConfigError):
 
 
 @dataclass
-class Trial:
-    """One child run: a trial's params, tags and last metric values."""
+class LoggedTrial:
+    """A trial as MLflow logged it (one child run): its params, tags and last metric values.
+
+    Not `search_spaces.Trial`, the config a sweep resolves before it runs; this is what a run left behind.
+    """
 
     run_id: str
     experiment: str
@@ -76,9 +79,9 @@ def open_client(uri: str | None, must_exist: bool = False) -> MlflowClient | Non
     return client(resolved)
 
 
-def _trial(run: Run, names: dict[str, str]) -> Trial:
+def _trial(run: Run, names: dict[str, str]) -> LoggedTrial:
     tags = dict(run.data.tags)
-    return Trial(
+    return LoggedTrial(
         run.info.run_id,
         names.get(run.info.experiment_id, tags.get(SWEEP, "")),
         tags.get(TRIAL, run.info.run_name or ""),
@@ -109,7 +112,7 @@ def target_filter(c: MlflowClient, target: str) -> tuple[list[str], str]:
     )
 
 
-def trials(c: MlflowClient, target: str) -> list[Trial]:
+def trials(c: MlflowClient, target: str) -> list[LoggedTrial]:
     """Every trial of a sweep or launch, oldest first."""
     ids, where = target_filter(c, target)
     names = _experiments(c)
@@ -122,7 +125,7 @@ def order(metric: str) -> str:
     return f"metrics.`{metric}` {direction}"
 
 
-def best(c: MlflowClient, target: str, metric: str = "val/error", top: int = 1) -> list[Trial]:
+def best(c: MlflowClient, target: str, metric: str = "val/error", top: int = 1) -> list[LoggedTrial]:
     """The `top` trials by the metric's last value, in MLflow's own order; runs without it are left out."""
     ids, where = target_filter(c, target)
     names = _experiments(c)
@@ -130,7 +133,7 @@ def best(c: MlflowClient, target: str, metric: str = "val/error", top: int = 1) 
     return [_trial(r, names) for r in runs if metric in r.data.metrics][:top]
 
 
-def all_trials(c: MlflowClient) -> list[Trial]:
+def all_trials(c: MlflowClient) -> list[LoggedTrial]:
     """Every sweeplab trial in the store, oldest first."""
     names = _experiments(c)
     return (
@@ -140,12 +143,12 @@ def all_trials(c: MlflowClient) -> list[Trial]:
     )
 
 
-def tables_of(trial: Trial) -> list[str]:
+def tables_of(trial: LoggedTrial) -> list[str]:
     """The table ids a trial fills (its `sweeplab.tables` tag)."""
     return [t for t in trial.tags.get(TABLES, "").split(",") if t]
 
 
-def table_trials(c: MlflowClient, table_id: str) -> list[Trial]:
+def table_trials(c: MlflowClient, table_id: str) -> list[LoggedTrial]:
     """Every trial, in any sweep, tagged as filling `table_id`."""
     names = _experiments(c)
     if not names:
@@ -168,7 +171,7 @@ def history(c: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(step, v) for step, (_, v) in sorted(points.items())]
 
 
-def config_of(c: MlflowClient, trial: Trial) -> dict[str, Any]:
+def config_of(c: MlflowClient, trial: LoggedTrial) -> dict[str, Any]:
     """The trial's nested config: its config.yaml artifact, else rebuilt from the dotted params."""
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sweeplab.analysis.runs import Trial, history
+from sweeplab.analysis.runs import LoggedTrial, history
 from sweeplab.core.fmt import number
 from sweeplab.reference import Table, match_row
 
@@ -38,7 +38,7 @@ class Built:
     columns: list[str]
     rows: list[list[str]]
     notes: str = ""
-    trials: dict[int, list[Trial]] = field(default_factory=dict)
+    trials: dict[int, list[LoggedTrial]] = field(default_factory=dict)
     legend: str = ""
 
     @property
@@ -71,16 +71,16 @@ def _kind(column: str) -> str:
     return "hardware" if low == "hardware" else "key"
 
 
-def completed(trials: list[Trial]) -> list[Trial]:
+def completed(trials: list[LoggedTrial]) -> list[LoggedTrial]:
     """One finished, full-length trial per seed (the latest run of a seed wins)."""
-    by_seed: dict[str, Trial] = {}
+    by_seed: dict[str, LoggedTrial] = {}
     for t in sorted(trials, key=lambda t: t.start_time):
         if t.status == "FINISHED" and not t.stopped_early and METRIC in t.metrics:
             by_seed[t.seed] = t
     return list(by_seed.values())
 
 
-def _state(trials: list[Trial]) -> str:
+def _state(trials: list[LoggedTrial]) -> str:
     """Why a row has no measurement."""
     if any(t.status == "RUNNING" for t in trials):
         return "running"
@@ -90,7 +90,7 @@ def _state(trials: list[Trial]) -> str:
     return "failed" if trials else "not run"
 
 
-def measure(c: MlflowClient, trials: list[Trial]) -> dict[str, str]:
+def measure(c: MlflowClient, trials: list[LoggedTrial]) -> dict[str, str]:
     """Our cells for one reference row: error, spread, seeds, epochs, time, hardware."""
     done = completed(trials)
     if not done:
@@ -121,14 +121,14 @@ OURS = {
 }
 
 
-def rows_of(table: Table, trials: list[Trial]) -> tuple[list[list[str]], dict[int, list[Trial]]]:
+def rows_of(table: Table, trials: list[LoggedTrial]) -> tuple[list[list[str]], dict[int, list[LoggedTrial]]]:
     """The table's rows and the trials of each: by the `sweeplab.row.<id>` tag for a published
     table; by params for sweeplab's own tables, which grow a row for any point not in them."""
     rows = [list(r) for r in table.rows]
     if not table.match:
         tag = f"sweeplab.row.{table.id}"
         return rows, {i: [t for t in trials if t.tags.get(tag) == str(i)] for i in range(len(rows))}
-    by_row: dict[int, list[Trial]] = {i: [] for i in range(len(rows))}
+    by_row: dict[int, list[LoggedTrial]] = {i: [] for i in range(len(rows))}
     for t in trials:
         values = {key: t.value(key) for key in table.match.values()}
         i = match_row(Table(table.id, "", "", table.columns, rows), table.match, values)
@@ -140,7 +140,7 @@ def rows_of(table: Table, trials: list[Trial]) -> tuple[list[list[str]], dict[in
     return rows, by_row
 
 
-def build(c: MlflowClient | None, table: Table, trials: list[Trial]) -> Built:
+def build(c: MlflowClient | None, table: Table, trials: list[LoggedTrial]) -> Built:
     """The reference table with our columns interleaved; rows without trials say 'not run'."""
     kinds = [_kind(col) for col in table.columns]
     layout: list[tuple[str, int | None, str]] = []  # (header, reference column or None, measure key)
