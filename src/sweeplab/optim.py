@@ -19,6 +19,7 @@ def register_optim(fn: Callable[[list[dict], OptimConfig], torch.optim.Optimizer
 
 
 def names() -> list[str]:
+    """Every registered optimiser, sorted; `models.catalog.OPTIMIZERS` lists the same for torch-free validation."""
     return sorted(_OPTIMS)
 
 
