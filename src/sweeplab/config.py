@@ -210,7 +210,7 @@ def from_dict(tree: dict[str, Any], where: str = "") -> Config:
             options = {k: v for k, v in value.items() if k != "name"}
             kwargs[section] = ModelConfig(value["name"], copy.deepcopy(options))
             continue
-        cls = SECTIONS[section].default_factory().__class__
+        cls = SECTIONS[section]
         known = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         fields: dict[str, Any] = {}

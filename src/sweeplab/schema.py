@@ -134,7 +134,8 @@ class Config:
         return flatten(self.to_dict())
 
 
-SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+# section name -> its dataclass, e.g. 'optim' -> OptimConfig
+SECTIONS: dict[str, type[Any]] = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -152,7 +153,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def valid_keys() -> list[str]:
     """Every dotted key of the fixed sections, plus model.name."""
     keys = ["model.name"]
-    for name, f in SECTIONS.items():
+    for name, cls in SECTIONS.items():
         if name != "model":
-            keys += [f"{name}.{g.name}" for g in dataclasses.fields(f.default_factory())]
+            keys += [f"{name}.{g.name}" for g in dataclasses.fields(cls)]
     return keys
