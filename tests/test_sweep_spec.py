@@ -5,6 +5,7 @@ Nothing here starts Ray: every check of a sweep file happens before it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -15,7 +16,23 @@ import yaml
 
 from sweeplab.core.errors import SweepError
 from sweeplab.schema import ModelConfig
-from sweeplab.search_spaces import load
+from sweeplab.search_spaces import (
+    SCHEDULERS,
+    Choice,
+    ChoiceVariant,
+    Expr,
+    Grid,
+    GridVariant,
+    LogUniform,
+    QUniform,
+    RandInt,
+    Resources,
+    Scheduler,
+    Search,
+    Uniform,
+    from_snapshot,
+    load,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs/fashion_mnist/resnet_preact20.yaml")
@@ -173,8 +190,8 @@ def test_smoke_block_shrinks_the_sweep(tmp_path):
     )
     full, smoke = load(path), load(path, smoke=True)
     assert (len(full.trials()), len(smoke.trials())) == (9, 1)
-    assert smoke.trials()[0].config.train.epochs == 2 and smoke.scheduler["grace_period"] == 1
-    assert full.scheduler == {"name": "asha", "grace_period": 5}
+    assert smoke.trials()[0].config.train.epochs == 2 and smoke.scheduler.options["grace_period"] == 1
+    assert full.scheduler == Scheduler("asha", {"grace_period": 5})
 
 
 def test_smoke_resources_merge_into_resources(tmp_path):
@@ -185,8 +202,8 @@ def test_smoke_resources_merge_into_resources(tmp_path):
         smoke={"resources": {"cpus_per_worker": 1, "gpus_per_worker": 0}},
     )
     full, smoke = load(path), load(path, smoke=True)
-    assert full.resources == {"workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1}
-    assert smoke.resources == {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0}  # workers kept
+    assert full.resources == Resources(workers=2, cpus_per_worker=2, gpus_per_worker=1)
+    assert smoke.resources == Resources(workers=2, cpus_per_worker=1, gpus_per_worker=0)  # workers kept
     for bad, culprit in [
         ({"gpus": 0}, "smoke.resources.gpus"),
         ({"workers": 0}, "smoke.resources.workers"),
@@ -217,8 +234,8 @@ def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
         lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}],
     )
     fitted, note = ray_backend.fit_resources(sweep, local=True)
-    assert fitted.resources == {"workers": 8, "cpus_per_worker": 0.25, "gpus_per_worker": 0}  # DDP kept, on gloo
-    assert "gloo" in note and sweep.resources["gpus_per_worker"] == 1  # the loaded sweep is left as it was
+    assert fitted.resources == Resources(workers=8, cpus_per_worker=0.25, gpus_per_worker=0)  # DDP kept, on gloo
+    assert "gloo" in note and sweep.resources.gpus_per_worker == 1  # the loaded sweep is left as it was
     assert ray_backend.fit_resources(sweep, local=False) == (sweep, None)  # a joined cluster may autoscale GPUs
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
     assert ray_backend.fit_resources(sweep, local=True) == (sweep, None)
@@ -355,3 +372,78 @@ def test_ddp_batch_must_split_evenly_across_workers(tmp_path):
         len(load(write(tmp_path, space={"data.batch_size": {"grid": [128, 256]}}, resources={"workers": 2})).trials())
         == 2
     )
+
+
+def test_space_entries_are_typed_domains(tmp_path):
+    sweep = load(
+        write(
+            tmp_path,
+            space={
+                "optim.lr": {"loguniform": [1e-3, 1.0]},
+                "optim.momentum": {"uniform": [0.8, 0.99]},
+                "optim.weight_decay": {"quniform": [0.0, 1e-3, 1e-4]},
+                "data.batch_size": {"choice": [32, 64]},
+                "train.epochs": {"randint": [1, 4]},
+                "optim.nesterov": {"grid": [True, False]},
+                "train.seed": {"expr": "int(optim.lr * 1000) % 7"},
+                "variant": {"choice": [{"label": "a", "set": {"model.depth": 8}}, {"label": "b", "set": {}}]},
+            },
+            search={"name": "random", "num_samples": 2},
+        )
+    )
+    assert sweep.space == {
+        "optim.lr": LogUniform(1e-3, 1.0),
+        "optim.momentum": Uniform(0.8, 0.99),
+        "optim.weight_decay": QUniform(0.0, 1e-3, 1e-4),
+        "data.batch_size": Choice((32, 64)),
+        "train.epochs": RandInt(1, 4),
+        "optim.nesterov": Grid((True, False)),
+        "train.seed": Expr("int(optim.lr * 1000) % 7"),
+        "variant": ChoiceVariant(("a", "b"), {"a": {"model.depth": 8}, "b": {}}),
+    }
+    assert [k for k, d in sweep.space.items() if not d.sampled] == ["optim.nesterov", "train.seed"]
+    assert sweep.space["train.epochs"].extremes() == [1, 3] and sweep.space["variant"].extremes() == ["a", "b"]
+    assert {t.point["variant"] for t in sweep.trials()} <= {"a", "b"}  # a variant's point is its label
+    assert sweep.search == Search("random", 2, 0)
+    assert sweep.scheduler == Scheduler("fifo", {}) and sweep.resources == Resources(1, 1, 0)
+
+
+def test_snapshot_of_an_older_launch_still_loads(tmp_path):
+    """`sweeplab.json` of a launch keeps the sweep file as read: this is its shape, as older launches
+    stored it; `resume` and `status` rebuild the typed sweep from it."""
+    config_tree = yaml.safe_load(Path(BASE).read_text())
+    snap = {
+        "path": "sweeps/old.yaml",
+        "smoke": True,
+        "spec": {
+            "config": BASE,
+            "overrides": dict(TINY),
+            "space": {
+                "optim.lr": {"grid": [0.05, 0.1]},
+                "variant": {"grid": [{"label": "d8", "set": {"model.depth": 8}}]},
+            },
+            "scheduler": {"name": "asha", "grace_period": 2, "max_t": 8},
+            "resources": {"workers": 2, "gpus_per_worker": 1},
+            "smoke": {"scheduler": {"grace_period": 1}, "resources": {"gpus_per_worker": 0}},
+        },
+        "config_tree": config_tree,
+    }
+    sweep = from_snapshot(json.loads(json.dumps(snap)))
+    assert sweep.space["variant"] == GridVariant(("d8",), {"d8": {"model.depth": 8}})
+    assert sweep.scheduler == Scheduler("asha", {"grace_period": 1, "max_t": 8})
+    assert sweep.resources == Resources(workers=2, cpus_per_worker=1, gpus_per_worker=0)
+    assert sweep.search == Search("grid", 1, 0) and len(sweep.trials()) == 2
+    assert from_snapshot(json.loads(json.dumps(sweep.snapshot()))) == sweep
+
+
+def test_scheduler_table_names_tune_classes_and_their_arguments():
+    pytest.importorskip("ray.tune")
+    import importlib
+    import inspect
+
+    for name, kind in SCHEDULERS.items():
+        module, cls_name = kind.tune_class.split(":")
+        params = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters
+        passed = {*kind.defaults, *kind.types, *(["max_t"] if kind.takes_max_t else [])} - {"mutate"}
+        assert passed <= set(params), (name, passed - set(params))
+        assert set(kind.defaults) - {"time_attr"} <= set(kind.types), name  # a default is for a settable option

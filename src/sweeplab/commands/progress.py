@@ -314,10 +314,10 @@ def print_trials(sweep: Sweep) -> None:
     """The dry-run: one line per compiled trial, then the count and the epoch budget."""
     trials = sweep.trials()
     s = sweep.search
-    sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.items() if k != "name")
+    sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.options.items())
     print(
-        f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s['name']}"
-        f"{' seed=' + str(s['seed']) if s['name'] != 'grid' else ''}; scheduler {sweep.scheduler['name']}{sched}; "
+        f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s.name}"
+        f"{' seed=' + str(s.seed) if s.name != 'grid' else ''}; scheduler {sweep.scheduler.name}{sched}; "
         f"metric {sweep.metric} ({sweep.mode})"
     )
     keys = list(dict.fromkeys(k for t in trials for k in t.values))
@@ -334,12 +334,12 @@ def print_trials(sweep: Sweep) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-    if s["name"] == "optuna":
+    if s.name == "optuna":
         print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
-    r = sweep.resources
+    res = sweep.resources
     print(
         f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
-        f"per trial {r['workers']} worker(s) x {r['cpus_per_worker']} CPU, {r['gpus_per_worker']} GPU; "
+        f"per trial {res.workers} worker(s) x {res.cpus_per_worker} CPU, {res.gpus_per_worker} GPU; "
         f"max concurrent {sweep.max_concurrent or 'unlimited'}"
     )
 

@@ -117,7 +117,7 @@ def _drive(
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.
     warm = threading.Thread(target=warm_store, args=(meta["tracking_uri"],), daemon=True)
     warm.start()
-    address = ray_backend.start(args.address, args.num_cpus, storage, dashboard=sweep.resources["workers"] > 1)
+    address = ray_backend.start(args.address, args.num_cpus, storage, dashboard=sweep.resources.workers > 1)
     # SIGTERM (a scheduler's kill, `timeout`, `ray job stop`) ends the sweep like Ctrl-C does: Tune stops
     # the trials and saves its state, so the launch stays resumable. Set after ray.init, which installs
     # its own handler (a C++ stack dump).
@@ -191,7 +191,7 @@ def _drive(
 
 def _expected(sweep: Sweep) -> int:
     """How many trials the sweep has when it is complete."""
-    return sweep.search["num_samples"] if sweep.search["name"] == "optuna" else len(sweep.points())
+    return sweep.search.num_samples if sweep.search.name == "optuna" else len(sweep.points())
 
 
 def _settled(summaries: list[Any], backend: Any, storage: str, launch: str, expected: int) -> tuple[list[Any], int]:

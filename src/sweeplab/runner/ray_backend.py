@@ -9,6 +9,7 @@ function here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import logging
 import math
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sweeplab.runner import launch_state, ray_ddp, worker
-from sweeplab.search_spaces import Domain, Sweep
+from sweeplab.search_spaces import Choice, Domain, Grid, LogUniform, QUniform, RandInt, Sweep, Uniform
 
 LOCAL_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # a local node binds 127.0.0.1, not the external address
@@ -149,35 +150,44 @@ def fit_resources(sweep: Sweep, local: bool) -> tuple[Sweep, str | None]:
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
-    r = dict(sweep.resources)
-    if r["gpus_per_worker"] > 0 and not any(n.get("GPU", 0) for n in nodes):
-        r["gpus_per_worker"] = 0
-    fits = math.floor(100 * largest / r["workers"]) / 100  # Ray keeps 4 decimals of a resource
-    if fits > 0 and r["cpus_per_worker"] > fits:
-        r["cpus_per_worker"] = int(fits) if fits == int(fits) else fits
-    if r == sweep.resources:
+    was = sweep.resources
+    r = was
+    if r.gpus_per_worker > 0 and not any(n.get("GPU", 0) for n in nodes):
+        r = dataclasses.replace(r, gpus_per_worker=0)
+    fits = math.floor(100 * largest / r.workers) / 100  # Ray keeps 4 decimals of a resource
+    if fits > 0 and r.cpus_per_worker > fits:
+        r = dataclasses.replace(r, cpus_per_worker=int(fits) if fits == int(fits) else fits)
+    if r == was:
         return sweep, None
     fitted = copy.copy(sweep)  # the trials and the DDP trainer read `resources` from this copy
     fitted.resources = r
-    was, w = sweep.resources, r["workers"]
-    now = f"{w} worker(s) x {r['cpus_per_worker']} CPU{' (DDP over gloo)' if w > 1 else ''}"
-    before = f"{w} x {was['cpus_per_worker']} CPU + {was['gpus_per_worker']} GPU"
-    if r["gpus_per_worker"] != was["gpus_per_worker"]:
+    w = r.workers
+    now = f"{w} worker(s) x {r.cpus_per_worker} CPU{' (DDP over gloo)' if w > 1 else ''}"
+    before = f"{w} x {was.cpus_per_worker} CPU + {was.gpus_per_worker} GPU"
+    if r.gpus_per_worker != was.gpus_per_worker:
         return fitted, f"note: this Ray cluster has no GPU: each trial runs on CPU as {now} instead of {before}"
     return fitted, (
         f"note: each trial runs as {now} instead of {before}, to fit this cluster's largest node ({largest:g} CPU)"
     )
 
 
-def _tune_domain(dom: Domain, variant: bool = False) -> Any:
+def _tune_domain(dom: Domain) -> Any:
+    """The Tune search-space object of a sampled or grid entry (a variant's values are its labels)."""
     from ray import tune
 
-    args = [b["label"] for b in dom.args] if variant else dom.args
-    if dom.kind == "grid":
-        return tune.grid_search(args)
-    if dom.kind == "choice":
-        return tune.choice(args)
-    return getattr(tune, dom.kind)(*args)
+    if isinstance(dom, Grid):
+        return tune.grid_search(list(dom.values))
+    if isinstance(dom, Choice):
+        return tune.choice(list(dom.values))
+    if isinstance(dom, Uniform):
+        return tune.uniform(dom.low, dom.high)
+    if isinstance(dom, LogUniform):
+        return tune.loguniform(dom.low, dom.high)
+    if isinstance(dom, QUniform):
+        return tune.quniform(dom.low, dom.high, dom.q)
+    if isinstance(dom, RandInt):
+        return tune.randint(dom.low, dom.high)
+    raise TypeError(f"{type(dom).__name__} has no Tune search-space object")  # Expr: computed in the trial
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -185,63 +195,40 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
     runs); TPE gets the distributions. Exprs are computed inside the trial from its point."""
     from ray import tune
 
-    if sweep.search["name"] == "optuna":
-        return {"point": {k: _tune_domain(d, k == "variant") for k, d in sweep.space.items() if d.kind != "expr"}}
+    if sweep.search.name == "optuna":
+        return {"point": {k: _tune_domain(d) for k, d in sweep.space.items() if d.sampled}}
     return {"point": tune.grid_search(sweep.points())}
 
 
 def _searcher(sweep: Sweep) -> Any:
-    if sweep.search["name"] != "optuna":
+    if sweep.search.name != "optuna":
         return None  # Tune's variant generator walks the grid of compiled points
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(sampler=TPESampler(seed=sweep.search["seed"]))
+    return OptunaSearch(sampler=TPESampler(seed=sweep.search.seed))
 
 
 def _scheduler(sweep: Sweep) -> Any:
-    from ray.tune import schedulers as s
-
-    opts = dict(sweep.scheduler)
-    name, max_t = opts.pop("name"), opts.pop("max_t", sweep.max_epochs())
-    if name == "asha":
-        return s.ASHAScheduler(
-            time_attr="epoch",
-            max_t=max_t,
-            grace_period=opts.get("grace_period", 1),
-            reduction_factor=opts.get("reduction_factor", 4),
-            brackets=opts.get("brackets", 1),
-        )
-    if name == "hyperband":
-        return s.HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=opts.get("reduction_factor", 3))
-    if name == "median":
-        return s.MedianStoppingRule(
-            time_attr="epoch",
-            grace_period=opts.get("grace_period", 1),
-            min_samples_required=opts.get("min_samples_required", 3),
-        )
-    if name == "pbt":
-        mutations = {
-            k: (sweep.space[k].args if sweep.space[k].kind == "grid" else _tune_domain(sweep.space[k]))
-            for k in opts["mutate"]
-        }
-        return s.PopulationBasedTraining(
-            time_attr="epoch",
-            perturbation_interval=opts.get("perturbation_interval", 1),
-            hyperparam_mutations={"point": mutations},
-            quantile_fraction=opts.get("quantile_fraction", 0.25),
-            resample_probability=opts.get("resample_probability", 0.25),
-        )
-    return s.FIFOScheduler()
+    """The Tune scheduler named in search_spaces.SCHEDULERS, with that table's defaults."""
+    s = sweep.scheduler
+    module, name = s.kind.tune_class.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    kwargs = s.tune_kwargs(sweep.max_epochs())
+    if s.mutate is not None:  # PBT perturbs the point's keys: a grid as its list, a sampler as its Tune domain
+        doms = {k: sweep.space[k] for k in s.mutate}
+        mutations = {k: list(d.values) if isinstance(d, Grid) else _tune_domain(d) for k, d in doms.items()}
+        kwargs["hyperparam_mutations"] = {"point": mutations}
+    return cls(**kwargs)
 
 
 def _trainable(sweep: Sweep, storage: str, launch: str) -> Any:
     from ray import tune
 
     r = sweep.resources
-    if r["workers"] == 1:
+    if r.workers == 1:
         fn = tune.with_parameters(train_trial, sweep=sweep)
-        return tune.with_resources(fn, {"cpu": r["cpus_per_worker"], "gpu": r["gpus_per_worker"]})
+        return tune.with_resources(fn, {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker})
     # The trial's own function only launches the TorchTrainer, whose workers hold the CPUs and GPUs.
     fn = tune.with_parameters(
         ray_ddp.train_ddp_trial, sweep=sweep, storage=f"{storage.rstrip('/')}/{launch}/{DDP_STORAGE}", loopback=_LOCAL
@@ -317,7 +304,7 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
             # a reused actor has torch imported and the dataset cached:
             # seconds saved on every trial after the first
             reuse_actors=True,
-            num_samples=sweep.search["num_samples"] if sweep.search["name"] == "optuna" else 1,
+            num_samples=sweep.search.num_samples if sweep.search.name == "optuna" else 1,
         ),
         run_config=tune.RunConfig(
             name=launch,

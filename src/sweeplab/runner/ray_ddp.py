@@ -29,12 +29,12 @@ def train_ddp_trial(config: dict[str, Any], sweep: Sweep, storage: str, loopback
 
     conf = sweep.resolve(config["point"])
     r = sweep.resources
-    gpu = r["gpus_per_worker"] > 0
-    per_worker = {"CPU": r["cpus_per_worker"], **({"GPU": r["gpus_per_worker"]} if gpu else {})}
+    gpu = r.gpus_per_worker > 0
+    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if gpu else {})}
     trainer = TorchTrainer(
         ddp_worker,
-        train_loop_config={"config": conf.to_dict(), "workers": r["workers"]},
-        scaling_config=ray.train.ScalingConfig(num_workers=r["workers"], use_gpu=gpu, resources_per_worker=per_worker),
+        train_loop_config={"config": conf.to_dict(), "workers": r.workers},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=gpu, resources_per_worker=per_worker),
         torch_config=_loopback_config(gpu) if loopback else TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(),

@@ -1,7 +1,8 @@
 """Search-space entries of a sweep file: samplers, grids, dependent values (`expr`) and variants.
 
-Plain Python, no Ray: `ray_backend` translates a Domain into the matching Tune object, and the
-dry-run samples the same distributions with `random.Random(seed)`.
+One frozen class per sampler, with named fields (like Optuna's distributions). Plain Python, no Ray:
+`runner.ray_backend` maps each class to its Tune call, and the dry-run samples the same
+distributions with `random.Random(seed)`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import math
 import operator
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 from sweeplab.config import check_tree
 from sweeplab.core.errors import ConfigError, SweepError, suggest
 from sweeplab.schema import SECTIONS, valid_keys
 
-KINDS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint", "expr")
-BOUNDS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2}
 # What an `expr` may call: arithmetic helpers, nothing that touches the outside world.
-FUNCTIONS = {
+FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
     "abs": abs,
@@ -38,42 +37,143 @@ FUNCTIONS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Domain:
-    """One `space` entry: kind is one of KINDS; args are the values, bounds or the expression."""
+    """One `space` entry; its subclasses are the sampler kinds, each with named fields."""
 
-    kind: str
-    args: Any
-
-    @property
-    def sampled(self) -> bool:
-        """True for the distributions (not grid, not expr): the dimensions a searcher samples."""
-        return self.kind not in ("grid", "expr")
+    sampled: ClassVar[bool] = True  # a distribution a searcher samples (not a grid, not an expr)
 
     def sample(self, rng: random.Random) -> Any:
         """One draw, with Tune's conventions (randint's upper bound exclusive, quniform rounds)."""
-        a = self.args
-        if self.kind in ("grid", "choice"):
-            return rng.choice(a)
-        if self.kind == "uniform":
-            return rng.uniform(a[0], a[1])
-        if self.kind == "loguniform":
-            return math.exp(rng.uniform(math.log(a[0]), math.log(a[1])))
-        if self.kind == "quniform":
-            return round(round(rng.uniform(a[0], a[1]) / a[2]) * a[2], 12)
-        if self.kind == "randint":
-            return rng.randrange(a[0], a[1])
-        raise ValueError(f"{self.kind} is not sampled")
+        raise ValueError(f"{type(self).__name__} is not sampled")
 
     def extremes(self) -> list[Any]:
         """The values at the edges of the domain (checked against the config schema up front)."""
-        if self.kind in ("grid", "choice"):
-            return list(self.args)
-        if self.kind == "randint":
-            return [self.args[0], self.args[1] - 1]
-        if self.kind in BOUNDS:
-            return [self.args[0], self.args[1]]
         return []
+
+
+@dataclass(frozen=True)
+class Grid(Domain):
+    """`{grid: [...]}`: every value, in every pass over the space."""
+
+    values: tuple[Any, ...]
+    sampled: ClassVar[bool] = False
+
+    def sample(self, rng: random.Random) -> Any:
+        return rng.choice(self.values)
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class Choice(Domain):
+    """`{choice: [...]}`: one of the values, drawn uniformly."""
+
+    values: tuple[Any, ...]
+
+    def sample(self, rng: random.Random) -> Any:
+        return rng.choice(self.values)
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class Uniform(Domain):
+    """`{uniform: [low, high]}`."""
+
+    low: float
+    high: float
+
+    def sample(self, rng: random.Random) -> Any:
+        return rng.uniform(self.low, self.high)
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class LogUniform(Domain):
+    """`{loguniform: [low, high]}`: uniform in log space (low > 0)."""
+
+    low: float
+    high: float
+
+    def sample(self, rng: random.Random) -> Any:
+        return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class QUniform(Domain):
+    """`{quniform: [low, high, q]}`: uniform, rounded to a multiple of q."""
+
+    low: float
+    high: float
+    q: float
+
+    def sample(self, rng: random.Random) -> Any:
+        return round(round(rng.uniform(self.low, self.high) / self.q) * self.q, 12)
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class RandInt(Domain):
+    """`{randint: [low, high]}`: an integer in [low, high), as in Tune."""
+
+    low: int
+    high: int
+
+    def sample(self, rng: random.Random) -> Any:
+        return rng.randrange(self.low, self.high)
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high - 1]
+
+
+@dataclass(frozen=True)
+class Expr(Domain):
+    """`{expr: "..."}`: a value computed per trial from its other values (checked by `check_expr`)."""
+
+    text: str
+    sampled: ClassVar[bool] = False
+
+    def evaluate(self, tree: dict[str, dict[str, Any]]) -> Any:
+        """The value for a trial's nested config."""
+        return evaluate(self.text, tree)
+
+
+@dataclass(frozen=True)
+class GridVariant(Grid):
+    """`variant: {grid: [{label, set}, ...]}`: `values` are the labels, `sets` each label's dotted keys."""
+
+    sets: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ChoiceVariant(Choice):
+    """`variant: {choice: [{label, set}, ...]}`: `values` are the labels, `sets` each label's dotted keys."""
+
+    sets: dict[str, dict[str, Any]]
+
+
+Variant = GridVariant | ChoiceVariant
+# The sweep file's sampler names; the bounded ones take their fields, in order, from the list.
+SAMPLERS: dict[str, type[Domain]] = {
+    "grid": Grid,
+    "choice": Choice,
+    "uniform": Uniform,
+    "loguniform": LogUniform,
+    "quniform": QUniform,
+    "randint": RandInt,
+    "expr": Expr,
+}
+KINDS = tuple(SAMPLERS)
 
 
 def is_config_key(key: str) -> bool:
@@ -98,41 +198,43 @@ def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
     ((kind, args),) = spec.items()
     if kind not in KINDS:
         raise SweepError(f"{path}: '{name}' has unknown sampler '{kind}'{suggest(str(kind), list(KINDS))}")
-    if kind in ("grid", "choice"):
+    cls = SAMPLERS[kind]
+    if cls in (Grid, Choice):
         if not isinstance(args, list) or not args:
             raise SweepError(f"{path}: '{name}.{kind}' must be a non-empty list")
         try:
             check_tree(args, f" in {path}", f"{name}.{kind}")
         except ConfigError as e:
             raise SweepError(str(e)) from None
-    elif kind == "expr":
+        return cls(tuple(args))
+    if cls is Expr:
         if not isinstance(args, str):
             raise SweepError(f"{path}: '{name}.expr' must be a string like \"0.1 * data.batch_size / 128\"")
         check_expr(args, f"{name}.expr", path)
-    else:
-        n = BOUNDS[kind]
-        if (
-            not isinstance(args, list)
-            or len(args) != n
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
-        ):
-            shape = "[lo, hi, q]" if n == 3 else "[lo, hi]"
-            raise SweepError(f"{path}: '{name}.{kind}' must be {shape} numbers, got {args!r}")
-        if not all(math.isfinite(v) for v in args) or not math.isfinite(args[1] - args[0]):
-            raise SweepError(f"{path}: '{name}.{kind}' needs finite bounds less than 1e308 apart, got {args!r}")
-        if args[0] >= args[1]:
-            raise SweepError(f"{path}: '{name}.{kind}' needs lo < hi, got {args!r}")
-        if kind == "loguniform" and args[0] <= 0:
-            raise SweepError(f"{path}: '{name}.loguniform' needs lo > 0, got {args!r}")
-        if kind == "randint" and not all(isinstance(v, int) for v in args):
-            raise SweepError(f"{path}: '{name}.randint' needs integer bounds, got {args!r}")
-        if kind == "quniform" and args[2] <= 0:
-            raise SweepError(f"{path}: '{name}.quniform' needs q > 0, got {args!r}")
-    return Domain(kind, args)
+        return Expr(args)
+    n = len(fields(cls))
+    if (
+        not isinstance(args, list)
+        or len(args) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
+    ):
+        shape = "[lo, hi, q]" if n == 3 else "[lo, hi]"
+        raise SweepError(f"{path}: '{name}.{kind}' must be {shape} numbers, got {args!r}")
+    if not all(math.isfinite(v) for v in args) or not math.isfinite(args[1] - args[0]):
+        raise SweepError(f"{path}: '{name}.{kind}' needs finite bounds less than 1e308 apart, got {args!r}")
+    if args[0] >= args[1]:
+        raise SweepError(f"{path}: '{name}.{kind}' needs lo < hi, got {args!r}")
+    if cls is LogUniform and args[0] <= 0:
+        raise SweepError(f"{path}: '{name}.loguniform' needs lo > 0, got {args!r}")
+    if cls is RandInt and not all(isinstance(v, int) for v in args):
+        raise SweepError(f"{path}: '{name}.randint' needs integer bounds, got {args!r}")
+    if cls is QUniform and args[2] <= 0:
+        raise SweepError(f"{path}: '{name}.quniform' needs q > 0, got {args!r}")
+    return cls(*args)
 
 
-def parse_variants(spec: Any, path: str, where: str = "space.") -> Domain:
-    """`variant: {grid|choice: [{label: str, set: {dotted key: value}}, ...]}` as a Domain of bundles."""
+def parse_variants(spec: Any, path: str, where: str = "space.") -> Variant:
+    """`variant: {grid|choice: [{label: str, set: {dotted key: value}}, ...]}` as a GridVariant or ChoiceVariant."""
     name = f"{where}variant"
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("grid", "choice"):
         raise SweepError(
@@ -153,7 +255,8 @@ def parse_variants(spec: Any, path: str, where: str = "space.") -> Domain:
             raise SweepError(f"{path}: '{at}.set' must be a mapping of dotted config keys")
         for key in item["set"]:
             check_key(key, f"{at}.set.", path)
-    return Domain(kind, items)
+    sets = {item["label"]: item["set"] for item in items}
+    return (GridVariant if kind == "grid" else ChoiceVariant)(tuple(sets), sets)
 
 
 def check_expr(text: str, name: str, path: str) -> None:

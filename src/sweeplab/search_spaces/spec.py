@@ -14,6 +14,8 @@ from sweeplab.config import load_yaml, read_yaml
 from sweeplab.core.errors import ConfigError, SweepError, suggest
 from sweeplab.core.names import METRICS
 from sweeplab.search_spaces.domains import Domain, check_key, parse, parse_variants
+from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler
+from sweeplab.search_spaces.settings import Resources, Search
 
 TOP = (
     "name",
@@ -33,14 +35,6 @@ TOP = (
 SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources")
 SEARCH = {"name": str, "num_samples": int, "seed": int}
 SEARCHES = ("grid", "random", "optuna")
-# Scheduler options (besides `name`) and their types; time is always counted in epochs.
-SCHEDULERS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "fifo": {},
-    "asha": {"grace_period": int, "reduction_factor": (int, float), "max_t": int, "brackets": int},
-    "hyperband": {"reduction_factor": (int, float), "max_t": int},
-    "median": {"grace_period": int, "min_samples_required": int},
-    "pbt": {"perturbation_interval": int, "mutate": list, "quantile_fraction": float, "resample_probability": float},
-}
 RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
 
 
@@ -127,8 +121,8 @@ def space(section: dict[str, Any], where: str, path: Any) -> dict[str, Domain]:
     return out
 
 
-def search(section: dict[str, Any], path: Any) -> dict[str, Any]:
-    """{name, num_samples, seed} with defaults (one pass of a grid; 10 samples for random and TPE)."""
+def search(section: dict[str, Any], path: Any) -> Search:
+    """The Search, with defaults (one pass of a grid; 10 samples for random and TPE)."""
     unknown(section, SEARCH, "search.", path)
     typed(section, SEARCH, "search.", path)
     name = section.get("name", "grid")
@@ -136,19 +130,19 @@ def search(section: dict[str, Any], path: Any) -> dict[str, Any]:
         raise SweepError(
             f"{path}: 'search.name' is {name!r}{suggest(str(name), list(SEARCHES))}; valid: {', '.join(SEARCHES)}"
         )
-    out = {"name": name, "num_samples": 1 if name == "grid" else 10, "seed": 0, **section}
-    if out["num_samples"] < 1:
+    out = Search(**{"name": name, "num_samples": 1 if name == "grid" else 10, **section})
+    if out.num_samples < 1:
         raise SweepError(f"{path}: 'search.num_samples' must be >= 1")
-    if out["seed"] > MAX_SEED:  # numpy's and optuna's seeds are 32-bit
-        raise SweepError(f"{path}: 'search.seed' must be at most {MAX_SEED}, got {out['seed']}")
+    if out.seed > MAX_SEED:  # numpy's and optuna's seeds are 32-bit
+        raise SweepError(f"{path}: 'search.seed' must be at most {MAX_SEED}, got {out.seed}")
     return out
 
 
 MAX_SEED = 2**32 - 1
 
 
-def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
-    """{name, options...}; unknown options of the chosen scheduler are rejected."""
+def scheduler(section: dict[str, Any], path: Any) -> Scheduler:
+    """The Scheduler and its options; unknown options of the chosen scheduler are rejected."""
     name = section.get("name", "fifo")
     if name not in SCHEDULERS:
         raise SweepError(
@@ -156,8 +150,8 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
             f"valid: {', '.join(SCHEDULERS)}"
         )
     options = {k: v for k, v in section.items() if k != "name"}
-    unknown(options, SCHEDULERS[name], "scheduler.", path)
-    typed(options, SCHEDULERS[name], "scheduler.", path)
+    unknown(options, SCHEDULERS[name].types, "scheduler.", path)
+    typed(options, SCHEDULERS[name].types, "scheduler.", path)
     for key in ("grace_period", "max_t", "perturbation_interval", "brackets", "min_samples_required"):
         if key in options and options[key] < 1:
             raise SweepError(f"{path}: 'scheduler.{key}' must be >= 1")
@@ -174,20 +168,20 @@ def scheduler(section: dict[str, Any], path: Any) -> dict[str, Any]:
             f"{path}: 'scheduler.grace_period' ({options['grace_period']}) must be <= "
             f"'scheduler.max_t' ({options['max_t']})"
         )
-    return {"name": name, **options}
+    return Scheduler(name, options)
 
 
-def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> dict[str, Any]:
-    """{workers, cpus_per_worker, gpus_per_worker}; fractional GPUs let small trials share one.
+def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> Resources:
+    """The Resources of a trial; fractional GPUs let small trials share one.
     `where` names the section in errors (`smoke.resources.` for the smoke block's merged one)."""
     unknown(section, RESOURCES, where, path)
     typed(section, RESOURCES, where, path)
-    out = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, **section}
-    if out["workers"] < 1:
-        raise SweepError(f"{path}: '{where}workers' must be an integer >= 1, got {out['workers']!r}")
-    if out["cpus_per_worker"] <= 0:
-        raise SweepError(f"{path}: '{where}cpus_per_worker' must be > 0, got {out['cpus_per_worker']!r}")
-    if out["gpus_per_worker"] > 1 and out["gpus_per_worker"] != int(out["gpus_per_worker"]):
+    out = Resources(**section)
+    if out.workers < 1:
+        raise SweepError(f"{path}: '{where}workers' must be an integer >= 1, got {out.workers!r}")
+    if out.cpus_per_worker <= 0:
+        raise SweepError(f"{path}: '{where}cpus_per_worker' must be > 0, got {out.cpus_per_worker!r}")
+    if out.gpus_per_worker > 1 and out.gpus_per_worker != int(out.gpus_per_worker):
         raise SweepError(f"{path}: '{where}gpus_per_worker' above 1 must be a whole number")
     return out
 

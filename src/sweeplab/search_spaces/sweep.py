@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ from sweeplab.core.fmt import number
 from sweeplab.core.names import check_name
 from sweeplab.schema import Config, flatten
 from sweeplab.search_spaces import spec as S
-from sweeplab.search_spaces.domains import Domain, evaluate
+from sweeplab.search_spaces.domains import ChoiceVariant, Domain, Expr, Grid, GridVariant
+from sweeplab.search_spaces.schedulers import Scheduler
+from sweeplab.search_spaces.settings import Resources, Search
 
 SEED = "train.seed"
 MAX_RUNGS = 100  # ASHA / HyperBand rungs: a reduction_factor of 1.0001 would make tens of thousands
@@ -57,11 +59,11 @@ class Sweep:
     base: dict[str, Any]  # config + overrides (+ smoke overrides)
     space: dict[str, Domain]
     seeds: int
-    search: dict[str, Any]
-    scheduler: dict[str, Any]
+    search: Search
+    scheduler: Scheduler
     metric: str
     mode: str
-    resources: dict[str, Any]
+    resources: Resources
     max_concurrent: int | None
     tables: dict[str, dict[str, str]]
 
@@ -72,16 +74,17 @@ class Sweep:
     def _resolve(self, point: dict[str, Any], where: str = "") -> tuple[Config, dict[str, Any]]:
         tree = self.base  # merge and from_dict leave it as it is
         if "variant" in point:
-            bundles = {b["label"]: b["set"] for b in self.space["variant"].args}
-            tree = merge(tree, nested(bundles[point["variant"]]))
+            variant = self.space["variant"]
+            assert isinstance(variant, (GridVariant, ChoiceVariant))
+            tree = merge(tree, nested(variant.sets[point["variant"]]))
         tree = merge(tree, nested({k: v for k, v in point.items() if k != "variant"}))
         derived: dict[str, Any] = {}
         defaults = Config().to_dict()
         for key, dom in self.space.items():
-            if dom.kind != "expr":
+            if not isinstance(dom, Expr):
                 continue
             try:  # names see the whole trial config, defaults included
-                value = evaluate(dom.args, merge(defaults, tree))
+                value = dom.evaluate(merge(defaults, tree))
             except Exception as e:
                 raise SweepError(f"{self.path}: 'space.{key}.expr' failed{where}: {type(e).__name__}: {e}") from None
             if isinstance(flatten(defaults).get(key), int) and isinstance(value, float) and value.is_integer():
@@ -121,28 +124,25 @@ class Sweep:
 
     def size(self) -> tuple[int, str]:
         """(the number of trials, how it is made up), computed without enumerating them."""
-        grids = [len(d.args) for d in self.space.values() if d.kind == "grid"]
-        n = math.prod(grids) * self.search["num_samples"] * self.seeds
-        return n, (
-            f"grid {' x '.join(map(str, grids)) or 1} x num_samples {self.search['num_samples']} x seeds {self.seeds}"
-        )
+        grids = [len(d.values) for d in self.space.values() if isinstance(d, Grid)]
+        n = math.prod(grids) * self.search.num_samples * self.seeds
+        parts = f"grid {' x '.join(map(str, grids)) or 1} x num_samples {self.search.num_samples} x seeds {self.seeds}"
+        return n, parts
 
     def points(self) -> list[dict[str, Any]]:
         """The points to run: grid x num_samples x seeds (grid and random search); for optuna, the
         dry-run's draws from the prior (TPE picks the real ones as results come in)."""
-        rng = random.Random(self.search["seed"])
-        grid = {k: d for k, d in self.space.items() if d.kind == "grid"}
+        rng = random.Random(self.search.seed)
+        grid = {k: d for k, d in self.space.items() if isinstance(d, Grid)}
         out: list[dict[str, Any]] = []
-        for _ in range(self.search["num_samples"]):
-            for combo in itertools.product(*(d.args for d in grid.values())):
+        for _ in range(self.search.num_samples):
+            for combo in itertools.product(*(d.values for d in grid.values())):
                 chosen = dict(zip(grid, combo))
                 point: dict[str, Any] = {}
                 for key, dom in self.space.items():
-                    if dom.kind == "expr":
+                    if isinstance(dom, Expr):
                         continue
-                    point[key] = chosen[key] if key in grid else dom.sample(rng)
-                    if key == "variant":
-                        point[key] = point[key]["label"]
+                    point[key] = chosen[key] if key in grid else dom.sample(rng)  # a variant's values are labels
                 for seed in range(self.seeds):
                     out.append({**point, SEED: seed} if self.seeds > 1 else dict(point))
         return out
@@ -168,7 +168,7 @@ class Sweep:
 
     def check(self) -> None:
         """Validate every trial config, and the edges of every sampled range, before Ray starts."""
-        workers = self.resources["workers"]
+        workers = self.resources.workers
         for t in self._trials:  # DDP splits the global batch: it must split evenly, ghost batches per rank
             batch, ghost = t.config.data.batch_size, t.config.train.ghost_batch_size
             if batch % workers or (ghost and (batch // workers) % ghost):
@@ -180,21 +180,21 @@ class Sweep:
         for key, dom in self.space.items():
             if dom.sampled:
                 for value in dom.extremes():
-                    self.make_trial({**first, key: value["label"] if key == "variant" else value})
+                    self.make_trial({**first, key: value})
         self._check_scheduler()
 
     def _check_scheduler(self) -> None:
         """Scheduler options against the trials' length: a grace period no trial reaches never stops one,
         and ASHA or HyperBand with more rungs than this build them all in the driver."""
         s = self.scheduler
-        max_t = s.get("max_t", self.max_epochs())
-        if s["name"] in ("asha", "median") and s.get("grace_period", 1) > max_t:
+        max_t = s.options.get("max_t", self.max_epochs())
+        if s.name in ("asha", "median") and s.get("grace_period") > max_t:
             raise SweepError(
-                f"{self.path}: 'scheduler.grace_period' ({s['grace_period']}) is longer than the "
-                f"longest trial ({max_t} epochs{'' if 'max_t' in s else ', train.epochs'})"
+                f"{self.path}: 'scheduler.grace_period' ({s.get('grace_period')}) is longer than the "
+                f"longest trial ({max_t} epochs{'' if 'max_t' in s.options else ', train.epochs'})"
             )
-        if s["name"] in ("asha", "hyperband"):
-            rf = s.get("reduction_factor", 4 if s["name"] == "asha" else 3)
+        if s.name in ("asha", "hyperband"):
+            rf = s.get("reduction_factor")
             rungs = int(math.log(max_t / s.get("grace_period", 1)) / math.log(rf)) + 1
             if rungs > MAX_RUNGS:
                 raise SweepError(
@@ -203,7 +203,7 @@ class Sweep:
                 )
             if s.get("brackets", 1) > rungs:
                 raise SweepError(
-                    f"{self.path}: 'scheduler.brackets' ({s['brackets']}) must be at most the "
+                    f"{self.path}: 'scheduler.brackets' ({s.get('brackets')}) must be at most the "
                     f"number of rungs ({rungs}: grace_period x reduction_factor^k up to {max_t})"
                 )
 
@@ -280,20 +280,20 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     space = S.space(S.mapping(spec, "space", path), "space.", path)
     smoke_over = S.overrides(S.mapping(smoke_block, "overrides", path), "smoke.overrides.", path)
     smoke_space = S.space(S.mapping(smoke_block, "space", path), "smoke.space.", path)
-    search = {**S.mapping(spec, "search", path)}
-    scheduler = {**S.mapping(spec, "scheduler", path)}
+    search_spec = {**S.mapping(spec, "search", path)}
+    scheduler_spec = {**S.mapping(spec, "scheduler", path)}
     seeds = spec.get("seeds", 1)
     if smoke:
         base = merge(base, nested(smoke_over))
         space.update(smoke_space)
         seeds = smoke_block.get("seeds", seeds)
-        search.update(S.mapping(smoke_block, "search", path))
-        scheduler.update(S.mapping(smoke_block, "scheduler", path))
+        search_spec.update(S.mapping(smoke_block, "search", path))
+        scheduler_spec.update(S.mapping(smoke_block, "scheduler", path))
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise SweepError(f"{path}: 'seeds' must be an integer >= 1, got {seeds!r}")
     if seeds > 1 and SEED in space:
         raise SweepError(f"{path}: 'space.{SEED}' conflicts with 'seeds: {seeds}' (seeds sets train.seed)")
-    search, scheduler = S.search(search, path), S.scheduler(scheduler, path)
+    search, scheduler = S.search(search_spec, path), S.scheduler(scheduler_spec, path)
     # smoke.resources is merged into resources and checked even without --smoke, like smoke.overrides
     base_resources = S.mapping(spec, "resources", path)
     resources = S.resources(base_resources, path)
@@ -302,8 +302,8 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     )
     if smoke:
         resources = smoke_resources
-    if search["name"] == "optuna":
-        grids = [k for k, d in space.items() if d.kind == "grid"]
+    if search.name == "optuna":
+        grids = [k for k, d in space.items() if isinstance(d, Grid)]
         if grids:
             raise SweepError(
                 f"{path}: 'space.{grids[0]}' is a grid, which optuna (TPE) cannot sample; "
@@ -311,11 +311,14 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
             )
         if seeds > 1:
             raise SweepError(f"{path}: 'seeds: {seeds}' needs search grid or random (TPE draws each point once)")
-    if scheduler["name"] == "pbt":
-        if resources["workers"] > 1 or search["name"] == "optuna":
+    if scheduler.name == "pbt":
+        if resources.workers > 1 or search.name == "optuna":
             raise SweepError(f"{path}: 'scheduler.name' pbt needs one worker per trial and search grid or random")
-        for key in scheduler.setdefault("mutate", [k for k, d in space.items() if k != "variant" and d.kind != "expr"]):
-            if key not in space or key == "variant" or space[key].kind == "expr":
+        if "mutate" not in scheduler.options:  # default: every key of the space but the variant and the exprs
+            mutate = [k for k, d in space.items() if k != "variant" and not isinstance(d, Expr)]
+            scheduler = replace(scheduler, options={**scheduler.options, "mutate": mutate})
+        for key in scheduler.options["mutate"]:
+            if key not in space or key == "variant" or isinstance(space[key], Expr):
                 raise SweepError(f"{path}: 'scheduler.mutate' names {key!r}, which is not a sampled key of the space")
     max_concurrent = spec.get("max_concurrent")
     if max_concurrent is not None and (
