@@ -19,6 +19,7 @@ import pytest
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_store import fresh_uri
 from sweeplab.commands.progress import Driver
+from sweeplab.runner.outcome import Outcome
 from sweeplab.schema import flatten
 from sweeplab.search_spaces import load
 from sweeplab.tracking import Tracker
@@ -332,7 +333,7 @@ def test_full_mlflow_disk_is_recorded_then_reconciled(
     summaries = [
         SimpleNamespace(
             trial_id=tid,
-            status="TERMINATED",
+            outcome=Outcome.FINISHED,
             point=rows[0]["config"]["point"],
             result=rows[-1],
             error=None,
@@ -370,16 +371,15 @@ def test_reconcile_on_resume_logs_a_run_that_never_reached_mlflow(tmp_path: Path
     running = _results(tmp_path / "c", points[2], 1)
     _replay(d, "b", errored[:1], end=False)
     summaries = [
-        SimpleNamespace(
-            trial_id="a", status="TERMINATED", point=points[0], result=done[-1], error=None, path=str(tmp_path / "a")
-        ),
-        SimpleNamespace(
-            trial_id="b", status="ERROR", point=points[1], result=errored[-1], error="boom", path=str(tmp_path / "b")
-        ),
-        SimpleNamespace(
-            trial_id="c", status="RUNNING", point=points[2], result=running[-1], error=None, path=str(tmp_path / "c")
-        ),
-        SimpleNamespace(trial_id="p", status="PENDING", point=points[3], result={}, error=None, path=None),
+        SimpleNamespace(trial_id=tid, outcome=o, point=points[i], result=r, error=e, path=str(tmp_path / tid))
+        for i, (tid, o, r, e) in enumerate(
+            [
+                ("a", Outcome.FINISHED, done[-1], None),
+                ("b", Outcome.FAILED, errored[-1], "boom"),
+                ("c", Outcome.RUNNING, running[-1], None),
+                ("p", Outcome.PENDING, {}, None),  # not started: no folder
+            ]
+        )
     ]
     assert [line.split(":")[0] for line in d.reconcile(summaries)] == ["a", "b", "c"]
     children = {tid: runs[0] for tid, runs in _children(uri, tracker).items()}

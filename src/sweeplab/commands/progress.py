@@ -19,11 +19,11 @@ from typing import Any
 from sweeplab.config import from_dict
 from sweeplab.core.fmt import number
 from sweeplab.core.names import METRICS
+from sweeplab.runner.outcome import Outcome, ended_as
 from sweeplab.schema import flatten
-from sweeplab.search_spaces import Sweep, from_snapshot, label
+from sweeplab.search_spaces import Sweep, label
 
 SHOWN = ("train/loss", "val/error", "time/images_per_s")
-ENDED = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune's final states -> the child run's status
 
 
 @dataclass
@@ -119,19 +119,19 @@ class Driver:
 
     def trial_end(self, trial_id: str, result: dict[str, Any], error: str | None) -> None:
         epoch, epochs = int(result.get("epoch", 0)), self._epochs(trial_id, result)
-        stopped = error is None and epoch < epochs
+        outcome = ended_as(epoch, epochs, failed=error is not None)
         self._log(
             trial_id,
-            f"end ({'FAILED' if error is not None else 'FINISHED'})",
+            f"end ({run_status(outcome)})",
             self.tracker.trial_end,
             trial_id,
-            failed=error is not None,
-            stopped_early=stopped,
+            failed=outcome is Outcome.FAILED,
+            stopped_early=outcome is Outcome.STOPPED,
         )
         metric = f"{self.sweep.metric} {result[self.sweep.metric]:.4g}" if self.sweep.metric in result else ""
         if error is not None:
             self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}")
-        elif stopped:
+        elif outcome is Outcome.STOPPED:
             self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}")
         else:
             self.say(trial_id, f"done  {metric}")
@@ -148,13 +148,13 @@ class Driver:
     def reconcile(self, trials: Iterable[Any]) -> list[str]:
         """Log again, from Tune's results, what MLflow lacks of each trial: its run (params, config.yaml,
         tags), the epochs it has no metrics of (each exactly once) and the end of a finished or failed
-        trial. Idempotent. `trials` are ray_backend.TrialSummary (trial_id, status, point, result, path).
+        trial. Idempotent. `trials` are ray_backend.TrialSummary (trial_id, outcome, point, result, path).
         Returns one line per trial logged again; `lost` keeps only what still could not be logged."""
         relogged: list[str] = []
         for t in trials:
             results = tune_results(getattr(t, "path", None))
             point = t.point or _point(results)
-            if not point or (not results and not t.result and t.status not in ENDED):
+            if not point or (not results and not t.result and not t.outcome.ended):
                 continue  # not started yet (or no trace of it): Tune's trial_start logs it when it runs
             done: list[str] = []
             if self._log(t.trial_id, "reconcile from Tune's results", self._reconcile, t, point, results, done):
@@ -179,14 +179,9 @@ class Driver:
         for epoch in sorted(set(by_epoch) - logged):
             tr.trial_result(t.trial_id, _metrics(by_epoch[epoch]), by_epoch[epoch].get("reported_at"))
             done.append(f"epoch {epoch} metrics")
-        want = ENDED.get(t.status)
+        want = run_status(t.outcome)
         if want and tr.run_status(t.trial_id) != want:
-            last = max(by_epoch, default=0)
-            tr.trial_end(
-                t.trial_id,
-                failed=want == "FAILED",
-                stopped_early=want == "FINISHED" and last < trial.config.train.epochs,
-            )
+            tr.trial_end(t.trial_id, failed=t.outcome is Outcome.FAILED, stopped_early=t.outcome is Outcome.STOPPED)
             done.append(f"end ({want})")
 
     def _tags(self, trial_id: str, seed: int, rows: dict[str, int], point: dict[str, Any]) -> dict[str, str]:
@@ -259,27 +254,22 @@ def _first_line(e: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def finished(sweep: Sweep, summaries: list[Any]) -> list[Any]:
-    """Trials that reported the sweep's metric at their last epoch (not stopped early, not failed)."""
-    out = []
-    for s in summaries:
-        if s.status == "TERMINATED" and sweep.metric in s.result:
-            if int(s.result.get("epoch", 0)) >= sweep.resolve(s.point).train.epochs:
-                out.append(s)
-    return out
+def run_status(outcome: Outcome) -> str | None:
+    """The MLflow status of an ended trial's run (a trial stopped early is FINISHED, tagged
+    stopped_early); None while the trial has not ended."""
+    if not outcome.ended:
+        return None
+    return "FAILED" if outcome is Outcome.FAILED else "FINISHED"
 
 
 def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
     """Counts of trial outcomes and the best finished trial with a command that reproduces it."""
-    full = finished(sweep, summaries)
-    states: dict[str, int] = {}
-    for s in summaries:
-        states[s.status] = states.get(s.status, 0) + 1
-    stopped = sum(1 for s in summaries if s.status == "TERMINATED") - len(full)
+    counts = _counts(summaries)
     print(
-        f"sweeplab: {len(summaries)} trials: {len(full)} finished, {stopped} stopped early, "
-        f"{states.get('ERROR', 0)} failed"
+        f"sweeplab: {len(summaries)} trials: {counts.get(Outcome.FINISHED, 0)} finished, "
+        f"{counts.get(Outcome.STOPPED, 0)} stopped early, {counts.get(Outcome.FAILED, 0)} failed"
     )
+    full = [s for s in summaries if s.outcome is Outcome.FINISHED and sweep.metric in s.result]
     if not full:
         return
     sign = 1 if sweep.mode == "min" else -1
@@ -288,26 +278,25 @@ def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
     print(f"best config: {best_command(sweep, best.point)}")
 
 
+def _counts(trials: Iterable[Any]) -> dict[Outcome, int]:
+    counts: dict[Outcome, int] = {}
+    for t in trials:
+        counts[t.outcome] = counts.get(t.outcome, 0) + 1
+    return counts
+
+
 def print_status(name: str, meta: dict[str, Any], trials: list[Any], detail: bool) -> None:
     """One line per launch; with `detail`, one line per trial. A trial a scheduler stopped is 'stopped'."""
     sweep = meta.get("sweep", {})
-    compiled = from_snapshot(sweep) if sweep else None
-    counts: dict[str, int] = {}
-    for t in trials:
-        if compiled and t.status == "TERMINATED" and t.point:
-            if int(t.result.get("epoch", 0)) < compiled.resolve(t.point).train.epochs:
-                t.status = "STOPPED"
-            else:
-                t.status = "FINISHED"
-        counts[t.status] = counts.get(t.status, 0) + 1
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no saved state"
+    counts = _counts(trials)
+    states = ", ".join(f"{n} {o.lower()}" for o, n in sorted(counts.items())) or "no saved state"
     print(f"{name}  {sweep.get('path', '?')}{' (smoke)' if sweep.get('smoke') else ''}  {len(trials)} trials: {states}")
     if not detail:
         return
     for t in sorted(trials, key=lambda t: t.trial_id):
         r = t.result
         shown = "  ".join(f"{k} {r[k]:.4g}" for k in ("epoch", "val/error") if isinstance(r.get(k), (int, float)))
-        print(f"  {t.trial_id}  {t.status:10s}  {shown:28s}  {label(t.point)}{'  ' + t.error if t.error else ''}")
+        print(f"  {t.trial_id}  {t.outcome:10s}  {shown:28s}  {label(t.point)}{'  ' + t.error if t.error else ''}")
 
 
 def print_trials(sweep: Sweep) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from sweeplab.commands import progress
 from sweeplab.core.errors import SweepError, suggest
 from sweeplab.core.names import check_name
+from sweeplab.runner.outcome import Outcome
 from sweeplab.search_spaces import Sweep, from_snapshot, load
 
 DEFAULT_STORAGE = "runs/ray"
@@ -139,16 +140,16 @@ def _drive(
         tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags)
         driver = progress.Driver(sweep, tracker)
         if resuming:  # what an earlier driver could not log (killed, full disk) comes from Tune's results
-            driver.reconcile(ray_backend.trials(storage, launch))
+            driver.reconcile(ray_backend.trials(storage, launch, sweep))
             summaries = ray_backend.resume(sweep, launch, storage, driver)
         else:
             summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
         if driver.lost:  # the store may be back by now: log again from Tune's results what failed
             driver.reconcile(summaries)
-        summaries, missing = _settled(summaries, ray_backend, storage, launch, _expected(sweep))
-        failed = [s for s in summaries if s.status == "ERROR"]
+        missing = max(0, _expected(sweep) - len(summaries))  # never created: Ctrl-C came first
+        failed = [s for s in summaries if s.outcome is Outcome.FAILED]
         # Ctrl-C or SIGTERM: Tune stops the experiment, saves its state and returns with trials unfinished
-        unfinished = [s for s in summaries if s.status not in ("TERMINATED", "ERROR")]
+        unfinished = [s for s in summaries if not s.outcome.ended]
         status = "KILLED" if unfinished or missing else "FAILED" if failed else "FINISHED"
         for t in unfinished:  # stopped by Ctrl-C or SIGTERM: KILLED in MLflow until `resume` re-opens them
             driver.safe(tracker.trial_interrupted, t.trial_id)
@@ -194,25 +195,6 @@ def _expected(sweep: Sweep) -> int:
     return sweep.search.num_samples if sweep.search.name == "optuna" else len(sweep.points())
 
 
-def _settled(summaries: list[Any], backend: Any, storage: str, launch: str, expected: int) -> tuple[list[Any], int]:
-    """The trials as Tune saved them, and how many were never created. Interrupted (Ctrl-C, SIGTERM),
-    Tune returns the trials it stopped as TERMINATED and leaves out those it had not started; its
-    saved state, which `resume` continues from, says RUNNING or PENDING."""
-    try:
-        saved = {t.trial_id: t for t in backend.trials(storage, launch)}
-    except Exception:
-        return summaries, max(0, expected - len(summaries))
-    out = [
-        saved[s.trial_id]
-        if s.status == "TERMINATED" and s.trial_id in saved and saved[s.trial_id].status not in ("TERMINATED", "ERROR")
-        else s
-        for s in summaries
-    ]
-    seen = {s.trial_id for s in out}
-    out += [t for tid, t in saved.items() if tid not in seen]
-    return out, max(0, expected - len(out))
-
-
 def status(args: argparse.Namespace) -> int:
     """`sweeplab status [NAME]`: launches and the states of their trials."""
     from sweeplab.runner import launch_state, ray_backend
@@ -229,8 +211,9 @@ def status(args: argparse.Namespace) -> int:
     ray_backend.environment(storage, local=False)
     for name in [args.name] if args.name else names:
         meta = _read_meta(storage, name) or {}
+        compiled = from_snapshot(meta["sweep"]) if meta.get("sweep") else None
         try:
-            trials = ray_backend.trials(storage, name)
+            trials = ray_backend.trials(storage, name, compiled)
         except launch_state.StateError as e:  # no copy of Tune's state this user's key signed: not read
             print(f"sweeplab: {name}: {e}", file=sys.stderr)
             trials = []
@@ -276,8 +259,8 @@ def _read_meta(storage: str, launch: str) -> dict[str, Any] | None:
 def launches(storage: str) -> list[str]:
     """Launch names under `storage`, oldest first."""
     if "://" not in storage:
-        root = Path(storage)
-        found = [p.parent for p in root.glob(f"*/{META}")] if root.is_dir() else []
+        folder = Path(storage)
+        found = [p.parent for p in folder.glob(f"*/{META}")] if folder.is_dir() else []
         return [p.name for p in sorted(found, key=lambda p: (p / META).stat().st_mtime)]
     import pyarrow.fs
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sweeplab.runner import launch_state, ray_ddp, worker
+from sweeplab.runner.outcome import Outcome, ended_as
 from sweeplab.search_spaces import Choice, Domain, Grid, LogUniform, QUniform, RandInt, Sweep, Uniform
 
 LOCAL_DEFAULTS = {
@@ -48,10 +49,10 @@ class Listener(Protocol):
 
 @dataclass
 class TrialSummary:
-    """A trial as Tune last saw it."""
+    """A trial as Tune last saw it, in sweeplab's words."""
 
     trial_id: str
-    status: str  # PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    outcome: Outcome
     point: dict[str, Any]
     result: dict[str, Any]
     error: str | None = None
@@ -283,12 +284,17 @@ def _error(trial: Any) -> str:
     err = trial.get_error()
     if err is None and getattr(trial, "error_file", None) and Path(trial.error_file).is_file():
         err = Path(trial.error_file).read_text()  # the driver's copy: a retried trial's error is not synced yet
+    return _last_line(err)
+
+
+def _last_line(err: Any) -> str:
+    """An error's last non-blank line (the exception, after Ray's traceback), or 'failed'."""
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()] if err else []
     return lines[-1] if lines else "failed"
 
 
 def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurrent: int | None) -> list[TrialSummary]:
-    """Run a sweep as a Tune experiment `storage/launch`; return every trial's summary."""
+    """Run a sweep as a Tune experiment `storage/launch`; return its trials as Tune saved them at the end."""
     from ray import tune
 
     _watch(listener, storage, launch)
@@ -316,7 +322,7 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
-    return _fit(tuner)
+    return _fit(tuner, sweep, storage, launch)
 
 
 def _watch(listener: Listener, storage: str, launch: str) -> None:
@@ -332,16 +338,23 @@ def _no_pickled_errors() -> None:
     Its `error.txt` says the same in text, and `Trial.get_error` reads that: use only it."""
     from ray.tune.experiment.trial import Trial
 
-    Trial.get_pickled_error = lambda self: None  # type: ignore[method-assign]
+    Trial.get_pickled_error = lambda self: None
 
 
-def _fit(tuner: Any) -> list[TrialSummary]:
+def _fit(tuner: Any, sweep: Sweep, storage: str, launch: str) -> list[TrialSummary]:
+    """Run the Tuner; return the trials as its final saved state has them, the state `resume` continues
+    from. Tune's own view at the end is less exact: interrupted (Ctrl-C, SIGTERM), it calls the trials
+    it stopped TERMINATED and leaves out those it had not started; its saved state says RUNNING or
+    PENDING. That view is used only when the saved state cannot be read (e.g. a full disk)."""
     try:
         results = tuner.fit()
     finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`
         if _KEEPER:
             _KEEPER.maybe_copy(force=True)
-    return _summaries(results)
+    try:
+        return trials(storage, launch, sweep)
+    except Exception:
+        return _summaries_of_results(results, sweep)
 
 
 def resume(sweep: Sweep, launch: str, storage: str, listener: Listener) -> list[TrialSummary]:
@@ -359,7 +372,7 @@ def resume(sweep: Sweep, launch: str, storage: str, listener: Listener) -> list[
         resume_errored=True,
         param_space=param_space(sweep),
     )
-    return _fit(tuner)
+    return _fit(tuner, sweep, storage, launch)
 
 
 def prepare_resume(storage: str, launch: str) -> list[str]:
@@ -370,8 +383,9 @@ def prepare_resume(storage: str, launch: str) -> list[str]:
     return launch_state.reinstate(f"{storage.rstrip('/')}/{launch}")[1]
 
 
-def trials(storage: str, launch: str) -> list[TrialSummary]:
-    """The trials of a launch as last saved (its newest verified copy), read without starting Ray."""
+def trials(storage: str, launch: str, sweep: Sweep | None = None) -> list[TrialSummary]:
+    """The trials of a launch as last saved (its newest verified copy), read without starting Ray.
+    `sweep` (the launch's) tells a trial that ran all its epochs from one stopped early."""
     from ray.tune import ExperimentAnalysis
 
     _no_pickled_errors()
@@ -384,25 +398,50 @@ def trials(storage: str, launch: str) -> list[TrialSummary]:
             # read from the copy's folder, Tune looks for each trial's result files there: they are not
             # needed (the state holds each trial's last result), nor is its warning
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    return _summaries_of(ExperimentAnalysis(source).trials)
+    return _summaries_of(ExperimentAnalysis(source).trials, sweep)
 
 
-def _summaries(results: Any) -> list[TrialSummary]:
-    return _summaries_of(results._experiment_analysis.trials)
+def _summaries_of(trials: list[Any], sweep: Sweep | None) -> list[TrialSummary]:
+    out = []
+    for t in trials:
+        point, result = dict(t.config.get("point", {})), dict(t.last_result or {})
+        outcome = _outcome(t.status, point, result, sweep)
+        error = _error(t) if outcome is Outcome.FAILED else None
+        out.append(TrialSummary(t.trial_id, outcome, point, result, error, _local_path(t)))
+    return out
 
 
-def _summaries_of(trials: list[Any]) -> list[TrialSummary]:
-    return [
-        TrialSummary(
-            t.trial_id,
-            t.status,
-            dict(t.config.get("point", {})),
-            dict(t.last_result or {}),
-            _error(t) if t.status == "ERROR" else None,
-            _local_path(t),
-        )
-        for t in trials
-    ]
+def _summaries_of_results(results: Any, sweep: Sweep) -> list[TrialSummary]:
+    """The trials of `tuner.fit()`'s ResultGrid, as Tune had them in memory at the end. A Result has no
+    status: one with an error failed; the others ended; one that never reported has no id and is left out."""
+    from ray.tune.experiment import Trial
+
+    out = []
+    for r in results:
+        result = dict(r.metrics or {})
+        if "trial_id" not in result:  # never reported: nothing tells its id; counted as not created
+            continue
+        point = dict((r.config or {}).get("point", {}))
+        status = Trial.ERROR if r.error else Trial.TERMINATED
+        error = _last_line(r.error) if r.error else None
+        path = r.path if r.path and "://" not in r.path and Path(r.path).is_dir() else None
+        out.append(TrialSummary(result["trial_id"], _outcome(status, point, result, sweep), point, result, error, path))
+    return out
+
+
+def _outcome(status: str, point: dict[str, Any], result: dict[str, Any], sweep: Sweep | None) -> Outcome:
+    """Tune's trial status in sweeplab's words: the one place that reads Tune's states. A trial Tune
+    ended without an error finished or was stopped early, by its last epoch (without the sweep, a
+    launch saved without its snapshot: finished)."""
+    from ray.tune.experiment import Trial
+
+    if status == Trial.ERROR:
+        return Outcome.FAILED
+    if status == Trial.TERMINATED:
+        epochs = sweep.resolve(point).train.epochs if sweep is not None and point else 0
+        return ended_as(int(result.get("epoch", 0)), epochs)
+    # a state Tune may add later is one that has not ended: `resume` continues the trial
+    return {Trial.RUNNING: Outcome.RUNNING, Trial.PAUSED: Outcome.PAUSED}.get(status, Outcome.PENDING)
 
 
 def _local_path(trial: Any) -> str | None:
