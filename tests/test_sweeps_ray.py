@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def test_asha_stops_a_trial_early(asha_sweep):
     tmp_path, rc, out, _ = asha_sweep
     assert rc == 0, out
     assert "stopped early at epoch" in out
+    summary = re.search(r"sweeplab: 4 trials: (\d) finished, (\d) stopped early, 0 failed", out)
+    assert summary and int(summary[1]) >= 1 and int(summary[1]) + int(summary[2]) == 4, out
     client, runs = child_runs(tmp_path, "asha")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
@@ -67,6 +70,8 @@ def test_asha_stops_a_trial_early(asha_sweep):
         timeout=120,
     )
     assert status.returncode == 0 and "STOPPED" in status.stdout and "FINISHED" in status.stdout
+    # the run's summary and `status` tell finished from stopped the same way
+    assert f"4 trials: {summary[1]} finished, {summary[2]} stopped" in status.stdout, status.stdout
 
 
 @pytest.mark.slow
