@@ -26,7 +26,8 @@ def names() -> list[str]:
 def param_groups(model: nn.Module, weight_decay: float, no_decay_on_bn: bool) -> list[dict]:
     """Decay every weight (conv and linear alike, unlike the reference's `conv.weight` filter);
     optionally exempt 1-D tensors, i.e. BatchNorm scales/shifts and biases."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if (no_decay_on_bn and p.ndim <= 1) else decay).append(p)
@@ -73,7 +74,7 @@ class LARS(torch.optim.SGD):
         self.eps, self.eta = eps, trust_coefficient
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         for group in self.param_groups:
             if group.get("lars_exclude"):
                 continue

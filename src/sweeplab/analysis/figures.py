@@ -51,7 +51,8 @@ def completed_all(trials: list[LoggedTrial]) -> list[LoggedTrial]:
 
 def error_vs_lr(trials: list[LoggedTrial], path: Path, title: str = "") -> Path | None:
     """Final val/error against initial lr (log axis), one line per batch size (and weight decay if it varies)."""
-    done = [t for t in completed_all(trials) if _number(t, "optim.lr") is not None]
+    lr_of = {t.run_id: lr for t in completed_all(trials) if (lr := _number(t, "optim.lr")) is not None}
+    done = [t for t in completed_all(trials) if t.run_id in lr_of]
     if not done:
         return None
     wds = {t.params.get("optim.weight_decay") for t in done}
@@ -60,7 +61,7 @@ def error_vs_lr(trials: list[LoggedTrial], path: Path, title: str = "") -> Path 
         label = f"batch {t.params.get('data.batch_size', '?')}"
         if len(wds) > 1:
             label += f", wd {t.params.get('optim.weight_decay')}"
-        series.setdefault(label, {}).setdefault(_number(t, "optim.lr"), []).append(t.metrics[METRIC])
+        series.setdefault(label, {}).setdefault(lr_of[t.run_id], []).append(t.metrics[METRIC])
     fig = _figure()
     ax = fig.subplots()
     for label, points in sorted(series.items()):

@@ -83,7 +83,7 @@ def _trial(run: Run, names: dict[str, str]) -> LoggedTrial:
     tags = dict(run.data.tags)
     return LoggedTrial(
         run.info.run_id,
-        names.get(run.info.experiment_id, tags.get(SWEEP, "")),
+        names.get(run.info.experiment_id) or tags.get(SWEEP, ""),
         tags.get(TRIAL, run.info.run_name or ""),
         run.info.status,
         run.info.start_time or 0,
@@ -175,17 +175,16 @@ def config_of(c: MlflowClient, trial: LoggedTrial) -> dict[str, Any]:
     """The trial's nested config: its config.yaml artifact, else rebuilt from the dotted params."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = Path(c.download_artifacts(trial.run_id, "config.yaml", tmp))
-            tree = yaml.safe_load(path.read_text())
-            if isinstance(tree, dict):
-                return tree
+            saved = yaml.safe_load(Path(c.download_artifacts(trial.run_id, "config.yaml", tmp)).read_text())
+            if isinstance(saved, dict):
+                return saved
         except Exception:
             pass
     tree: dict[str, Any] = {}
     for key, text in sorted(trial.params.items()):
-        *path, leaf = key.split(".")
+        *parents, leaf = key.split(".")
         node = tree
-        for part in path:
+        for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = parse_value(text)
     return tree
