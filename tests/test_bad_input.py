@@ -592,7 +592,7 @@ def test_trial_cap_counts_before_enumerating(tmp_path):
 def test_expr_interpreter_agrees_with_python(expr):
     from types import SimpleNamespace
 
-    from sweeplab.search_spaces.domains import FUNCTIONS, evaluate
+    from sweeplab.search_spaces.expr import FUNCTIONS, evaluate
 
     tree = {"data": {"batch_size": 128}, "train": {"epochs": 200}, "model": {"name": "resnet_preact"}}
     names = {k: SimpleNamespace(**v) for k, v in tree.items()}

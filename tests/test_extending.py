@@ -19,7 +19,7 @@ import yaml
 from sweeplab import config, engine, models
 from sweeplab.core.errors import ConfigError, SweepError
 from sweeplab.models import catalog
-from sweeplab.runner import ray_backend
+from sweeplab.runner import tune_space
 from sweeplab.search_spaces import load, schedulers
 from sweeplab.search_spaces.schedulers import SchedulerKind
 
@@ -121,7 +121,7 @@ def test_a_new_trial_scheduler_reaches_tune(tmp_path, monkeypatch):
     # step 2: nothing else to write; the runner builds the Tune class from the row
     from ray.tune.schedulers import HyperBandForBOHB
 
-    tune_scheduler = ray_backend._scheduler(sweep)
+    tune_scheduler = tune_space.scheduler(sweep)
     assert isinstance(tune_scheduler, HyperBandForBOHB)
     assert tune_scheduler._time_attr == "epoch" and tune_scheduler._eta == 2 and tune_scheduler._max_t_attr == 4
 

@@ -119,7 +119,7 @@ def test_reinstate_puts_the_copy_back_and_moves_differing_files_aside_unread(tmp
 def test_a_token_written_by_a_concurrent_first_launch_is_shared(tmp_path, monkeypatch):
     # Two first sweeps in one new storage folder: the other one writes the token right after this one
     # looked for it (simulated: `exists` answers False once it is there). It used to be FileExistsError.
-    from sweeplab.runner import ray_backend
+    from sweeplab.runner import cluster
 
     storage = tmp_path / "storage"
     storage.mkdir()
@@ -130,22 +130,22 @@ def test_a_token_written_by_a_concurrent_first_launch_is_shared(tmp_path, monkey
     monkeypatch.setattr(Path, "exists", lambda self: False if self == token else real_exists(self))
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "")  # restored after the test, like RAY_AUTH_MODE
-    ray_backend.environment(str(storage), local=True)
+    cluster.environment(str(storage), local=True)
     assert Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text() == "a" * 64  # the winner's token, kept
     assert sorted(p.name for p in storage.iterdir()) == [".ray_auth_token"]  # no temporary file left
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
 
 
 def test_ray_temp_folder_is_private(tmp_path, monkeypatch):
-    from sweeplab.runner import ray_backend
+    from sweeplab.runner import cluster
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    inner = Path(ray_backend.private_temp_dir())
+    inner = Path(cluster.private_temp_dir())
     outer = inner.parent
     assert outer.parent == tmp_path and stat.S_IMODE(outer.stat().st_mode) == 0o700
     os.chmod(outer, 0o777)  # as an older sweeplab (or Ray itself) left it
-    ray_backend.private_temp_dir()
+    cluster.private_temp_dir()
     assert stat.S_IMODE(outer.stat().st_mode) == 0o700

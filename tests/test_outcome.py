@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from sweeplab.commands import progress
-from sweeplab.runner import ray_backend
+from sweeplab.runner import trials
 from sweeplab.runner.outcome import Outcome, ended_as
 from sweeplab.search_spaces import load
 
@@ -36,11 +36,11 @@ def test_a_trial_that_reached_its_last_epoch_finished_else_it_was_stopped() -> N
     ],
 )
 def test_tune_states_map_to_outcomes(status: str, epoch: int, want: Outcome) -> None:
-    assert ray_backend._outcome(status, POINT, {"epoch": epoch}, SWEEP) is want
+    assert trials.outcome_of(status, POINT, {"epoch": epoch}, SWEEP) is want
 
 
 def test_without_the_sweep_an_ended_trial_counts_as_finished() -> None:
-    assert ray_backend._outcome("TERMINATED", POINT, {"epoch": 1}, None) is Outcome.FINISHED
+    assert trials.outcome_of("TERMINATED", POINT, {"epoch": 1}, None) is Outcome.FINISHED
 
 
 def _trial(tid: str, status: str, epoch: int) -> SimpleNamespace:
@@ -55,9 +55,7 @@ def _trial(tid: str, status: str, epoch: int) -> SimpleNamespace:
 
 
 def test_summaries_carry_the_outcome_and_a_failed_trials_error() -> None:
-    got = ray_backend._summaries_of(
-        [_trial("a", "TERMINATED", 3), _trial("b", "TERMINATED", 1), _trial("c", "ERROR", 2)], SWEEP
-    )
+    got = trials.from_tune([_trial("a", "TERMINATED", 3), _trial("b", "TERMINATED", 1), _trial("c", "ERROR", 2)], SWEEP)
     assert [(s.trial_id, s.outcome, s.error, s.path) for s in got] == [
         ("a", Outcome.FINISHED, None, None),
         ("b", Outcome.STOPPED, None, None),
@@ -72,7 +70,7 @@ def test_results_of_fit_are_the_fallback(tmp_path: Path) -> None:
         metrics = {"trial_id": tid, "epoch": epoch, "config": {"point": POINT}} if tid else {}
         return SimpleNamespace(metrics=metrics, config=metrics.get("config"), error=error, path=str(tmp_path))
 
-    got = ray_backend._summaries_of_results(
+    got = trials.from_results(
         [result("a", 3), result("b", 2), result("c", 1, RuntimeError("x\nValueError: bad")), result(None, 0)], SWEEP
     )
     assert [(s.trial_id, s.outcome, s.error) for s in got] == [
@@ -83,8 +81,8 @@ def test_results_of_fit_are_the_fallback(tmp_path: Path) -> None:
     assert got[0].path == str(tmp_path) and got[0].point == POINT
 
 
-def _summary(tid: str, outcome: Outcome, epoch: int, error: str | None = None) -> ray_backend.TrialSummary:
-    return ray_backend.TrialSummary(tid, outcome, dict(POINT), {"epoch": epoch, SWEEP.metric: 20.0 - epoch}, error)
+def _summary(tid: str, outcome: Outcome, epoch: int, error: str | None = None) -> trials.TrialSummary:
+    return trials.TrialSummary(tid, outcome, dict(POINT), {"epoch": epoch, SWEEP.metric: 20.0 - epoch}, error)
 
 
 SUMMARIES = [

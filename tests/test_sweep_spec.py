@@ -157,7 +157,7 @@ def test_optuna_space_becomes_tune_domains(tmp_path):
     from ray import tune as ray_tune
     from ray.tune.search.sample import Categorical, Float
 
-    from sweeplab.runner import ray_backend
+    from sweeplab.runner import tune_space
 
     sweep = load(
         write(
@@ -167,12 +167,12 @@ def test_optuna_space_becomes_tune_domains(tmp_path):
         )
     )
     assert len(sweep.trials()) == 5
-    space = ray_backend.param_space(sweep)["point"]
+    space = tune_space.param_space(sweep)["point"]
     assert isinstance(space["optim.lr"], Float) and isinstance(space["optim.name"], Categorical)
-    searcher = ray_backend._searcher(sweep)
+    searcher = tune_space.searcher(sweep)
     assert searcher.set_search_properties("val/error", "min", {"point": space})
     grid = load(write(tmp_path, "g.yaml", space={"optim.lr": {"grid": [0.1, 0.2]}}, seeds=2))
-    assert ray_backend.param_space(grid)["point"] == ray_tune.grid_search([t.point for t in grid.trials()])
+    assert tune_space.param_space(grid)["point"] == ray_tune.grid_search([t.point for t in grid.trials()])
 
 
 def test_smoke_block_shrinks_the_sweep(tmp_path):
@@ -219,7 +219,7 @@ def test_smoke_resources_merge_into_resources(tmp_path):
 def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
     import ray
 
-    from sweeplab.runner import ray_backend
+    from sweeplab.runner import cluster
 
     sweep = load(
         write(
@@ -233,12 +233,12 @@ def test_gpu_less_cluster_runs_gpu_trials_on_cpu(tmp_path, monkeypatch):
         "nodes",
         lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}],
     )
-    fitted, note = ray_backend.fit_resources(sweep, local=True)
+    fitted, note = cluster.fit_resources(sweep, local=True)
     assert fitted.resources == Resources(workers=8, cpus_per_worker=0.25, gpus_per_worker=0)  # DDP kept, on gloo
     assert "gloo" in note and sweep.resources.gpus_per_worker == 1  # the loaded sweep is left as it was
-    assert ray_backend.fit_resources(sweep, local=False) == (sweep, None)  # a joined cluster may autoscale GPUs
+    assert cluster.fit_resources(sweep, local=False) == (sweep, None)  # a joined cluster may autoscale GPUs
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
-    assert ray_backend.fit_resources(sweep, local=True) == (sweep, None)
+    assert cluster.fit_resources(sweep, local=True) == (sweep, None)
 
 
 @pytest.mark.parametrize(
@@ -332,7 +332,7 @@ def test_dry_run_prints_trials_count_and_budget(tmp_path):
     ],
 )
 def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
-    from sweeplab.runner import ray_backend
+    from sweeplab.runner import tune_space
 
     sweep = load(
         write(
@@ -342,7 +342,7 @@ def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
             scheduler=scheduler,
         )
     )
-    s = ray_backend._scheduler(sweep)
+    s = tune_space.scheduler(sweep)
     assert type(s).__name__ == cls
     if cls != "FIFOScheduler":
         assert s._time_attr == "epoch"

@@ -36,7 +36,7 @@ class Lost:
 
 
 class Driver:
-    """The Listener of ray_backend: tags and logs each trial, prints its progress."""
+    """The Listener of runner.ray_backend: tags and logs each trial, prints its progress."""
 
     # Seconds between tries of a tracking call: a locked SQLite file or a restarting server recovers
     # in seconds; a full disk does not, and then costs the driver ~3 s per call before it gives up.
@@ -148,7 +148,7 @@ class Driver:
     def reconcile(self, trials: Iterable[Any]) -> list[str]:
         """Log again, from Tune's results, what MLflow lacks of each trial: its run (params, config.yaml,
         tags), the epochs it has no metrics of (each exactly once) and the end of a finished or failed
-        trial. Idempotent. `trials` are ray_backend.TrialSummary (trial_id, outcome, point, result, path).
+        trial. Idempotent. `trials` are runner.trials.TrialSummary (trial_id, outcome, point, result, path).
         Returns one line per trial logged again; `lost` keeps only what still could not be logged."""
         relogged: list[str] = []
         for t in trials:

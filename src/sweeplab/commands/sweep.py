@@ -92,11 +92,11 @@ def _drive(
     max_concurrent: int | None,
     resuming: bool,
 ) -> int:
-    from sweeplab.runner import launch_state, ray_backend
+    from sweeplab.runner import cluster, launch_state, ray_backend, trials
     from sweeplab.tracking import Tracker, warm_store
 
     if resuming:
-        ray_backend.environment(storage, local=args.address is None)
+        cluster.environment(storage, local=args.address is None)
         try:  # Tune unpickles its state: only a copy this user's key signed is put back for it to read
             aside = ray_backend.prepare_resume(storage, launch)
         except launch_state.StateError as e:  # refused (not this key's): bad input, exit 2; none saved: 1
@@ -118,7 +118,7 @@ def _drive(
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.
     warm = threading.Thread(target=warm_store, args=(meta["tracking_uri"],), daemon=True)
     warm.start()
-    address = ray_backend.start(args.address, args.num_cpus, storage, dashboard=sweep.resources.workers > 1)
+    address = cluster.start(args.address, args.num_cpus, storage, dashboard=sweep.resources.workers > 1)
     # SIGTERM (a scheduler's kill, `timeout`, `ray job stop`) ends the sweep like Ctrl-C does: Tune stops
     # the trials and saves its state, so the launch stays resumable. Set after ray.init, which installs
     # its own handler (a C++ stack dump).
@@ -134,13 +134,13 @@ def _drive(
     }
     tracker, status = None, "FAILED"
     try:
-        sweep, note = ray_backend.fit_resources(sweep, local=args.address is None)
+        sweep, note = cluster.fit_resources(sweep, local=args.address is None)
         if note:  # e.g. a multi-GPU sweep's smoke run on a laptop
             print(f"sweeplab: {note}", flush=True)
         tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags)
         driver = progress.Driver(sweep, tracker)
         if resuming:  # what an earlier driver could not log (killed, full disk) comes from Tune's results
-            driver.reconcile(ray_backend.trials(storage, launch, sweep))
+            driver.reconcile(trials.trials(storage, launch, sweep))
             summaries = ray_backend.resume(sweep, launch, storage, driver)
         else:
             summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
@@ -159,7 +159,7 @@ def _drive(
     finally:
         if tracker is not None:
             driver.safe(tracker.close, status)
-        ray_backend.shutdown()
+        cluster.shutdown()
     progress.print_summary(sweep, summaries)
     if driver.lost:  # never silent: the sweep ran, but its record in MLflow is incomplete
         who = ", ".join(t or "the parent run" for t in driver.lost_trials())
@@ -197,7 +197,7 @@ def _expected(sweep: Sweep) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """`sweeplab status [NAME]`: launches and the states of their trials."""
-    from sweeplab.runner import launch_state, ray_backend
+    from sweeplab.runner import cluster, launch_state, trials
 
     storage = resolve_storage(args.storage)
     names = launches(storage)
@@ -208,18 +208,18 @@ def status(args: argparse.Namespace) -> int:
     if not names:
         print(f"no launches in {storage}")
         return 0
-    ray_backend.environment(storage, local=False)
+    cluster.environment(storage, local=False)
     for name in [args.name] if args.name else names:
         meta = _read_meta(storage, name) or {}
         compiled = from_snapshot(meta["sweep"]) if meta.get("sweep") else None
         try:
-            trials = ray_backend.trials(storage, name, compiled)
+            found = trials.trials(storage, name, compiled)
         except launch_state.StateError as e:  # no copy of Tune's state this user's key signed: not read
             print(f"sweeplab: {name}: {e}", file=sys.stderr)
-            trials = []
+            found = []
         except Exception:
-            trials = []
-        progress.print_status(name, meta, trials, detail=bool(args.name))
+            found = []
+        progress.print_status(name, meta, found, detail=bool(args.name))
     return 0
 
 

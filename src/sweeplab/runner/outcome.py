@@ -1,4 +1,4 @@
-"""A trial's outcome in sweeplab's words. The runner maps Tune's trial states onto it (ray_backend,
+"""A trial's outcome in sweeplab's words. The runner maps Tune's trial states onto it (runner.trials,
 the one place that reads them); the commands count, print and track outcomes, never Tune's states.
 
 No Ray here: the commands import this module without starting or importing Ray.

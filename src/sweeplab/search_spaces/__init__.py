@@ -1,4 +1,4 @@
-"""Sweep files (docs/sweeps.md) -> validated, compiled trials. No Ray here: `runner.ray_backend`
+"""Sweep files (docs/sweeps.md) -> validated, compiled trials. No Ray here: `runner.tune_space`
 turns a Sweep into Tune's param_space, searcher and scheduler."""
 
 from sweeplab.search_spaces.domains import (

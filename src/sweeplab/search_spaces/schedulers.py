@@ -1,7 +1,7 @@
 """The one table of trial schedulers, and the typed `scheduler` section of a sweep file.
 
 For each scheduler a sweep file may name: the Tune class as an import path (resolved by
-`runner.ray_backend`, so no Ray here), the options a sweep file may set with their types, and the
+`runner.tune_space`, so no Ray here), the options a sweep file may set with their types, and the
 keyword arguments sweeplab passes for the options it leaves out. `spec` checks a section against it.
 """
 
@@ -45,7 +45,7 @@ SCHEDULERS: dict[str, SchedulerKind] = {
         {"grace_period": int, "min_samples_required": int},
         {**EPOCH, "grace_period": 1, "min_samples_required": 3},
     ),
-    # `mutate` (the space keys PBT perturbs) becomes Tune's hyperparam_mutations in ray_backend
+    # `mutate` (the space keys PBT perturbs) becomes Tune's hyperparam_mutations in runner.tune_space
     "pbt": SchedulerKind(
         "ray.tune.schedulers:PopulationBasedTraining",
         {"perturbation_interval": int, "mutate": list, "quantile_fraction": float, "resample_probability": float},

@@ -1,0 +1,147 @@
+"""The Ray cluster a sweep runs on: a local one on 127.0.0.1 that sweeplab starts and stops, or a joined one.
+
+Ray reads some settings once, when it is first imported (auth mode, usage stats, binding), so
+`environment()` must run before the process's first `import ray`: every Ray import is inside a
+function here, as in the rest of the runner.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import logging
+import math
+import os
+import secrets
+import tempfile
+import threading
+from pathlib import Path
+
+from sweeplab.search_spaces import Sweep
+
+LOCAL_DEFAULTS = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # a local node binds 127.0.0.1, not the external address
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved often: `resume` loses little
+    # Tune's default TensorBoard logger imports torch in the driver (1.5 s, just as the first trial is
+    # scheduled) to write what MLflow already has; `_loggers()` keeps the JSON and CSV ones.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+_STARTED = False
+
+_LOCAL = False  # this process started the Ray it uses: one machine, so DDP stays on loopback
+
+
+def environment(storage: str, local: bool) -> None:
+    """Ray's environment; call before the first `import ray`. A local Ray gets token auth, with the
+    token file under the storage folder instead of ~/.ray."""
+    for key, value in LOCAL_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if local and "://" not in storage and "RAY_AUTH_MODE" not in os.environ:
+        token = Path(storage) / ".ray_auth_token"
+        if not token.exists():
+            token.parent.mkdir(parents=True, exist_ok=True)
+            tmp = token.with_name(f".ray_auth_token.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, secrets.token_hex(32).encode())
+            os.close(fd)
+            try:  # atomic, never overwrites: two first sweeps in one new folder share the winner's token
+                os.link(tmp, token)
+            except FileExistsError:
+                pass
+            os.unlink(tmp)
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token.resolve()))
+
+
+def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bool = True) -> str:
+    """Start a local Ray on 127.0.0.1 (address None) or join a cluster; return the address.
+    `dashboard` False leaves a local Ray's dashboard modules out (a sweep without DDP trials)."""
+    global _STARTED, _LOCAL
+    environment(storage, local=address is None)
+    import ray
+
+    # Importing Tune takes ~1.5 s of CPU; ray.init mostly waits on its daemons: overlap the two.
+    tune_import = threading.Thread(target=importlib.import_module, args=("ray.tune",), daemon=True)
+    tune_import.start()
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    if address is None:
+        # DDP trials need the dashboard (on loopback): Train V2 cleans up after a stopped trial through
+        # it. Other sweeps skip its modules: ~2 CPU-seconds that a 2-core laptop would spend while Ray
+        # starts, right before the first trial's start-up (BENCHMARKS.md, "command -> first step").
+        ctx = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=100_000_000,
+            _temp_dir=private_temp_dir(),
+            dashboard_host="127.0.0.1",
+            include_dashboard=dashboard,
+            **quiet,
+        )
+    else:
+        ctx = ray.init(address=address, **quiet)
+    _STARTED, _LOCAL = True, address is None
+    tune_import.join()
+    return ctx.address_info.get("gcs_address", address or "local")
+
+
+def private_temp_dir() -> str:
+    """Ray's temp folder, inside a folder of this user's with mode 0700: Ray makes its own folders
+    world-writable (sockets, logs, session files), so the folder above them is what keeps them private."""
+    path = Path(tempfile.gettempdir()) / f"sweeplab-ray-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if st.st_uid != os.getuid() or not path.is_dir() or path.is_symlink():
+        raise RuntimeError(f"{path} is not a folder of this user: remove it, or set TMPDIR elsewhere")
+    os.chmod(path, 0o700)
+    return str(path / "ray")  # Ray chmods its own folder to 0777: the one above it stays private
+
+
+def shutdown() -> None:
+    """Stop what `start` started (and only that)."""
+    global _STARTED
+    if _STARTED:
+        import ray
+
+        ray.shutdown()
+        _STARTED = False
+
+
+def fit_resources(sweep: Sweep, local: bool) -> tuple[Sweep, str | None]:
+    """The sweep with trials this cluster can run, and a note when that changed them. A Ray that
+    sweeplab started here, or a smoke run, on a cluster without GPUs runs GPU-requesting trials on CPU
+    (same number of workers, so DDP is still exercised, over gloo), and every such run caps a trial's
+    CPUs to the largest node: otherwise its trials would wait forever. A joined cluster's full run is
+    left alone, as its autoscaler may still add GPU nodes (cluster.yaml's head node has none)."""
+    if not (local or sweep.smoke):
+        return sweep, None
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    was = sweep.resources
+    r = was
+    if r.gpus_per_worker > 0 and not any(n.get("GPU", 0) for n in nodes):
+        r = dataclasses.replace(r, gpus_per_worker=0)
+    fits = math.floor(100 * largest / r.workers) / 100  # Ray keeps 4 decimals of a resource
+    if fits > 0 and r.cpus_per_worker > fits:
+        r = dataclasses.replace(r, cpus_per_worker=int(fits) if fits == int(fits) else fits)
+    if r == was:
+        return sweep, None
+    fitted = copy.copy(sweep)  # the trials and the DDP trainer read `resources` from this copy
+    fitted.resources = r
+    w = r.workers
+    now = f"{w} worker(s) x {r.cpus_per_worker} CPU{' (DDP over gloo)' if w > 1 else ''}"
+    before = f"{w} x {was.cpus_per_worker} CPU + {was.gpus_per_worker} GPU"
+    if r.gpus_per_worker != was.gpus_per_worker:
+        return fitted, f"note: this Ray cluster has no GPU: each trial runs on CPU as {now} instead of {before}"
+    return fitted, (
+        f"note: each trial runs as {now} instead of {before}, to fit this cluster's largest node ({largest:g} CPU)"
+    )
+
+
+def is_local() -> bool:
+    """True when this process started the Ray it uses: one machine, so DDP trials stay on loopback."""
+    return _LOCAL
