@@ -98,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep YAML (sweeps/...)")
     p.add_argument("--smoke", action="store_true", help="apply the sweep's smoke block")
     p.add_argument("--dry-run", action="store_true", help="print the compiled trials; start nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per trial (full config)")
     p.add_argument("--name", help="launch name (default: <sweep>-<timestamp>)")
     p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT); default: start a local Ray")
     p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")

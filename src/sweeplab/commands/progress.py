@@ -333,6 +333,22 @@ def print_trials(sweep: Sweep) -> None:
     )
 
 
+def print_trials_json(sweep: Sweep) -> None:
+    """The dry-run as data: one JSON object per compiled trial (its full config by dotted key, seed, label,
+    table rows), so a user or a test can check what will run with `jq`."""
+    for t in sweep.trials():
+        record = {
+            "index": t.index,
+            "label": label(t.values),
+            "seed": t.config.train.seed,
+            "point": t.values,
+            "tables": t.rows,
+            "smoke": sweep.smoke,
+            "config": t.config.flat(),
+        }
+        print(json.dumps(record, sort_keys=False))
+
+
 def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
     """A `sweeplab train` command line that reproduces the trial of `point`."""
     config_file = sweep.spec["config"]

@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     """`sweeplab run`: validate, then dry-run or launch."""
     sweep = load(args.sweep, smoke=args.smoke, max_trials=args.max_trials)
     if args.dry_run:
-        progress.print_trials(sweep)
+        (progress.print_trials_json if args.json else progress.print_trials)(sweep)
         return 0
+    if args.json:
+        raise SweepError("--json prints the compiled trials: use it with --dry-run")
     storage = resolve_storage(args.storage)
     launch = check_name(args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name")
     if _read_meta(storage, launch) is not None:
