@@ -268,3 +268,66 @@ def test_flip_tta_averages_logits_of_image_and_mirror(tta):
     assert n == 40
     assert got["val/loss"] == pytest.approx(loss / n, rel=1e-5)
     assert got["val/error"] == pytest.approx(100.0 * wrong / n)
+
+
+# --- the reference's LARS: plain momentum, weight-norm threshold (optim/lars.py) --------------------
+
+
+def test_lars_reference_form_two_steps():
+    # w = [3, 4] (|w| 5), g = [0.6, 0.8] (|g| 1), wd 0.1, lr 0.1, momentum 0.9, no Nesterov.
+    # step 1: local = 5 / (1 + 0.5) = 10/3; d = g + wd w = [0.9, 1.2]; buf = 0.1 * 10/3 * d = [0.3, 0.4]
+    #         w1 = [2.7, 3.6]
+    # step 2: |w1| = 4.5; local = 4.5 / 1.45; d = [0.87, 1.16]; 0.1 * local * d = [0.27, 0.36]
+    #         buf = 0.9 * [0.3, 0.4] + [0.27, 0.36] = [0.54, 0.72]; w2 = [2.16, 2.88]
+    layer = toy([3.0, 4.0], [0.6, 0.8])
+    opt = optim.build(layer, OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.1))
+    opt.step()
+    assert layer.weight.detach()[0].tolist() == pytest.approx([2.7, 3.6], rel=1e-6)
+    layer.weight.grad = torch.tensor([[0.6, 0.8]])
+    opt.step()
+    assert layer.weight.detach()[0].tolist() == pytest.approx([2.16, 2.88], rel=1e-6)
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(0.01, [-0.057, -0.076]), (0.0, [0.0027, 0.0036])])
+def test_lars_threshold_gives_small_weights_local_lr_one(threshold, expected):
+    # w = [0.003, 0.004] (|w| 0.005 < 0.01), g = [0.6, 0.8], wd 0, lr 0.1.
+    # threshold 1e-2: local lr 1, w' = w - 0.1 g = [-0.057, -0.076]
+    # threshold 0:    local lr |w| / |g| = 0.005, w' = w - 0.1 * 0.005 * g = [0.0027, 0.0036]
+    layer = toy([0.003, 0.004], [0.6, 0.8])
+    cfg = OptimConfig(name="lars", lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0, lars_threshold=threshold)
+    optim.build(layer, cfg).step()
+    assert layer.weight.detach()[0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+# --- BatchNorm-bias lr and weight-decay factors ---------------------------------------------------
+
+
+def test_bn_bias_group_has_its_own_lr_and_decay():
+    # lr 0.4, wd 5e-4, factors 16 and 1/16: the BN shift's group has lr 6.4 and wd 3.125e-5.
+    # One plain SGD step on the shift b = 0.5 with gradient 1: b' = 0.5 - 6.4 * (1 + 3.125e-5 * 0.5) = -5.9001
+    net = small_net()
+    bn = net[1]
+    cfg = OptimConfig(
+        name="sgd", lr=0.4, momentum=0.0, weight_decay=5e-4, bn_bias_lr_factor=16, bn_bias_weight_decay_factor=1 / 16
+    )
+    opt = optim.build(net, cfg)
+    group = next(g for g in opt.param_groups if any(p is bn.bias for p in g["params"]))
+    assert [id(p) for p in group["params"]] == [id(bn.bias)]  # conv and linear biases stay with the weights
+    assert group["lr"] == pytest.approx(6.4) and group["weight_decay"] == pytest.approx(3.125e-5)
+    optim.set_lr(opt, 0.2)  # the schedule moves every group; the factor stays
+    assert group["lr"] == pytest.approx(3.2) and opt.param_groups[0]["lr"] == pytest.approx(0.2)
+    optim.set_lr(opt, 0.4)
+    with torch.no_grad():
+        bn.bias.fill_(0.5)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    bn.bias.grad = torch.ones_like(bn.bias)
+    opt.step()
+    assert bn.bias.detach().tolist() == pytest.approx([-5.9001, -5.9001], rel=1e-6)
+
+
+def test_without_factors_the_groups_keep_their_old_layout():
+    # checkpoints of older runs hold one or two groups: factors of 1 must not add a third
+    net = small_net()
+    assert len(optim.build(net, OptimConfig(name="sgd")).param_groups) == 1
+    assert len(optim.build(net, OptimConfig(name="sgd", no_weight_decay_on_bn=True)).param_groups) == 2

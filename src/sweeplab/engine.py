@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sweeplab import ghost_bn, models, optim, schedules
 from sweeplab.data import augment, datasets
 from sweeplab.data.loader import DeviceLoader
+from sweeplab.models import tweaks
 from sweeplab.schema import Config
 
 # on_epoch(metrics, checkpoint) where checkpoint() builds the resumable state only if asked for.
@@ -103,11 +104,65 @@ def world() -> tuple[int, int]:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision via torch.autocast; fp32 is a no-op context."""
-    if precision == "fp32":
+    """Mixed precision via torch.autocast; fp32 and fp16_pure (the model itself is half) are no-op contexts."""
+    if precision in ("fp32", "fp16_pure"):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class HalfScaler:
+    """Loss scaling for pure half precision (apex O3), where GradScaler refuses fp16 gradients.
+
+    A static scale multiplies the loss and divides the gradients, nothing else (apex's static scaler).
+    Dynamic (static = 0) works as GradScaler's defaults: start at 2^16, skip a step whose gradients are
+    not finite and halve the scale, double it after 2000 finite steps in a row.
+    """
+
+    GROWTH_INTERVAL = 2000
+
+    def __init__(self, static: float = 0.0) -> None:
+        self.dynamic = static <= 0
+        self.scale_value = 2.0**16 if self.dynamic else static
+        self.good_steps = 0
+        self._unscaled = self._found_inf = False
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale_value
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the scale (once per step); note whether any is not finite."""
+        if self._unscaled:
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.scale_value != 1.0:
+            for g in grads:
+                g.div_(self.scale_value)
+        if self.dynamic and grads:  # one host sync per step: the price of skipping overflowed steps
+            self._found_inf = not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        self._unscaled = True
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.unscale_(optimizer)
+        if not self._found_inf:
+            optimizer.step()
+
+    def update(self) -> None:
+        if self.dynamic:
+            if self._found_inf:
+                self.scale_value, self.good_steps = self.scale_value / 2, 0
+            else:
+                self.good_steps += 1
+                if self.good_steps == self.GROWTH_INTERVAL:
+                    self.scale_value, self.good_steps = self.scale_value * 2, 0
+        self._unscaled = self._found_inf = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale_value, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale_value = state.get("scale", self.scale_value)
+        self.good_steps = state.get("good_steps", 0)
 
 
 def subset(data: datasets.Dataset, n_train: int, n_test: int, seed: int) -> datasets.Dataset:
@@ -167,9 +222,14 @@ class Trainer:
         torch.manual_seed(c.train.seed)  # model initialisation
         model = models.build(c.model.name, data.num_classes, data.shape[0], **c.model.options)
         ghost_bn.apply(model, c.train.ghost_batch_size)
+        if c.train.freeze_bn_scale:  # before the optimiser is built: frozen scales are left out of it
+            tweaks.freeze_bn_scales(model)
         self.model = model.to(
             self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
         )
+        self.half = c.train.precision == "fp16_pure"
+        if self.half:  # weights, BatchNorm, gradients and optimiser state all in fp16 (apex O3)
+            self.model.half()
         forward: nn.Module = self.model
         if self.world > 1:  # DDP averages gradients across ranks; its constructor broadcasts rank 0's weights
             forward = DistributedDataParallel(forward, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -177,7 +237,11 @@ class Trainer:
         self.forward = torch.compile(forward, mode=c.train.compile_mode) if c.train.compile else forward
         self.compiled = not c.train.compile  # becomes True once the first step has paid for compilation
         self.optimizer = optim.build(self.model, c.optim)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
+        self.scaler: torch.amp.GradScaler | HalfScaler = (
+            HalfScaler(c.train.loss_scale)
+            if self.half
+            else torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
+        )
         self.augment = augment.build(a, data.num_classes)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimiser steps taken
@@ -221,11 +285,12 @@ class Trainer:
                 self._sync()
                 compile_s, timed_from, self.compiled = time.perf_counter() - start, seen, True
             lr = schedules.lr_at(self.step, c.optim.lr, c.sched, steps, c.train.epochs)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            optim.set_lr(opt, lr)  # each group's lr_factor times the schedule
             x, targets = self.augment(x, y, gen)
-            with autocast(self.device, c.train.precision):
-                logits = model(x)
+            with self._forward_context():
+                logits = model(x.half() if self.half else x)
+            if self.half:  # the loss in fp32 from the half logits; its gradient flows back in half
+                logits = logits.float()
             loss = self.augment.loss(logits, targets)
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -271,7 +336,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         for x, y in self.test_loader.epoch():
-            with autocast(self.device, c.train.precision):
+            if self.half:
+                x = x.half()
+            with self._forward_context():
                 logits = model(x).float()
                 if c.train.flip_tta:
                     logits = (logits + model(x.flip(3)).float()) / 2
@@ -283,6 +350,13 @@ class Trainer:
             dist.all_reduce(totals)
             loss_sum, wrong = totals[0], totals[1]
         return {"val/loss": loss_sum.item() / n, "val/error": 100.0 * wrong.item() / n}
+
+    def _forward_context(self) -> contextlib.ExitStack:
+        """autocast (for fp16/bf16) and the activation swap (train.activation), around a forward pass."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast(self.device, self.config.train.precision))
+        stack.enter_context(tweaks.activation(self.config.train.activation, self.config.train.celu_alpha))
+        return stack
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -1,4 +1,5 @@
-"""Optimisers by name, with parameter groups that can spare BatchNorm and biases from weight decay."""
+"""Optimisers by name, over parameter groups that can spare BatchNorm and biases from weight decay and
+give BatchNorm biases their own lr and weight-decay factors."""
 
 from __future__ import annotations
 
@@ -23,23 +24,59 @@ def names() -> list[str]:
     return sorted(_OPTIMS)
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_on_bn: bool) -> list[dict]:
+def bn_biases(model: nn.Module) -> set[int]:
+    """ids of the shift (bias) parameters of every BatchNorm layer of `model`."""
+    return {
+        id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_on_bn: bool,
+    bn_bias_lr_factor: float = 1.0,
+    bn_bias_weight_decay_factor: float = 1.0,
+) -> list[dict]:
     """Decay every weight (conv and linear alike, unlike the reference's `conv.weight` filter);
-    optionally exempt 1-D tensors, i.e. BatchNorm scales/shifts and biases."""
+    optionally exempt 1-D tensors, i.e. BatchNorm scales/shifts and biases. With factors other than 1,
+    BatchNorm biases form a group of their own whose lr is `lr_factor` x the scheduled lr (`set_lr`)
+    and whose decay is factor x weight_decay. Frozen (requires_grad False) parameters are left out."""
+    special = bn_biases(model) if (bn_bias_lr_factor, bn_bias_weight_decay_factor) != (1.0, 1.0) else set()
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
     for p in model.parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        if id(p) in special:
+            biases.append(p)
+        else:
             (no_decay if (no_decay_on_bn and p.ndim <= 1) else decay).append(p)
+    # The groups keep their old order and layout when no factor is set: older checkpoints still load.
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    if biases:
+        wd = 0.0 if no_decay_on_bn else weight_decay * bn_bias_weight_decay_factor
+        groups.append({"params": biases, "weight_decay": wd, "lr_factor": bn_bias_lr_factor, "lars_exclude": True})
     return groups
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to `lr` times its `lr_factor` (1 unless set): factors follow the schedule."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_factor", 1.0)
+
+
 def build(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser `cfg.name` over `model`'s parameters."""
-    return _OPTIMS[cfg.name](param_groups(model, cfg.weight_decay, cfg.no_weight_decay_on_bn), cfg)
+    """The optimiser `cfg.name` over `model`'s trainable parameters."""
+    groups = param_groups(
+        model, cfg.weight_decay, cfg.no_weight_decay_on_bn, cfg.bn_bias_lr_factor, cfg.bn_bias_weight_decay_factor
+    )
+    opt = _OPTIMS[cfg.name](groups, cfg)
+    set_lr(opt, cfg.lr)
+    return opt
 
 
 @register_optim
@@ -60,44 +97,71 @@ def amsgrad(groups: list[dict], c: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), amsgrad=True)
 
 
-class LARS(torch.optim.SGD):
-    """Layer-wise adaptive rate scaling over SGD: https://arxiv.org/abs/1708.03888
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling: https://arxiv.org/abs/1708.03888, written as the reference repo's
+    optim/lars.py: local lr = ||w|| / (eps + ||g|| + wd ||w||), 1 where ||w|| < threshold; the momentum
+    buffer accumulates lr * local lr * (g + wd w) and is subtracted from w.
 
-    Each tensor's update is scaled by eta * ||w|| / (||g|| + wd * ||w||); with trust coefficient
-    eta = 0 the ratio is used as is (the reference repo's setting, whose lr absorbs eta).
+    Trust coefficient eta = 0 uses the ratio as is (the reference's setting, whose lr absorbs eta).
+    Threshold 0 falls back to a local lr of 1 where ||w|| or ||g|| is 0. Groups marked `lars_exclude`
+    (no decay on BN/biases, BN-bias factors) take plain momentum steps.
     """
 
     def __init__(
-        self, groups: list[dict], lr: float, momentum: float, nesterov: bool, eps: float, trust_coefficient: float
+        self,
+        groups: list[dict],
+        lr: float,
+        momentum: float,
+        nesterov: bool,
+        eps: float,
+        trust_coefficient: float,
+        threshold: float = 0.0,
     ) -> None:
-        super().__init__(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-        self.eps, self.eta = eps, trust_coefficient
+        super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0))
+        self.eps, self.eta, self.threshold = eps, trust_coefficient, threshold
+
+    def _local_lr(self, p: torch.Tensor, wd: float) -> torch.Tensor:
+        w_norm, g_norm = p.norm(), p.grad.norm()
+        ratio = w_norm / (self.eps + g_norm + wd * w_norm)
+        if self.eta > 0:
+            ratio = ratio * self.eta
+        small = w_norm < self.threshold if self.threshold > 0 else (w_norm == 0) | (g_norm == 0)
+        return torch.where(small, torch.ones_like(ratio), ratio)
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
-            if group.get("lars_exclude"):
-                continue
-            wd = group["weight_decay"]
+            wd, m, lr = group["weight_decay"], group["momentum"], group["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                w_norm, g_norm = p.norm(), p.grad.norm()
-                ratio = w_norm / (g_norm + wd * w_norm + self.eps)
-                if self.eta > 0:
-                    ratio = ratio * self.eta
-                # Fold the decay in before scaling so SGD must not add it again.
-                p.grad.add_(p, alpha=wd).mul_(torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0))
-            group["_wd"], group["weight_decay"] = wd, 0.0
-        try:
-            return super().step(closure)
-        finally:
-            for group in self.param_groups:
-                if "_wd" in group:
-                    group["weight_decay"] = group.pop("_wd")
+                d = p.grad.add(p, alpha=wd) if wd else p.grad.clone()
+                d.mul_(lr if group.get("lars_exclude") else lr * self._local_lr(p, wd))
+                if m:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = d.clone()
+                    else:
+                        state["momentum_buffer"].mul_(m).add_(d)
+                    buf = state["momentum_buffer"]
+                    d = d.add(buf, alpha=m) if group["nesterov"] else buf
+                p.sub_(d)
+        return loss
 
 
 @register_optim
 def lars(groups: list[dict], c: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with LARS layer-wise scaling: https://arxiv.org/abs/1708.03888"""
-    return LARS(groups, c.lr, c.momentum, c.nesterov and c.momentum > 0, c.lars_eps, c.lars_trust_coefficient)
+    """LARS with the reference's weight-norm threshold: https://arxiv.org/abs/1708.03888"""
+    return LARS(
+        groups,
+        c.lr,
+        c.momentum,
+        c.nesterov and c.momentum > 0,
+        c.lars_eps,
+        c.lars_trust_coefficient,
+        c.lars_threshold,
+    )

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "synthetic")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# fp16 / bf16 = torch.autocast (fp32 weights; fp16 adds GradScaler) = apex O1; fp16_pure = apex O3: the whole model,
+# BatchNorm included, its gradients and the optimiser state in half precision, no fp32 master weights
+PRECISIONS = ("fp32", "fp16", "bf16", "fp16_pure")
+ACTIVATIONS = ("relu", "celu")
 MIXERS = ("mixup", "cutmix", "ricap", "dual_cutout")  # augment keys that mix a batch: one per run
 
 
@@ -63,6 +66,11 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     lars_eps: float = 1e-9
     lars_trust_coefficient: float = 0.0  # 0 = plain layer-wise ratio (the reference's default)
+    lars_threshold: float = 0.01  # local lr 1 where a weight's norm is below this (the reference's 1e-2); 0 = off
+    # BatchNorm shifts (biases) only: lr = factor x the scheduled lr, weight decay = factor x weight_decay
+    # (the DAWNBench posts' 16x lr and 1/16 decay with frozen BN scales); 1 = like every other parameter
+    bn_bias_lr_factor: float = 1.0
+    bn_bias_weight_decay_factor: float = 1.0
     grad_clip: float = 0.0  # max global grad norm, 0 = off
 
 
@@ -83,7 +91,8 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 160
-    precision: str = "fp32"  # fp32, fp16 or bf16 (torch.autocast)
+    precision: str = "fp32"  # fp32, fp16 or bf16 (torch.autocast), fp16_pure (all in half; see PRECISIONS)
+    loss_scale: float = 0.0  # fp16_pure only: static loss scale (apex O3's default is 1), 0 = dynamic (GradScaler's)
     seed: int = 0
     channels_last: bool = (
         True  # NHWC: what tensor cores want, 1.3x on AVX-512 CPUs; AVX2 CPUs stay NCHW (engine.nhwc_is_safe)
@@ -94,6 +103,10 @@ class TrainConfig:
     flip_tta: bool = False  # average logits of the image and its mirror at eval
     eval_every: int = 1  # evaluate every N epochs (and always the last)
     threads: int = 0  # torch.set_num_threads on CPU, 0 = leave as is
+    # applied by the engine to any model after it is built:
+    activation: str = "relu"  # relu = the model's own; celu = every ReLU (module or functional) becomes CELU
+    celu_alpha: float = 1.0  # CELU's alpha with activation celu (torch's default 1; the DAWNBench posts' 0.3)
+    freeze_bn_scale: bool = False  # every BatchNorm scale (weight) stays at its initial value, not trained
 
 
 @dataclass

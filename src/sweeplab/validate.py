@@ -5,7 +5,7 @@ from __future__ import annotations
 from sweeplab import models, schedules  # torch-free registries: validating a config never imports torch
 from sweeplab.core.errors import ConfigError
 from sweeplab.models import catalog, rules
-from sweeplab.schema import DATASETS, MIXERS, PRECISIONS, Config
+from sweeplab.schema import ACTIVATIONS, DATASETS, MIXERS, PRECISIONS, Config
 
 
 def _require(ok: bool, key: str, message: str, where: str) -> None:
@@ -95,6 +95,14 @@ def check(c: Config, where: str = "") -> None:
     )
     _require(o.lars_eps > 0, "optim.lars_eps", f"must be > 0, got {o.lars_eps}", where)
     _require(o.lars_trust_coefficient >= 0, "optim.lars_trust_coefficient", "must be >= 0 (0 = off)", where)
+    _require(o.lars_threshold >= 0, "optim.lars_threshold", f"must be >= 0 (0 = off), got {o.lars_threshold}", where)
+    _require(o.bn_bias_lr_factor > 0, "optim.bn_bias_lr_factor", f"must be > 0, got {o.bn_bias_lr_factor}", where)
+    _require(
+        o.bn_bias_weight_decay_factor >= 0,
+        "optim.bn_bias_weight_decay_factor",
+        f"must be >= 0, got {o.bn_bias_weight_decay_factor}",
+        where,
+    )
 
     _one_of(s.name, schedules.names(), "sched.name", where)
     _one_of(s.warmup_kind, ("linear", "exponential"), "sched.warmup_kind", where)
@@ -115,6 +123,15 @@ def check(c: Config, where: str = "") -> None:
 
     _require(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}", where)
     _one_of(t.precision, PRECISIONS, "train.precision", where)
+    _require(t.loss_scale >= 0, "train.loss_scale", f"must be >= 0 (0 = dynamic), got {t.loss_scale}", where)
+    _require(
+        t.loss_scale == 0 or t.precision == "fp16_pure",
+        "train.loss_scale",
+        f"applies to train.precision fp16_pure only (fp16 scales dynamically), not {t.precision!r}",
+        where,
+    )
+    _one_of(t.activation, ACTIVATIONS, "train.activation", where)
+    _require(t.celu_alpha > 0, "train.celu_alpha", f"must be > 0, got {t.celu_alpha}", where)
     _require(t.ghost_batch_size >= 0, "train.ghost_batch_size", "must be >= 0 (0 = off)", where)
     _require(
         t.ghost_batch_size == 0 or d.batch_size % t.ghost_batch_size == 0,
