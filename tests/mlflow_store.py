@@ -49,13 +49,16 @@ def run_trial(
     stopped: bool = False,
     epoch_s: float = 20.0,
     rows: dict[str, int] | None = None,
+    smoke: bool = False,
 ) -> None:
     """Drive the Tracker as the Tune callback does: start, one result per epoch (with Ray clutter), end.
 
-    `rows` are the reference rows the trial fills (table id -> row index); default: its quickstart row.
+    `rows` are the reference rows the trial fills (table id -> row index); default: its quickstart row
+    (of the smoke grid for a smoke trial).
+    `smoke` tags it as a trial of a `--smoke` launch.
     """
     if rows is None:
-        quick = reference.get("quickstart")
+        quick = reference.get("quickstart", smoke=smoke)
         rows = {"quickstart": reference.match_row(quick, quick.match, {"optim.lr": lr, "optim.weight_decay": wd})}
     t.trial_start(
         trial_id,
@@ -65,6 +68,7 @@ def run_trial(
             "sweeplab.seed": str(seed),
             "sweeplab.variant": "",
             "sweeplab.tables": ",".join(rows),
+            "sweeplab.smoke": str(smoke).lower(),
             **{f"sweeplab.row.{k}": str(v) for k, v in rows.items()},
         },
     )

@@ -71,6 +71,12 @@ def _tracking_uri(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _smoke(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--smoke", action="store_true", help="only the runs of `sweeplab run --smoke` launches (left out by default)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="sweeplab", description="Hyperparameter sweeps of image classification training on Ray, tracked in MLflow."
@@ -133,25 +139,33 @@ def parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--yaml", action="store_true", help="write the best config as a `sweeplab train` YAML")
+    _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.best)
 
     p = sub.add_parser("table", help="rebuild a results table from the logged runs")
     p.add_argument("table_id", nargs="?")
     p.add_argument("--list", action="store_true", help="list every table id and the sweep that fills it")
+    p.add_argument("--all", action="store_true", help="every table with runs behind it")
+    p.add_argument(
+        "--summary", action="store_true", help="only the verdict line (within noise / better / worse) of each table"
+    )
     p.add_argument("--format", choices=("md", "csv", "html"), default="md")
     p.add_argument("--out", help="also write the table (and its figures) into this folder")
+    _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.table)
 
     p = sub.add_parser("report", help="every table and figure with runs behind it, with an index page")
     p.add_argument("--out", default="report")
+    _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.report)
 
     p = sub.add_parser("export", help="every trial of a sweep as one Parquet file")
     p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
     p.add_argument("--out", required=True, help="FILE.parquet")
+    _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.export)
 

@@ -49,22 +49,28 @@ def sweeps_dir() -> Path:
     return here if here.is_dir() else HERE.parents[1] / "sweeps"
 
 
-def quickstart_table(sweeps: Path | None = None) -> Table:
-    """The quickstart table: one row per (lr, weight decay) of sweeps/quickstart.yaml's grid and smoke grid."""
+def quickstart_table(sweeps: Path | None = None, smoke: bool = False) -> Table:
+    """The quickstart table: one row per (lr, weight decay) of sweeps/quickstart.yaml's grid, or of its
+    smoke grid (`smoke`): a table shows the grid that ran, never the union of both."""
     path = (sweeps or sweeps_dir()) / "quickstart.yaml"
     doc = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    space, smoke = doc.get("space") or {}, (doc.get("smoke") or {}).get("space") or {}
-    full = {k: _values(space.get(k)) or v for k, v in QUICKSTART_GRID.items()}
-    grids = [full] + ([{k: _values(smoke.get(k)) or v for k, v in full.items()}] if smoke else [])
-    points = {(lr, wd) for g in grids for lr in g["optim.lr"] for wd in g["optim.weight_decay"]}
-    rows = [[number(lr), number(wd), "", "", ""] for lr, wd in sorted(points)]
+    space, smoke_space = doc.get("space") or {}, (doc.get("smoke") or {}).get("space") or {}
+    grid = {k: _values(space.get(k)) or v for k, v in QUICKSTART_GRID.items()}
+    if smoke:  # the smoke block overrides the keys it names; the others keep the full grid's values
+        grid = {k: _values(smoke_space.get(k)) or v for k, v in grid.items()}
+    rows = [
+        [number(lr), number(wd), "", "", ""]
+        for lr in sorted(set(grid["optim.lr"]))
+        for wd in sorted(set(grid["optim.weight_decay"]))
+    ]
+    which = "smoke grid (`--smoke`)" if smoke else "grid"
     return Table(
         "quickstart",
         "Quickstart: ResNet-preact-20 on Fashion-MNIST, lr x weight decay",
         "FashionMNIST",
         list(QUICKSTART_COLUMNS),
         rows,
-        notes="sweeplab's own table: rows are sweeps/quickstart.yaml's grid (full and --smoke); no published values",
+        notes=f"sweeplab's own table: rows are sweeps/quickstart.yaml's {which}; no published values",
         match={"initial lr": "optim.lr", "weight decay": "optim.weight_decay"},
     )
 
@@ -94,14 +100,14 @@ def _published() -> dict[str, Table]:
     return out
 
 
-def tables() -> dict[str, Table]:
-    """Every table id -> Table: the 49 published ones, then `quickstart`."""
-    return {**_published(), "quickstart": quickstart_table()}
+def tables(smoke: bool = False) -> dict[str, Table]:
+    """Every table id -> Table: the 49 published ones, then `quickstart` (its smoke grid's rows if `smoke`)."""
+    return {**_published(), "quickstart": quickstart_table(smoke=smoke)}
 
 
-def get(table_id: str) -> Table:
-    """One table; UnknownTable (exit 2) with the nearest ids when there is none."""
-    found = tables()
+def get(table_id: str, smoke: bool = False) -> Table:
+    """One table (`quickstart`: its smoke grid if `smoke`); UnknownTable (exit 2) naming the nearest ids."""
+    found = tables(smoke)
     if table_id not in found:
         hint = suggest(table_id, found, n=3, cutoff=0.4) or "; see `sweeplab table --list`"
         raise UnknownTable(f"unknown table id '{table_id}'{hint}")

@@ -36,17 +36,17 @@ def write_table(
     for fmt in formats:
         (out / f"{slug(built.id)}.{fmt}").write_text(tables.render(built, fmt))
     behind = [t for row in built.trials.values() for t in row]
-    name = slug(built.id)
+    name, label = slug(built.id), built.id + (tables.SMOKE_TITLE if built.smoke else "")
     figs = [
-        figures.learning_curves(c, behind, out / f"{name}_curves.png", f"{built.id}: learning curves"),
-        figures.scheduler_stops(behind, out / f"{name}_stops.png", f"{built.id}: early stops"),
+        figures.learning_curves(c, behind, out / f"{name}_curves.png", f"{label}: learning curves"),
+        figures.scheduler_stops(behind, out / f"{name}_stops.png", f"{label}: early stops"),
     ]
     if "initial lr" in built.columns:  # the bs_lr tables and the quickstart
-        figs.insert(0, figures.error_vs_lr(behind, out / f"{name}_lr.png", f"{built.id}: error vs lr"))
+        figs.insert(0, figures.error_vs_lr(behind, out / f"{name}_lr.png", f"{label}: error vs lr"))
     return [f for f in figs if f is not None]
 
 
-def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5) -> Built:
+def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5, smoke: bool = False) -> Built:
     """A sweep's best trials (finished or not) as a small table."""
     scored = [t for t in trials if METRIC in t.metrics and not math.isnan(t.metrics[METRIC])]
     ranked = sorted(scored, key=lambda t: t.metrics[METRIC])[:top]
@@ -67,45 +67,64 @@ def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5) -> Built:
         f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}), "
         f"{len({t.launch for t in trials})} launch(es); best {len(rows)} by {METRIC}"
     )
-    return Built(trials[0].experiment, "best trials", columns, rows, note)
+    return Built(trials[0].experiment, "best trials" + (tables.SMOKE_TITLE if smoke else ""), columns, rows, note)
 
 
-def report(c: MlflowClient | None, out: Path, uri: str) -> Path:
-    """Write every table with runs, per-sweep summaries and figures, and index.md / index.html."""
+def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False) -> Path:
+    """Write every table with runs, per-sweep summaries and figures, and index.md / index.html: of the
+    full runs only, or with `smoke` of the smoke runs only (every title says so)."""
     out.mkdir(parents=True, exist_ok=True)
-    everything = runs.all_trials(c) if c is not None else []
+    everything = runs.kept(runs.all_trials(c), smoke) if c is not None else []
+    label = tables.SMOKE_TITLE if smoke else ""
     sections: list[tuple[Built, list[Path]]] = []
-    for tid, table in reference.tables().items():
+    for tid, table in reference.tables(smoke).items():
         mine = [t for t in everything if tid in runs.tables_of(t)]
         if mine:
-            built = tables.build(c, table, mine)
+            built = tables.build(c, table, mine, smoke=smoke)
             sections.append((built, write_table(c, built, out)))
     sweeps: list[tuple[Built, list[Path]]] = []
     for name in sorted({t.experiment for t in everything}):
         mine = [t for t in everything if t.experiment == name]
         base = out / f"sweep_{slug(name)}"
         figs = [
-            figures.learning_curves(c, mine, base.with_name(base.name + "_curves.png"), f"{name}: learning curves"),
-            figures.scheduler_stops(mine, base.with_name(base.name + "_stops.png"), f"{name}: early stops"),
+            figures.learning_curves(
+                c, mine, base.with_name(base.name + "_curves.png"), f"{name}{label}: learning curves"
+            ),
+            figures.scheduler_stops(mine, base.with_name(base.name + "_stops.png"), f"{name}{label}: early stops"),
         ]
-        sweeps.append((_sweep_summary(mine), [f for f in figs if f is not None]))
-    _index(out, uri, sections, sweeps)
+        sweeps.append((_sweep_summary(mine, smoke=smoke), [f for f in figs if f is not None]))
+    _index(out, uri, sections, sweeps, label)
     return out
 
 
 def _index(
-    out: Path, uri: str, sections: list[tuple[Built, list[Path]]], sweeps: list[tuple[Built, list[Path]]]
+    out: Path,
+    uri: str,
+    sections: list[tuple[Built, list[Path]]],
+    sweeps: list[tuple[Built, list[Path]]],
+    label: str = "",
 ) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    md = ["# sweeplab report", "", f"Generated {stamp} from `{uri}`.", "", "## Tables", ""]
+    title = f"sweeplab report{label}"
+    md = [f"# {title}", "", f"Generated {stamp} from `{uri}`.", "", f"## Tables{label}", ""]
     page = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title>"
-        f"<style>{CSS}</style></head><body><h1>sweeplab report</h1>",
-        f"<p>Generated {stamp} from <code>{html.escape(uri)}</code>.</p><h2>Tables</h2>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>Generated {stamp} from <code>{html.escape(uri)}</code>.</p><h2>Tables{html.escape(label)}</h2>",
     ]
     if not sections:
         md.append("No table has runs behind it yet.")
         page.append("<p>No table has runs behind it yet.</p>")
+    else:  # the verdict line of every table first, then the tables
+        md += [f"- {b.id}: {b.summary}" for b, _ in sections] + [""]
+        page.append(
+            "<ul>"
+            + "".join(
+                f"<li><a href='#{html.escape(b.id)}'>{html.escape(b.id)}</a>: {html.escape(b.summary)}</li>"
+                for b, _ in sections
+            )
+            + "</ul>"
+        )
     for built, figs in sections:
         name = slug(built.id)
         md += (
@@ -118,8 +137,8 @@ def _index(
             + [""]
         )
         page += [tables.render(built, "html", level=3)] + [f"<img src='{f.name}' alt='{f.stem}'>" for f in figs]
-    md += ["## Sweeps", ""]
-    page.append("<h2>Sweeps</h2>")
+    md += [f"## Sweeps{label}", ""]
+    page.append(f"<h2>Sweeps{html.escape(label)}</h2>")
     for built, figs in sweeps:
         md += [tables.render(built, "md", level=3)] + [f"![{f.stem}]({f.name})" for f in figs] + [""]
         page += [tables.render(built, "html", level=3)] + [f"<img src='{f.name}' alt='{f.stem}'>" for f in figs]

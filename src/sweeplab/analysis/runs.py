@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # the five axes of the classic grid (docs/architecture.md, "Contracts"), shown wherever trials are listed
 AXES = ("data.batch_size", "optim.lr", "train.epochs", "optim.weight_decay", "train.precision")
 CHILD = f"tags.`{TRIAL}` IS NOT NULL"
+SMOKE = "sweeplab.smoke"  # "true" on the parent and child runs of a `sweeplab run --smoke` launch
 # metrics where bigger is better; everything else (errors, losses, times) is minimised
 _DESCENDING = ("acc", "images_per_s")
 
@@ -54,6 +55,11 @@ class LoggedTrial:
         return self.tags.get("stopped_early") == "true"
 
     @property
+    def smoke(self) -> bool:
+        """Logged by a `--smoke` launch (its `sweeplab.smoke` tag; runs from before the tag count as full)."""
+        return self.tags.get(SMOKE) == "true"
+
+    @property
     def seed(self) -> str:
         return self.tags.get("sweeplab.seed", self.params.get("train.seed", "0"))
 
@@ -66,6 +72,11 @@ class LoggedTrial:
         if key == "variant":
             return self.tags.get("sweeplab.variant", "")
         return parse_value(self.params[key]) if key in self.params else None
+
+
+def kept(found: list[LoggedTrial], smoke: bool = False) -> list[LoggedTrial]:
+    """Only the full runs' trials, or with `smoke` only the smoke runs': the two never mix in a result."""
+    return [t for t in found if t.smoke == smoke]
 
 
 def open_client(uri: str | None, must_exist: bool = False) -> MlflowClient | None:
@@ -125,12 +136,15 @@ def order(metric: str) -> str:
     return f"metrics.`{metric}` {direction}"
 
 
-def best(c: MlflowClient, target: str, metric: str = "val/error", top: int = 1) -> list[LoggedTrial]:
-    """The `top` trials by the metric's last value, in MLflow's own order; runs without it are left out."""
+def best(
+    c: MlflowClient, target: str, metric: str = "val/error", top: int = 1, smoke: bool = False
+) -> list[LoggedTrial]:
+    """The `top` trials by the metric's last value, in MLflow's own order; runs without it are left out,
+    and so are smoke runs (only smoke runs with `smoke`)."""
     ids, where = target_filter(c, target)
     names = _experiments(c)
     runs = search(c, ids, where, order_by=[order(metric)])
-    return [_trial(r, names) for r in runs if metric in r.data.metrics][:top]
+    return kept([_trial(r, names) for r in runs if metric in r.data.metrics], smoke)[:top]
 
 
 def all_trials(c: MlflowClient) -> list[LoggedTrial]:

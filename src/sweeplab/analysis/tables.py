@@ -3,7 +3,8 @@
 A row's measurement is the median of `val/error` at the last epoch over seeds (the reference
 reports "median of 3 runs"), with the spread, the number of seeds, the training time (sum of
 `time/epoch_s`, printed like the reference's "26m") and the hardware. Trials a scheduler stopped
-early never enter the median: their last epoch is not the table's epoch count.
+early never enter the median: their last epoch is not the table's epoch count. Each measured row
+gets a verdict against its published value (`verdict`), and the table a summary line of them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,6 +30,15 @@ LEGEND = (
     "ours = median of val/error (%) at the last epoch over seeds (trials stopped early excluded); "
     "spread = min-max (sd); ours time = median over seeds of the summed epoch times"
 )
+DEFAULT_SD = 0.2  # percentage points of error: a typical seed sd of the reference's CIFAR-10 runs
+NOISE_SDS = 2  # |ours - published| within this many seed sds is "within noise"
+VERDICT_RULE = (
+    f"verdict = ours against the published value (the first error or accuracy column, as error): "
+    f"'within noise' when |ours - published| <= {NOISE_SDS} x sd, where sd is the row's seed sd if it has "
+    f">= 2 seeds, else the seed sd pooled over this table's rows with >= 2 seeds, else {DEFAULT_SD} "
+    f"(default); otherwise 'better' (lower error) or 'worse'; '-' = no published value or no finished run"
+)
+SMOKE_TITLE = " (smoke run)"
 
 
 @dataclass
@@ -40,6 +52,9 @@ class Built:
     notes: str = ""
     trials: dict[int, list[LoggedTrial]] = field(default_factory=dict)
     legend: str = ""
+    summary: str = ""  # "14 of 20 rows within noise, 3 better, 3 worse"
+    caveats: str = ""  # trials compared here with a published value that differs from another table's
+    smoke: bool = False  # built from smoke runs only (the title says so)
 
     @property
     def has_runs(self) -> bool:
@@ -111,10 +126,54 @@ def measure(c: MlflowClient, trials: list[LoggedTrial]) -> dict[str, str]:
     }
 
 
+def published_error(cell: str, kind: str) -> float | None:
+    """A published cell as a test error in %: its first number ("10.57 (1 run)", "4.45%", "about 93%"),
+    100 minus it for an accuracy column; None for a blank or text cell."""
+    found = re.search(r"\d+(?:\.\d+)?", str(cell))
+    if found is None:
+        return None
+    value = float(found.group())
+    return 100 - value if kind == "accuracy" else value
+
+
+def pooled_sd(groups: list[list[float]]) -> float | None:
+    """The seed sd pooled over the groups with >= 2 values (variances weighted by n - 1); None if none has."""
+    several = [g for g in groups if len(g) >= 2]
+    dof = sum(len(g) - 1 for g in several)
+    if not dof:
+        return None
+    return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in several) / dof)
+
+
+def verdict(errors: list[float], published: float | None, pooled: float | None = None) -> str:
+    """'within noise', 'better' or 'worse' (lower error is better) for a row's seed errors, '-' without both."""
+    if not errors or published is None:
+        return "-"
+    sd = statistics.stdev(errors) if len(errors) >= 2 else pooled if pooled is not None else DEFAULT_SD
+    diff = statistics.median(errors) - published
+    if abs(diff) <= NOISE_SDS * sd + 1e-9:  # the tolerance keeps 5.2 - 5.0 == 2 x 0.1 within
+        return "within noise"
+    return "better" if diff < 0 else "worse"
+
+
+def summary(verdicts: list[str], measured: int, total: int) -> str:
+    """The table's verdicts in one line: "14 of 20 rows within noise, 3 better, 3 worse (...)"."""
+    if not measured:
+        return "no row has a finished run yet"
+    n = {v: verdicts.count(v) for v in ("within noise", "better", "worse")}
+    compared = sum(n.values())
+    if not compared:
+        return f"no measured row has a published value ({measured} of {total} rows measured)"
+    line = f"{n['within noise']} of {compared} rows within noise, {n['better']} better, {n['worse']} worse"
+    extra = [f"{measured - compared} measured without a published value"] if measured > compared else []
+    extra += [f"{total - measured} without a finished run"] if total > measured else []
+    return line + (f" ({'; '.join(extra)})" if extra else "")
+
+
 # our columns, placed right after the reference column of the same kind
 OURS = {
-    "error": [("ours", "error"), ("ours spread", "spread"), ("seeds", "seeds")],
-    "accuracy": [("ours", "accuracy"), ("ours spread (error)", "spread"), ("seeds", "seeds")],
+    "error": [("ours", "error"), ("ours spread", "spread"), ("seeds", "seeds"), ("verdict", "verdict")],
+    "accuracy": [("ours", "accuracy"), ("ours spread (error)", "spread"), ("seeds", "seeds"), ("verdict", "verdict")],
     "time": [("ours time", "time")],
     "epochs": [("ours epochs", "epochs")],
     "hardware": [("ours hardware", "hardware")],
@@ -140,8 +199,69 @@ def rows_of(table: Table, trials: list[LoggedTrial]) -> tuple[list[list[str]], d
     return rows, by_row
 
 
-def build(c: MlflowClient | None, table: Table, trials: list[LoggedTrial]) -> Built:
-    """The reference table with our columns interleaved; rows without trials say 'not run'."""
+def _published_column(table: Table) -> tuple[int, str] | None:
+    """(index, kind) of the table's first error or accuracy column, the one ours is compared with."""
+    for i, col in enumerate(table.columns):
+        if _kind(col) in ("error", "accuracy"):
+            return i, _kind(col)
+    return None
+
+
+def published(table: Table, row: int) -> float | None:
+    """The published test error (%) of a row; None when the table has none there."""
+    where = _published_column(table)
+    if where is None or not 0 <= row < len(table.rows):
+        return None
+    return published_error(table.rows[row][where[0]], where[1])
+
+
+def _cell(table: Table, row: int) -> str:
+    """A row's published cell as printed ('blank' when empty)."""
+    where = _published_column(table)
+    text = table.rows[row][where[0]].strip() if where is not None and 0 <= row < len(table.rows) else ""
+    return text or "blank"
+
+
+def _label(table: Table, row: list[str]) -> str:
+    """A row named by its key cells ("ResNet-preact-20 / 2048 / 1.6")."""
+    return " / ".join(cell for col, cell in zip(table.columns, row) if _kind(col) == "key" and cell)
+
+
+def _differs(a: float | None, b: float | None) -> bool:
+    return (a is None) != (b is None) or (a is not None and b is not None and not math.isclose(a, b, abs_tol=1e-9))
+
+
+def caveats(table: Table, refs: list[list[str]], by_row: dict[int, list[LoggedTrial]]) -> str:
+    """Rows whose finished trials also fill a row of another table with a different published value
+    (read from each trial's `sweeplab.tables` and `sweeplab.row.<id>` tags)."""
+    from sweeplab.analysis.runs import tables_of
+    from sweeplab.reference import tables as all_tables
+
+    known = all_tables()
+    found: dict[int, set[str]] = {}
+    for i, trials in by_row.items():
+        for t in completed(trials):
+            for other in tables_of(t):
+                row = t.tags.get(f"sweeplab.row.{other}", "")
+                if other == table.id or other not in known or not row.isdigit():
+                    continue
+                if _differs(published(table, i), published(known[other], int(row))):
+                    found.setdefault(i, set()).add(f"{other} row {int(row) + 1} ({_cell(known[other], int(row))})")
+    parts = [
+        f"row {i + 1} ({_label(table, refs[i])}; {_cell(table, i)} here) also fills {', '.join(sorted(others))}"
+        for i, others in sorted(found.items())
+    ]
+    if not parts:
+        return ""
+    return "Trials compared with two different published values (rows numbered from 1): " + "; ".join(parts)
+
+
+def build(c: MlflowClient | None, table: Table, trials: list[LoggedTrial], smoke: bool = False) -> Built:
+    """The reference table with our columns interleaved; rows without trials say 'not run'.
+
+    `smoke` only labels the title: the caller passes the smoke runs' trials (runs.kept) and, for
+    sweeplab's own tables, the table of the smoke grid (reference.get(id, smoke=True)).
+    """
     kinds = [_kind(col) for col in table.columns]
     layout: list[tuple[str, int | None, str]] = []  # (header, reference column or None, measure key)
     for i, (col, kind) in enumerate(zip(table.columns, kinds)):
@@ -149,18 +269,31 @@ def build(c: MlflowClient | None, table: Table, trials: list[LoggedTrial]) -> Bu
         layout += [(col, i, "")] + [(head, None, key) for head, key in OURS.get(kind, []) if first]
     layout += [(OURS[k][0][0], None, k) for k in ("time", "hardware") if k not in kinds]
     refs, by_row = rows_of(table, trials)
-    rows = []
+    errors = {i: [t.metrics[METRIC] for t in completed(by_row[i])] if c is not None else [] for i in by_row}
+    pooled = pooled_sd(list(errors.values()))
+    verdicts, rows = [], []
     for i, ref in enumerate(refs):
         cells = measure(c, by_row[i]) if c is not None and by_row[i] else {"error": "not run", "accuracy": "not run"}
+        cells["verdict"] = verdict(errors[i], published(table, i) if i < len(table.rows) else None, pooled)
+        verdicts.append(cells["verdict"])
         rows.append([ref[j] if j is not None else cells.get(key, "") for _, j, key in layout])
+    legend = f"{LEGEND}; {VERDICT_RULE}"
+    if any(len(e) == 1 for e in errors.values()):  # say which sd this table's one-seed rows were judged by
+        pool = (
+            f"{pooled:.2f}, pooled over its rows with >= 2 seeds" if pooled is not None else f"{DEFAULT_SD} (default)"
+        )
+        legend += f". This table's one-seed rows: sd {pool}"
     return Built(
         table.id,
-        table.title,
+        table.title + (SMOKE_TITLE if smoke else ""),
         [h for h, _, _ in layout],
         rows,
         f"Reference notes: {table.notes}" if table.notes else "",
         by_row,
-        LEGEND,
+        legend,
+        summary(verdicts, sum(bool(e) for e in errors.values()), len(refs)),
+        caveats(table, refs, by_row) if c is not None else "",
+        smoke,
     )
 
 
@@ -172,7 +305,8 @@ def render(built: Built, fmt: str = "md", level: int = 2) -> str:
         writer.writerow(built.columns)
         writer.writerows(built.rows)
         return buf.getvalue()
-    footer = [text for text in (built.notes, built.legend) if text]
+    verdicts = f"Verdicts: {built.summary}" if built.summary else ""
+    footer = [text for text in (verdicts, built.notes, built.caveats, built.legend) if text]
     if fmt == "html":
         esc = html.escape
         head = "".join(f"<th>{esc(c)}</th>" for c in built.columns)

@@ -2,7 +2,8 @@
 
 Bad input (unknown sweep, launch or table id) raises a ConfigError subclass, which the CLI turns
 into exit 2 with its message; stdout carries only the requested output, so `best --yaml > f.yaml`
-and `table --format csv > f.csv` work.
+and `table --format csv > f.csv` work. Smoke runs (`sweeplab run --smoke`) are left out of every
+result unless `--smoke` is given, which shows only them, "(smoke run)" in every title.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ def best(args: argparse.Namespace) -> int:
     if args.metric not in METRICS:
         raise ConfigError(f"unknown metric '{args.metric}'; logged metrics: {', '.join(METRICS)}")
     c = runs.open_client(args.tracking_uri, must_exist=True)
-    found = runs.best(c, args.target, args.metric, max(1, args.top))
+    found = runs.best(c, args.target, args.metric, max(1, args.top), smoke=args.smoke)
     if not found:
-        print(f"sweeplab: no trial of '{args.target}' has logged {args.metric} yet", file=sys.stderr)
+        kind = "smoke-run " if args.smoke else ""
+        print(f"sweeplab: no {kind}trial of '{args.target}' has logged {args.metric} yet", file=sys.stderr)
+        _other_kind(runs.trials(c, args.target), args.smoke, f"sweeplab best {args.target}")
         return 1
     if args.yaml:  # the nested config, which `sweeplab train FILE` reruns as it is
         sys.stdout.write(yaml.safe_dump(runs.config_of(c, found[0]), sort_keys=False))
@@ -60,7 +63,7 @@ def best(args: argparse.Namespace) -> int:
         return 0
     built = tables.Built(
         args.target,
-        f"best by {args.metric}",
+        f"best by {args.metric}" + _title(args.smoke),
         ["rank", "trial", args.metric, "epochs", "status", *AXES, "run id"],
         [
             [
@@ -77,6 +80,26 @@ def best(args: argparse.Namespace) -> int:
     )
     print(tables.render(built, "md"), end="")
     return 0
+
+
+def _title(smoke: bool) -> str:
+    return tables.SMOKE_TITLE if smoke else ""
+
+
+def _other_kind(found: list[runs.LoggedTrial], smoke: bool, command: str) -> None:
+    """On stderr: the runs left out are of the other kind, and the command that shows them."""
+    other = runs.kept(found, not smoke)
+    if not other:
+        return
+    if smoke:
+        print(
+            f"sweeplab: no smoke run here, only {len(other)} full-run trial(s): `{command}` shows them", file=sys.stderr
+        )
+    else:
+        print(
+            f"sweeplab: no full run here yet, only {len(other)} smoke-run trial(s): `{command} --smoke` shows them",
+            file=sys.stderr,
+        )
 
 
 def _finite(value: float) -> float | None:
@@ -97,22 +120,67 @@ def _list(fmt: str) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-    """Print one table rebuilt from the runs (and write it with its figures into --out)."""
+    """Print one table rebuilt from the runs (and write it with its figures into --out), or with
+    --all every table with runs behind it; --summary prints only the tables' verdict lines."""
     if args.list:
         return _list(args.format)
-    if not args.table_id:
-        raise ConfigError("give a TABLE_ID or --list (see `sweeplab table --list`)")
-    ref = reference.get(args.table_id)
+    if args.all and args.table_id:
+        raise ConfigError("give a TABLE_ID or --all, not both")
+    if not args.table_id and not args.all:
+        raise ConfigError("give a TABLE_ID, --all or --list (see `sweeplab table --list`)")
     c = runs.open_client(args.tracking_uri)
-    trials = runs.table_trials(c, ref.id) if c is not None else []
-    built = tables.build(c, ref, trials)
-    print(tables.render(built, args.format), end="")
-    if args.out:
-        from sweeplab.analysis.report import write_table
-
-        figs = write_table(c, built, Path(args.out))
-        print(f"wrote {args.out}/{ref.id}.{{md,csv,html}} and {len(figs)} figure(s)", file=sys.stderr)
+    if args.all:
+        return _all_tables(c, args)
+    ref = reference.get(args.table_id, smoke=args.smoke)
+    found = runs.table_trials(c, ref.id) if c is not None else []
+    built = tables.build(c, ref, runs.kept(found, args.smoke), smoke=args.smoke)
+    if args.summary:
+        print(f"{ref.id}{_title(args.smoke)}: {built.summary}")
+    else:
+        print(tables.render(built, args.format), end="")
+        if args.format == "csv":  # the CSV stays rows only; its verdict line goes beside it
+            print(f"sweeplab: {ref.id}{_title(args.smoke)}: {built.summary}", file=sys.stderr)
+        _write(c, [built], args.out)
+    if not built.has_runs:
+        _other_kind(found, args.smoke, f"sweeplab table {ref.id}")
     return 0
+
+
+def _all_tables(c: runs.MlflowClient | None, args: argparse.Namespace) -> int:
+    """Every table with runs behind it (of the requested kind), or only their summary lines."""
+    if args.format == "csv" and not args.summary and not args.out:
+        raise ConfigError("--all --format csv would join many CSVs into one: add --out FOLDER or --summary")
+    everything = runs.all_trials(c) if c is not None else []
+    mine = runs.kept(everything, args.smoke)
+    built = []
+    for tid, ref in reference.tables(args.smoke).items():
+        behind = [t for t in mine if tid in runs.tables_of(t)]
+        if behind:
+            built.append(tables.build(c, ref, behind, smoke=args.smoke))
+    if not built:
+        print(f"sweeplab: no table has {'smoke ' if args.smoke else ''}runs behind it yet", file=sys.stderr)
+        _other_kind(everything, args.smoke, "sweeplab table --all")
+        return 0
+    if args.summary:
+        width = max(len(b.id + _title(args.smoke)) for b in built)
+        for b in built:
+            print(f"{b.id + _title(args.smoke) + ':':<{width + 1}} {b.summary}")
+        return 0
+    if args.format != "csv":
+        print("\n".join(tables.render(b, args.format) for b in built), end="")
+    _write(c, built, args.out)
+    return 0
+
+
+def _write(c: runs.MlflowClient | None, built: list[tables.Built], out: str | None) -> None:
+    """Each table in every format, with its figures, into the folder `out` (nothing if None)."""
+    if not out:
+        return
+    from sweeplab.analysis.report import slug, write_table
+
+    figs = sum(len(write_table(c, b, Path(out))) for b in built)
+    names = slug(built[0].id) if len(built) == 1 else f"<{len(built)} tables>"
+    print(f"wrote {out}/{names}.{{md,csv,html}} and {figs} figure(s)", file=sys.stderr)
 
 
 def report(args: argparse.Namespace) -> int:
@@ -120,7 +188,7 @@ def report(args: argparse.Namespace) -> int:
     from sweeplab.analysis.report import report as write_report
 
     uri = resolve_uri(args.tracking_uri)
-    out = write_report(runs.open_client(uri), Path(args.out), uri)
+    out = write_report(runs.open_client(uri), Path(args.out), uri, smoke=args.smoke)
     print(f"report written to {out / 'index.html'} and {out / 'index.md'}")
     return 0
 
@@ -132,9 +200,14 @@ def export(args: argparse.Namespace) -> int:
     if not str(args.out).endswith(".parquet"):
         raise ConfigError(f"--out must name a .parquet file, got '{args.out}'")
     c = runs.open_client(args.tracking_uri, must_exist=True)
-    found = runs.trials(c, args.target)
+    everything = runs.trials(c, args.target)
+    found = runs.kept(everything, args.smoke)
+    if everything and not found:  # writing an empty file would hide where the runs are
+        print(f"sweeplab: no {'smoke-run ' if args.smoke else ''}trial of '{args.target}'", file=sys.stderr)
+        _other_kind(everything, args.smoke, f"sweeplab export {args.target} --out {args.out}")
+        return 1
     path = write_parquet(c, found, args.out)
-    print(f"{len(found)} trials of '{args.target}' written to {path}")
+    print(f"{len(found)} trials of '{args.target}'{_title(args.smoke)} written to {path}")
     return 0
 
 
