@@ -7,12 +7,13 @@ setup: .venv/.installed
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -qq dataset-fashion-mnist || echo "could not install dataset-fashion-mnist")
 	touch $@
 # The main job: one real epoch of ResNet-preact-20 on the full Fashion-MNIST (no Ray), then the
-# quickstart sweep in smoke mode on a local Ray, ending with its best config and its table.
+# quickstart sweep in smoke mode on a local Ray, ending with its best config and the smoke run's table
+# (its 8 rows; `sweeplab table quickstart` without --smoke shows full runs only).
 quickstart: setup
 	rm -rf runs/quickstart-train
 	.venv/bin/sweeplab train configs/fashion_mnist/resnet_preact20.yaml train.epochs=1 optim.lr=0.1 --output runs/quickstart-train
 	.venv/bin/sweeplab run sweeps/quickstart.yaml --smoke
-	.venv/bin/sweeplab table quickstart
+	.venv/bin/sweeplab table quickstart --smoke
 test: setup
 	$(PY) -m pytest -q
 # The quick loop while editing: everything but the tests marked slow (CI runs them all, via `make test`).

@@ -140,7 +140,7 @@ def test_only_smoke_runs_say_no_full_run_yet(tmp_path: Path, tmp_path_factory, c
     assert main(["table", "quickstart", "--tracking-uri", uri]) == 0
     out, err = capsys.readouterr()
     assert out.count("not run") == 16 and "no row has a finished run yet" in out
-    assert "no full run here yet" in err and "`sweeplab table quickstart --smoke`" in err
+    assert "no full run of table quickstart exists yet" in err and "`sweeplab table quickstart --smoke`" in err
     assert main(["table", "quickstart", "--smoke", "--tracking-uri", uri]) == 0
     out, err = capsys.readouterr()
     assert "not run" not in out and err == ""

@@ -278,7 +278,7 @@ def build(c: MlflowClient | None, table: Table, trials: list[LoggedTrial], smoke
         verdicts.append(cells["verdict"])
         rows.append([ref[j] if j is not None else cells.get(key, "") for _, j, key in layout])
     legend = f"{LEGEND}; {VERDICT_RULE}"
-    if any(len(e) == 1 for e in errors.values()):  # say which sd this table's one-seed rows were judged by
+    if any(len(errors[i]) == 1 and published(table, i) is not None for i in errors):  # which sd judged them
         pool = (
             f"{pooled:.2f}, pooled over its rows with >= 2 seeds" if pooled is not None else f"{DEFAULT_SD} (default)"
         )

@@ -36,7 +36,7 @@ def best(args: argparse.Namespace) -> int:
     if not found:
         kind = "smoke-run " if args.smoke else ""
         print(f"sweeplab: no {kind}trial of '{args.target}' has logged {args.metric} yet", file=sys.stderr)
-        _other_kind(runs.trials(c, args.target), args.smoke, f"sweeplab best {args.target}")
+        _other_kind(runs.trials(c, args.target), args.smoke, f"'{args.target}'", f"sweeplab best {args.target}")
         return 1
     if args.yaml:  # the nested config, which `sweeplab train FILE` reruns as it is
         sys.stdout.write(yaml.safe_dump(runs.config_of(c, found[0]), sort_keys=False))
@@ -86,18 +86,20 @@ def _title(smoke: bool) -> str:
     return tables.SMOKE_TITLE if smoke else ""
 
 
-def _other_kind(found: list[runs.LoggedTrial], smoke: bool, command: str) -> None:
-    """On stderr: the runs left out are of the other kind, and the command that shows them."""
+def _other_kind(found: list[runs.LoggedTrial], smoke: bool, what: str, command: str) -> None:
+    """On stderr: the runs left out are all of the other kind, and the command that shows them."""
     other = runs.kept(found, not smoke)
     if not other:
         return
     if smoke:
         print(
-            f"sweeplab: no smoke run here, only {len(other)} full-run trial(s): `{command}` shows them", file=sys.stderr
+            f"sweeplab: no smoke run of {what}, only full runs ({len(other)} trials): `{command}` shows them",
+            file=sys.stderr,
         )
     else:
         print(
-            f"sweeplab: no full run here yet, only {len(other)} smoke-run trial(s): `{command} --smoke` shows them",
+            f"sweeplab: no full run of {what} exists yet, only smoke runs ({len(other)} trials): "
+            f"`{command} --smoke` shows them",
             file=sys.stderr,
         )
 
@@ -142,7 +144,7 @@ def table(args: argparse.Namespace) -> int:
             print(f"sweeplab: {ref.id}{_title(args.smoke)}: {built.summary}", file=sys.stderr)
         _write(c, [built], args.out)
     if not built.has_runs:
-        _other_kind(found, args.smoke, f"sweeplab table {ref.id}")
+        _other_kind(found, args.smoke, f"table {ref.id}", f"sweeplab table {ref.id}")
     return 0
 
 
@@ -159,7 +161,7 @@ def _all_tables(c: runs.MlflowClient | None, args: argparse.Namespace) -> int:
             built.append(tables.build(c, ref, behind, smoke=args.smoke))
     if not built:
         print(f"sweeplab: no table has {'smoke ' if args.smoke else ''}runs behind it yet", file=sys.stderr)
-        _other_kind(everything, args.smoke, "sweeplab table --all")
+        _other_kind(everything, args.smoke, "any table", "sweeplab table --all")
         return 0
     if args.summary:
         width = max(len(b.id + _title(args.smoke)) for b in built)
@@ -204,7 +206,7 @@ def export(args: argparse.Namespace) -> int:
     found = runs.kept(everything, args.smoke)
     if everything and not found:  # writing an empty file would hide where the runs are
         print(f"sweeplab: no {'smoke-run ' if args.smoke else ''}trial of '{args.target}'", file=sys.stderr)
-        _other_kind(everything, args.smoke, f"sweeplab export {args.target} --out {args.out}")
+        _other_kind(everything, args.smoke, f"'{args.target}'", f"sweeplab export {args.target} --out {args.out}")
         return 1
     path = write_parquet(c, found, args.out)
     print(f"{len(found)} trials of '{args.target}'{_title(args.smoke)} written to {path}")
