@@ -98,7 +98,9 @@ def test_published_table_rows_from_row_tags(store: str, capsys: pytest.CaptureFi
     ref = reference.get("bs_lr_initial_lr_bs128")
     assert len(lines) == len(ref.rows) + 1
     assert lines[0].startswith("| Model | batch size | initial lr | lr schedule | # of Epochs | ours epochs |")
-    assert lines[3].startswith("| ResNet-preact-20 | 128 | 0.4 | cosine | 200 | 3 | 7.28 | 7.50 | - | 1 | within noise | 24m |")
+    # one seed, no other row with seeds: 7.50 vs 7.28 is within 2 x the default sd 0.2
+    row = "| ResNet-preact-20 | 128 | 0.4 | cosine | 200 | 3 | 7.28 | 7.50 | - | 1 | within noise | 24m |"
+    assert lines[3].startswith(row)
     assert sum("not run" in line for line in lines) == len(ref.rows) - 1
 
 
