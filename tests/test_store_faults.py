@@ -348,7 +348,7 @@ def test_full_mlflow_disk_is_recorded_then_reconciled(
     for tid, (run,) in children.items():
         assert _steps(uri, run.info.run_id, "epoch") == [1, 2, 3], tid
         assert _steps(uri, run.info.run_id, "val/error") == [1, 2, 3], tid
-        assert run.info.status == "FINISHED" and run.data.tags["stopped_early"] == "false"
+        assert run.info.status == "FINISHED" and run.data.tags["sweeplab.stopped_early"] == "false"
         config = SWEEP.trial(trials[tid][0]["config"]["point"]).config.to_dict()
         assert set(run.data.params) == set(flatten(config)), tid
         assert run.data.tags["sweeplab.hardware"] == "cpu x1" and run.data.tags["sweeplab.seed"] == "0"

@@ -57,7 +57,7 @@ def test_asha_stops_a_trial_early(asha_sweep):
     assert summary and int(summary[1]) >= 1 and int(summary[1]) + int(summary[2]) == 4, out
     client, runs = child_runs(tmp_path, "asha")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
-    stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
+    stopped = [r for r in runs if r.data.tags.get("sweeplab.stopped_early") == "true"]
     assert stopped and all(r.data.metrics["epoch"] < 4 for r in stopped)
     assert any(r.data.metrics["epoch"] == 4 for r in runs)
     assert all(r.data.tags["sweeplab.hardware"].startswith("cpu") for r in runs)

@@ -3,6 +3,7 @@ as the Tune callback drives it)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -111,8 +112,8 @@ def test_failed_and_stopped_early_children(uri: str) -> None:
     run_trial(t, "boom", *grid_point(2), seed=0, errors=[60.0], failed=True)
     t.close()
     df = _runs().set_index("tags.sweeplab.trial_id")
-    assert df.loc["ok", "status"] == "FINISHED" and df.loc["ok", "tags.stopped_early"] == "false"
-    assert df.loc["stopped", "status"] == "FINISHED" and df.loc["stopped", "tags.stopped_early"] == "true"
+    assert df.loc["ok", "status"] == "FINISHED" and df.loc["ok", "tags.sweeplab.stopped_early"] == "false"
+    assert df.loc["stopped", "status"] == "FINISHED" and df.loc["stopped", "tags.sweeplab.stopped_early"] == "true"
     assert df.loc["boom", "status"] == "FAILED"
 
 
@@ -134,3 +135,119 @@ def test_epochs_are_timestamped_when_the_trial_measured_them(uri: str) -> None:
     history = client(uri).get_metric_history(t._children["t"], "val/error")
     assert [(m.step, m.timestamp) for m in history][0] == (1, 1_700_000_000_250)
     assert history[1].timestamp > 1_700_000_000_250
+
+
+def _child(uri: str, t: Tracker, trial_id: str):
+    return client(uri).get_run(t._children[trial_id])
+
+
+def test_children_named_by_label_with_outcome_and_standard_tags(uri: str) -> None:
+    t = Tracker(uri, "quickstart", "qs-5", {}, source="sweeps/quickstart.yaml")
+    t.trial_start("ok", trial_config(0.1, 5e-4, 0), {"sweeplab.label": "lr=0.1 weight_decay=0.0005"})
+    assert _child(uri, t, "ok").data.tags["sweeplab.outcome"] == "unfinished"
+    t.trial_end("ok", failed=False, stopped_early=False, epoch=3)
+    t.trial_start("stop", trial_config(0.4, 5e-4, 0), {"sweeplab.label": "lr=0.4 weight_decay=0.0005"})
+    t.trial_end("stop", failed=False, stopped_early=True, epoch=1)
+    t.trial_start("boom", trial_config(0.8, 5e-4, 0), {"sweeplab.label": "lr=0.8 weight_decay=0.0005"})
+    t.trial_end("boom", failed=True, stopped_early=False, epoch=2)
+    t.trial_start("cut", trial_config(0.2, 5e-4, 0), {"sweeplab.label": "lr=0.2 weight_decay=0.0005"})
+    t.trial_interrupted("cut")
+    t.close()
+    ok = _child(uri, t, "ok")
+    assert ok.info.run_name == "lr=0.1 weight_decay=0.0005" == ok.data.tags["sweeplab.label"]
+    outcomes = {tid: _child(uri, t, tid).data.tags["sweeplab.outcome"] for tid in ("ok", "stop", "boom", "cut")}
+    assert outcomes == {"ok": "finished", "stop": "stopped early at epoch 1", "boom": "failed", "cut": "unfinished"}
+    assert _child(uri, t, "stop").data.tags["sweeplab.stopped_early"] == "true"
+    assert "stopped_early" not in _child(uri, t, "stop").data.tags  # every sweeplab tag has the prefix
+    parent = client(uri).get_run(t.parent_id)
+    for run in (ok, parent):
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "sweeps/quickstart.yaml" and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.user"]
+        commit = tags["sweeplab.git_commit"] if run is parent else parent.data.tags["sweeplab.git_commit"]
+        assert commit == "unknown" or tags["mlflow.source.git.commit"] == commit.removesuffix("-dirty")
+
+
+def test_a_run_named_by_its_tune_id_is_renamed_on_resume(uri: str) -> None:
+    first = Tracker(uri, "quickstart", "qs-old", {})
+    first.trial_start("25ce8_00004", trial_config(0.1, 5e-4, 0), {})
+    assert _child(uri, first, "25ce8_00004").info.run_name == "25ce8_00004"
+    second = Tracker(uri, "quickstart", "qs-old", {})
+    assert second.ensure_trial("25ce8_00004", trial_config(0.1, 5e-4, 0), {"sweeplab.label": "lr=0.1"}) == [
+        "name",
+        "tags",
+    ]
+    assert _child(uri, second, "25ce8_00004").info.run_name == "lr=0.1"
+
+
+def test_dataset_input_logged_once(uri: str) -> None:
+    t = Tracker(uri, "quickstart", "qs-6", {})
+    t.trial_start("t", trial_config(0.1, 1e-4, 0), {})
+    data = {"name": "fashion_mnist", "train": 60000, "test": 10000, "digest": "526551a540c449fb"}
+    assert t.trial_dataset("t", data) is True
+    assert t.trial_dataset("t", data) is False  # a resumed trial's first result carries it again
+    inputs = _child(uri, t, "t").inputs.dataset_inputs
+    assert len(inputs) == 1
+    d = inputs[0].dataset
+    assert (d.name, d.digest) == ("fashion_mnist", "526551a540c449fb")
+    assert json.loads(d.profile) == {"num_rows": 70000, "train_rows": 60000, "test_rows": 10000}
+    assert [(tag.key, tag.value) for tag in inputs[0].tags] == [("mlflow.data.context", "training")]
+
+
+def _checkpoint(folder: Path, epoch: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "state.pt").write_bytes(b"weights of epoch %d" % epoch)
+    (folder / "metrics.json").write_text(json.dumps({"epoch": epoch}))
+    return folder
+
+
+def test_final_checkpoint_uploaded_once_and_tagged(uri: str, tmp_path: Path) -> None:
+    t = Tracker(uri, "quickstart", "qs-7", {})
+    t.trial_start("t", trial_config(0.1, 1e-4, 0), {})
+    ckpt = str(_checkpoint(tmp_path / "trial" / "checkpoint_000002", 2))
+    assert t.trial_checkpoint("t", ckpt) is True
+    assert t.trial_checkpoint("t", ckpt) is False  # the end re-sent after a resume: not copied again
+    run_id = t._children["t"]
+    assert _child(uri, t, "t").data.tags["sweeplab.checkpoint_path"] == ckpt
+    files = sorted(a.path for a in client(uri).list_artifacts(run_id, "checkpoint"))
+    assert files == ["checkpoint/metrics.json", "checkpoint/state.pt"]
+    # a failed trial resumed to its end: the newer checkpoint replaces the files, none doubled
+    newer = str(_checkpoint(tmp_path / "trial" / "checkpoint_000003", 3))
+    assert t.trial_checkpoint("t", newer) is True
+    assert sorted(a.path for a in client(uri).list_artifacts(run_id, "checkpoint")) == files
+    got = client(uri).download_artifacts(run_id, "checkpoint/state.pt", str(tmp_path / "dl"))
+    assert Path(got).read_bytes() == b"weights of epoch 3"
+
+
+def test_checkpoint_upload_off_keeps_the_tag(uri: str, tmp_path: Path) -> None:
+    t = Tracker(uri, "quickstart", "qs-8", {})
+    t.trial_start("t", trial_config(0.1, 1e-4, 0), {})
+    ckpt = str(_checkpoint(tmp_path / "checkpoint_000001", 1))
+    assert t.trial_checkpoint("t", ckpt, upload=False) is False
+    assert _child(uri, t, "t").data.tags["sweeplab.checkpoint_path"] == ckpt
+    assert client(uri).list_artifacts(t._children["t"], "checkpoint") == []
+
+
+def test_parent_settings_files_and_best(uri: str, tmp_path: Path) -> None:
+    t = Tracker(uri, "quickstart", "qs-9", {})
+    params = {"search.name": "grid", "scheduler.name": "asha", "scheduler.grace_period": 1, "seeds": 1}
+    files = {"sweep.yaml": "name: quickstart\n", "trials.json": json.dumps([{"index": 0, "label": "lr=0.1"}])}
+    t.launch_settings(params, files)
+    # a resume on another machine: settings that changed are not rewritten (params are immutable), files kept
+    again = Tracker(uri, "quickstart", "qs-9", {})
+    again.launch_settings({**params, "seeds": 2, "mode": "min"}, {**files, "sweep.yaml": "edited\n"})
+    again.launch_best("val/error", 7.5, "lr=0.1")
+    again.close()
+    parent = client(uri).get_run(t.parent_id)
+    assert parent.data.params == {
+        "search.name": "grid",
+        "scheduler.name": "asha",
+        "scheduler.grace_period": "1",
+        "seeds": "1",
+        "mode": "min",
+    }
+    assert parent.data.metrics == {"best/val/error": 7.5}
+    assert parent.data.tags["sweeplab.best_label"] == "lr=0.1"
+    assert sorted(a.path for a in client(uri).list_artifacts(t.parent_id)) == ["sweep.yaml", "trials.json"]
+    got = client(uri).download_artifacts(t.parent_id, "sweep.yaml", str(tmp_path))
+    assert Path(got).read_text() == "name: quickstart\n"

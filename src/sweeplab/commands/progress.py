@@ -1,7 +1,8 @@
 """The driver side of a sweep: trial events -> MLflow (through the Tracker) and short progress lines.
 
 Tune's own reporter prints a wide table every few seconds; a sweep of long trials reads better as
-one line per trial start, per epoch and per end. A tracking call that fails is retried; what MLflow
+one line per trial start, per epoch and per end, each naming the trial by its label (as its MLflow
+run is named). A tracking call that fails is retried; what MLflow
 still did not take is recorded in `Driver.lost` (never just a warning), and `Driver.reconcile`
 logs it again from Tune's own per-trial results.
 """
@@ -46,6 +47,7 @@ class Driver:
         self.sweep, self.tracker, self.out = sweep, tracker, out or sys.stdout
         self.start = time.monotonic()
         self.epochs: dict[str, int] = {}
+        self.labels: dict[str, str] = {}  # trial id -> label(point), the name of its run and progress lines
         self.lost: list[Lost] = []  # what MLflow still lacks; reconcile() removes what it logs again
 
     def safe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
@@ -81,12 +83,14 @@ class Driver:
             flush=True,
         )
 
-    def say(self, trial_id: str, text: str) -> None:
-        print(f"[{time.monotonic() - self.start:6.0f}s] {trial_id}  {text}", file=self.out, flush=True)
+    def say(self, trial_id: str, text: str, result: dict[str, Any] | None = None) -> None:
+        name = self._label(trial_id, result or {})
+        print(f"[{time.monotonic() - self.start:6.0f}s] {name}  {text}", file=self.out, flush=True)
 
     def trial_start(self, trial_id: str, point: dict[str, Any]) -> None:
         trial = self.sweep.trial(point)
         self.epochs[trial_id] = trial.config.train.epochs
+        self.labels[trial_id] = label(point)
         self._log(
             trial_id,
             "run (params, config.yaml, tags)",
@@ -95,16 +99,18 @@ class Driver:
             trial.config.to_dict(),
             self._tags(trial_id, trial.config.train.seed, trial.rows, point),
         )
-        self.say(trial_id, f"start  {label(trial.values)}")
+        self.say(trial_id, f"start  (trial {trial_id})")
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if result.get("replay"):  # a trial that had finished before a resume: logged already
-            self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}")
+            self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}", result)
             return
         if isinstance(result.get("hardware"), str):
             self._log(
                 trial_id, "hardware tag", self.tracker.trial_tags, trial_id, {"sweeplab.hardware": result["hardware"]}
             )
+        if _dataset(result):
+            self._log(trial_id, "dataset input", self.tracker.trial_dataset, trial_id, result["dataset"])
         metrics = _metrics(result)
         self._log(
             trial_id,
@@ -115,11 +121,12 @@ class Driver:
             result.get("reported_at"),
         )
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics)
-        self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}")
+        self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}", result)
 
     def trial_end(self, trial_id: str, result: dict[str, Any], error: str | None) -> None:
         epoch, epochs = int(result.get("epoch", 0)), self._epochs(trial_id, result)
         outcome = ended_as(epoch, epochs, failed=error is not None)
+        self._checkpoint(trial_id, result)
         self._log(
             trial_id,
             f"end ({run_status(outcome)})",
@@ -127,14 +134,23 @@ class Driver:
             trial_id,
             failed=outcome is Outcome.FAILED,
             stopped_early=outcome is Outcome.STOPPED,
+            epoch=epoch,
         )
         metric = f"{self.sweep.metric} {result[self.sweep.metric]:.4g}" if self.sweep.metric in result else ""
         if error is not None:
-            self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}")
+            self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}", result)
         elif outcome is Outcome.STOPPED:
-            self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}")
+            self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}", result)
         else:
-            self.say(trial_id, f"done  {metric}")
+            self.say(trial_id, f"done  {metric}", result)
+
+    def _checkpoint(self, trial_id: str, result: dict[str, Any]) -> None:
+        """The ended trial's final checkpoint: its path as a tag, its files uploaded unless the sweep says
+        `mlflow: {log_checkpoints: false}`. Once, at the end: Tune waits while a large one is copied."""
+        path = result.get("checkpoint_path")
+        if isinstance(path, str) and path:
+            what = "checkpoint" if self.sweep.log_checkpoints else "checkpoint path tag"
+            self._log(trial_id, what, self.tracker.trial_checkpoint, trial_id, path, self.sweep.log_checkpoints)
 
     def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None:
         """Tune runs a failed trial again (FailureConfig) from its last checkpoint: its run stays open."""
@@ -143,6 +159,7 @@ class Driver:
             trial_id,
             f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
             f"retrying from {'its epoch ' + str(epoch) + ' checkpoint' if epoch else 'the start'}",
+            result,
         )
 
     def reconcile(self, trials: Iterable[Any]) -> list[str]:
@@ -175,24 +192,43 @@ class Driver:
         if hardware:
             tags["sweeplab.hardware"] = hardware[-1]
         done += tr.ensure_trial(t.trial_id, trial.config.to_dict(), tags)
+        data = [r["dataset"] for r in results or [t.result or {}] if _dataset(r)]
+        if data and tr.trial_dataset(t.trial_id, data[-1]):
+            done.append("dataset input")
         logged = tr.logged_epochs(t.trial_id)
         for epoch in sorted(set(by_epoch) - logged):
             tr.trial_result(t.trial_id, _metrics(by_epoch[epoch]), by_epoch[epoch].get("reported_at"))
             done.append(f"epoch {epoch} metrics")
         want = run_status(t.outcome)
+        path = (t.result or {}).get("checkpoint_path")
+        if want and isinstance(path, str) and path:
+            if tr.trial_checkpoint(t.trial_id, path, self.sweep.log_checkpoints):
+                done.append("checkpoint")
         if want and tr.run_status(t.trial_id) != want:
-            tr.trial_end(t.trial_id, failed=t.outcome is Outcome.FAILED, stopped_early=t.outcome is Outcome.STOPPED)
+            epoch = int((t.result or {}).get("epoch", 0) or 0)
+            tr.trial_end(
+                t.trial_id, failed=t.outcome is Outcome.FAILED, stopped_early=t.outcome is Outcome.STOPPED, epoch=epoch
+            )
             done.append(f"end ({want})")
 
     def _tags(self, trial_id: str, seed: int, rows: dict[str, int], point: dict[str, Any]) -> dict[str, str]:
         return {
             "sweeplab.trial_id": trial_id,
+            "sweeplab.label": label(point),
             "sweeplab.seed": str(seed),
             "sweeplab.variant": str(point.get("variant", "")),
             "sweeplab.tables": ",".join(rows),
             "sweeplab.smoke": str(self.sweep.smoke).lower(),
             **{f"sweeplab.row.{tid}": str(row) for tid, row in rows.items()},
         }
+
+    def _label(self, trial_id: str, result: dict[str, Any]) -> str:
+        if trial_id not in self.labels:  # an event of a trial started by an earlier driver
+            point = (result.get("config") or {}).get("point")
+            if not isinstance(point, dict):
+                return trial_id
+            self.labels[trial_id] = label(point)
+        return self.labels[trial_id]
 
     def _epochs(self, trial_id: str, result: dict[str, Any]) -> int:
         if trial_id not in self.epochs:  # an event of a trial started by an earlier driver
@@ -243,6 +279,12 @@ def _point(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _dataset(result: dict[str, Any]) -> bool:
+    """Whether a result carries its trial's dataset description (the first one of each run does)."""
+    data = result.get("dataset")
+    return isinstance(data, dict) and isinstance(data.get("name"), str) and isinstance(data.get("digest"), str)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -256,7 +298,7 @@ def _first_line(e: BaseException) -> str:
 
 def run_status(outcome: Outcome) -> str | None:
     """The MLflow status of an ended trial's run (a trial stopped early is FINISHED, tagged
-    stopped_early); None while the trial has not ended."""
+    sweeplab.stopped_early); None while the trial has not ended."""
     if not outcome.ended:
         return None
     return "FAILED" if outcome is Outcome.FAILED else "FINISHED"
@@ -269,13 +311,20 @@ def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
         f"sweeplab: {len(summaries)} trials: {counts.get(Outcome.FINISHED, 0)} finished, "
         f"{counts.get(Outcome.STOPPED, 0)} stopped early, {counts.get(Outcome.FAILED, 0)} failed"
     )
-    full = [s for s in summaries if s.outcome is Outcome.FINISHED and sweep.metric in s.result]
-    if not full:
+    best = best_trial(sweep, summaries)
+    if best is None:
         return
-    sign = 1 if sweep.mode == "min" else -1
-    best = min(full, key=lambda s: sign * s.result[sweep.metric])
     print(f"best: {best.trial_id}  {sweep.metric} {best.result[sweep.metric]:.4g}  {label(best.point)}")
     print(f"best config: {best_command(sweep, best.point)}")
+
+
+def best_trial(sweep: Sweep, summaries: list[Any]) -> Any:
+    """The best trial that ran all its epochs by the sweep's metric and mode (None when none did)."""
+    full = [s for s in summaries if s.outcome is Outcome.FINISHED and _number(s.result.get(sweep.metric))]
+    if not full:
+        return None
+    sign = 1 if sweep.mode == "min" else -1
+    return min(full, key=lambda s: sign * s.result[sweep.metric])
 
 
 def _counts(trials: Iterable[Any]) -> dict[Outcome, int]:

@@ -8,6 +8,8 @@ tracking URI, so `resume` rebuilds exactly the same trials even if the files wer
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import signal
 import sys
@@ -20,7 +22,7 @@ from sweeplab.commands import progress
 from sweeplab.core.errors import SweepError, suggest
 from sweeplab.core.names import check_name
 from sweeplab.runner.outcome import Outcome
-from sweeplab.search_spaces import Sweep, from_snapshot, load
+from sweeplab.search_spaces import Sweep, from_snapshot, label, load
 
 DEFAULT_STORAGE = "runs/ray"
 META = "sweeplab.json"
@@ -139,8 +141,9 @@ def _drive(
         sweep, note = cluster.fit_resources(sweep, local=args.address is None)
         if note:  # e.g. a multi-GPU sweep's smoke run on a laptop
             print(f"sweeplab: {note}", flush=True)
-        tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags)
+        tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags, source=sweep.path)
         driver = progress.Driver(sweep, tracker)
+        driver.safe(tracker.launch_settings, settings(sweep, max_concurrent), launch_files(sweep))
         if resuming:  # what an earlier driver could not log (killed, full disk) comes from Tune's results
             driver.reconcile(trials.trials(storage, launch, sweep))
             summaries = ray_backend.resume(sweep, launch, storage, driver)
@@ -155,6 +158,9 @@ def _drive(
         status = "KILLED" if unfinished or missing else "FAILED" if failed else "FINISHED"
         for t in unfinished:  # stopped by Ctrl-C or SIGTERM: KILLED in MLflow until `resume` re-opens them
             driver.safe(tracker.trial_interrupted, t.trial_id)
+        best = progress.best_trial(sweep, summaries)
+        if best is not None:
+            driver.safe(tracker.launch_best, sweep.metric, best.result[sweep.metric], label(best.point))
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -190,6 +196,43 @@ def _drive(
             file=sys.stderr,
         )
     return 1 if failed or driver.lost else 0
+
+
+def settings(sweep: Sweep, max_concurrent: int | None) -> dict[str, Any]:
+    """The sweep's settings as the parent run's params ('search.name', 'scheduler.grace_period', ...)."""
+    r, s = sweep.resources, sweep.search
+    return {
+        "search.name": s.name,
+        "search.num_samples": s.num_samples,
+        "search.seed": s.seed,
+        "scheduler.name": sweep.scheduler.name,
+        **{f"scheduler.{k}": v for k, v in sweep.scheduler.options.items()},
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "resources.workers": r.workers,
+        "resources.cpus_per_worker": r.cpus_per_worker,
+        "resources.gpus_per_worker": r.gpus_per_worker,
+        "seeds": sweep.seeds,
+        "smoke": str(sweep.smoke).lower(),
+        "max_concurrent": max_concurrent or "unlimited",
+        "mlflow.log_checkpoints": str(sweep.log_checkpoints).lower(),
+    }
+
+
+def launch_files(sweep: Sweep) -> dict[str, str]:
+    """The parent run's artifacts: the sweep file as given (as compiled when it is gone or unreadable)
+    and the compiled trials as `sweeplab run --dry-run --json` prints them, one JSON list."""
+    import yaml
+
+    try:
+        text = Path(sweep.path).read_text()
+    except (OSError, UnicodeDecodeError):
+        text = yaml.safe_dump(sweep.spec, sort_keys=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the dry-run's own records, so both always agree
+        progress.print_trials_json(sweep)
+    records = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    return {"sweep.yaml": text, "trials.json": json.dumps(records, indent=1)}
 
 
 def _expected(sweep: Sweep) -> int:

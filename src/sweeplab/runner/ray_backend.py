@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sweeplab.runner import cluster, launch_state, ray_ddp, worker
-from sweeplab.runner.trials import TrialSummary, error_of, from_results, no_pickled_errors, trials
+from sweeplab.runner.trials import TrialSummary, ended_result, error_of, from_results, no_pickled_errors, trials
 from sweeplab.runner.tune_space import param_space, scheduler, searcher
 from sweeplab.search_spaces import Sweep
 
@@ -67,7 +67,7 @@ def _callback() -> Any:
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if _LISTENER:
-                _LISTENER.trial_end(trial.trial_id, trial.last_result or {}, None)
+                _LISTENER.trial_end(trial.trial_id, ended_result(trial), None)
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if _LISTENER:  # failed (e.g. its node died) and will run again from its last checkpoint
@@ -75,7 +75,7 @@ def _callback() -> Any:
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if _LISTENER:
-                _LISTENER.trial_end(trial.trial_id, trial.last_result or {}, error_of(trial))
+                _LISTENER.trial_end(trial.trial_id, ended_result(trial), error_of(trial))
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             if _KEEPER:  # Tune saves its state every TUNE_GLOBAL_CHECKPOINT_S; copy it when it changed
@@ -195,5 +195,7 @@ def train_trial(config: dict[str, Any], sweep: Sweep) -> None:
     def report_on(metrics: dict[str, Any], **kwargs: Any) -> None:
         tune.report({**metrics, "node_id": node}, **kwargs)
 
-    report = worker.Reporter(report_on, tune.Checkpoint, 0, worker.hardware(conf.data.device))
+    report = worker.Reporter(
+        report_on, tune.Checkpoint, 0, worker.hardware(conf.data.device), worker.dataset_info(conf.data)
+    )
     engine.fit(conf, report, checkpoint=state)

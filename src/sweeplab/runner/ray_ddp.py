@@ -64,7 +64,11 @@ def ddp_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({**last, "replay": True})
         return
     report = worker.Reporter(
-        ray.train.report, ray.train.Checkpoint, rank, worker.hardware(conf.data.device, loop_config["workers"])
+        ray.train.report,
+        ray.train.Checkpoint,
+        rank,
+        worker.hardware(conf.data.device, loop_config["workers"]),
+        worker.dataset_info(conf.data) if rank == 0 else None,
     )
 
     def on_epoch(metrics: dict[str, float], state_fn: Callable[[], dict[str, Any]]) -> None:

@@ -49,11 +49,25 @@ def trials(storage: str, launch: str, sweep: Sweep | None = None) -> list[TrialS
 def from_tune(trials: list[Any], sweep: Sweep | None) -> list[TrialSummary]:
     out = []
     for t in trials:
-        point, result = dict(t.config.get("point", {})), dict(t.last_result or {})
+        point, result = dict(t.config.get("point", {})), ended_result(t)
         outcome = outcome_of(t.status, point, result, sweep)
         error = error_of(t) if outcome is Outcome.FAILED else None
         out.append(TrialSummary(t.trial_id, outcome, point, result, error, _local_path(t)))
     return out
+
+
+def ended_result(trial: Any) -> dict[str, Any]:
+    """A trial's last result, with `checkpoint_path`: its latest checkpoint's folder (a URI on remote
+    storage). A DDP trial's results carry Ray Train's already; Tune keeps a one-worker trial's."""
+    result = dict(trial.last_result or {})
+    try:
+        checkpoint = trial.checkpoint
+    except Exception:
+        checkpoint = None
+    if checkpoint is not None and getattr(checkpoint, "path", None):
+        kind = getattr(getattr(checkpoint, "filesystem", None), "type_name", "local")
+        result["checkpoint_path"] = checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+    return result
 
 
 def from_results(results: Any, sweep: Sweep) -> list[TrialSummary]:
@@ -64,6 +78,8 @@ def from_results(results: Any, sweep: Sweep) -> list[TrialSummary]:
     out = []
     for r in results:
         result = dict(r.metrics or {})
+        if getattr(r, "checkpoint", None) is not None and "://" not in str(r.path or ""):
+            result.setdefault("checkpoint_path", r.checkpoint.path)
         if "trial_id" not in result:  # never reported: nothing tells its id; counted as not created
             continue
         point = dict((r.config or {}).get("point", {}))

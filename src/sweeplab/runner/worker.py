@@ -6,6 +6,7 @@ either and is tested without a cluster.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -18,8 +19,16 @@ from typing import Any
 class Reporter:
     """Turns the engine's on_epoch into reports with a checkpoint (the engine's state) per epoch."""
 
-    def __init__(self, report: Callable[..., None], checkpoint_cls: Any, rank: int, hardware: str) -> None:
+    def __init__(
+        self,
+        report: Callable[..., None],
+        checkpoint_cls: Any,
+        rank: int,
+        hardware: str,
+        dataset: dict[str, Any] | None = None,
+    ) -> None:
         self.report, self.checkpoint_cls, self.rank, self.hardware = report, checkpoint_cls, rank, hardware
+        self.dataset = dataset or {}
         self.val: dict[str, float] = {}
 
     def __call__(
@@ -36,6 +45,8 @@ class Reporter:
             out.update(self.val, val_stale=True)
         if self.hardware:
             out["hardware"], self.hardware = self.hardware, ""
+        if self.dataset:  # the first result only, like hardware: the driver logs it as the run's dataset input
+            out["dataset"], self.dataset = self.dataset, {}
         if self.rank != 0:  # every rank reports (Train's barrier); rank 0 alone writes the checkpoint
             self.report(out)
             return
@@ -132,6 +143,31 @@ def hardware(device: str, workers: int = 1) -> str:
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     return f"{workers} x {name}" if workers > 1 else name
+
+
+_DATASETS: dict[tuple[Any, ...], dict[str, Any]] = {}  # per process: a reused actor digests its data once
+
+
+def dataset_info(data: Any) -> dict[str, Any]:
+    """The dataset a trial trains on, for its MLflow dataset input: name, split sizes and a 16-hex digest
+    of the labels and of up to 256 evenly spaced images per split (milliseconds; another copy or version
+    of the data changes it). `data` is the trial's DataConfig; its load is the one the engine reuses."""
+    synthetic = (data.synthetic_shape, data.synthetic_classes, data.synthetic_train, data.synthetic_test)
+    # what picks the examples (the folder does not: the digest reads them); not batch size or device
+    key = (data.name, data.root, *(synthetic if data.name == "synthetic" else ()), data.train_subset, data.test_subset)
+    key = tuple(tuple(k) if isinstance(k, list) else k for k in key)
+    if key not in _DATASETS:
+        from sweeplab.data import datasets
+
+        full = datasets.load(data)
+        h = hashlib.sha256(repr(key[:1] + key[2:]).encode())
+        for x, y in ((full.train_x, full.train_y), (full.test_x, full.test_y)):
+            h.update(y.numpy().tobytes())
+            h.update(x[:: max(1, len(x) // 256)].contiguous().numpy().tobytes())
+        sizes = len(full.train_y), len(full.test_y)
+        train, test = (min(n, size) if n else size for n, size in zip((data.train_subset, data.test_subset), sizes))
+        _DATASETS[key] = {"name": data.name, "train": train, "test": test, "digest": h.hexdigest()[:16]}
+    return dict(_DATASETS[key])
 
 
 def weight_spread(model_state: dict[str, Any], device: str = "cpu") -> float:

@@ -31,8 +31,10 @@ TOP = (
     "max_concurrent",
     "tables",
     "smoke",
+    "mlflow",
 )
-SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources")
+SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources", "mlflow")
+MLFLOW = {"log_checkpoints": bool}
 SEARCH = {"name": str, "num_samples": int, "seed": int}
 SEARCHES = ("grid", "random", "optuna")
 RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
@@ -184,6 +186,15 @@ def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> 
     if out.gpus_per_worker > 1 and out.gpus_per_worker != int(out.gpus_per_worker):
         raise SweepError(f"{path}: '{where}gpus_per_worker' above 1 must be a whole number")
     return out
+
+
+def mlflow(section: dict[str, Any], path: Any, where: str = "mlflow.") -> dict[str, Any]:
+    """What MLflow keeps of each trial: `log_checkpoints` (default true) uploads its final checkpoint."""
+    unknown(section, MLFLOW, where, path)
+    for key, value in section.items():
+        if not isinstance(value, MLFLOW[key]):
+            raise SweepError(f"{path}: '{where}{key}' must be true or false, got {value!r}")
+    return {"log_checkpoints": True, **section}
 
 
 def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:

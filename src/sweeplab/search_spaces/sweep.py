@@ -66,6 +66,7 @@ class Sweep:
     resources: Resources
     max_concurrent: int | None
     tables: dict[str, dict[str, str]]
+    log_checkpoints: bool = True  # `mlflow.log_checkpoints`: each trial's final checkpoint uploaded to MLflow
 
     def resolve(self, point: dict[str, Any]) -> Config:
         """The validated Config of a point (a trial's Tune config)."""
@@ -289,6 +290,12 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
         seeds = smoke_block.get("seeds", seeds)
         search_spec.update(S.mapping(smoke_block, "search", path))
         scheduler_spec.update(S.mapping(smoke_block, "scheduler", path))
+    # smoke.mlflow is merged into mlflow and checked even without --smoke, like smoke.resources
+    base_mlflow = S.mapping(spec, "mlflow", path)
+    tracking = S.mlflow(base_mlflow, path)
+    smoke_tracking = S.mlflow({**base_mlflow, **S.mapping(smoke_block, "mlflow", path)}, path, "smoke.mlflow.")
+    if smoke:
+        tracking = smoke_tracking
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise SweepError(f"{path}: 'seeds' must be an integer >= 1, got {seeds!r}")
     if seeds > 1 and SEED in space:
@@ -348,6 +355,7 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
         resources,
         max_concurrent,
         matches,
+        tracking["log_checkpoints"],
     )
 
 

@@ -2,13 +2,22 @@
 
 Only the driver talks to MLflow, so one SQLite file serves a whole cluster. Every run is found
 again by its tags (`sweeplab.launch`, `sweeplab.trial_id`), which is what makes `sweeplab resume`
-re-attach instead of duplicating.
+re-attach instead of duplicating. A child run is named by its trial's label (tag `sweeplab.label`),
+says how it ended in `sweeplab.outcome`, and holds its dataset input and final checkpoint; the parent
+holds the sweep file, the compiled trials, the sweep's settings and, at the end, the best result.
 """
 
 from __future__ import annotations
 
+import getpass
+import json
 import numbers
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,14 +30,18 @@ from sweeplab.tracking.store import client, ensure_experiment, git_commit, quote
 class Tracker:
     """MLflow runs of one sweep launch; the Tune callback calls it from the driver."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str, launch: str, tags: dict[str, str]) -> None:
+    def __init__(
+        self, tracking_uri: str | None, experiment: str, launch: str, tags: dict[str, str], source: str = ""
+    ) -> None:
         self.uri = resolve_uri(tracking_uri)
         self.client = client(self.uri)
         self.experiment, self.launch = experiment, launch
         self.experiment_id = ensure_experiment(self.client, self.uri, experiment)
         self._children: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, set[int]] = {}  # trial id -> epochs in MLflow
-        all_tags = {SWEEP: experiment, LAUNCH: launch, **tags, "sweeplab.git_commit": git_commit()}
+        commit = git_commit()
+        self.standard = standard_tags(source or tags.get("sweeplab.sweep_file", ""), commit)
+        all_tags = {SWEEP: experiment, LAUNCH: launch, **tags, "sweeplab.git_commit": commit, **self.standard}
         found = search(
             self.client, [self.experiment_id], f"tags.`{LAUNCH}` = {quote(launch)} and tags.`{PARENT}` IS NULL"
         )
@@ -47,23 +60,30 @@ class Tracker:
         self.ensure_trial(trial_id, config, tags)
         if reopened:
             self.client.update_run(self._children[trial_id], status="RUNNING")
+            self._set_tags(self._children[trial_id], {OUTCOME: UNFINISHED})
 
     def ensure_trial(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> list[str]:
         """The trial's child run as its start logs it: created if missing; params, config.yaml and tags it
         lacks are added (its status is left alone). Returns what was missing ([] when nothing was)."""
         from mlflow.entities import Param
 
-        base = {PARENT: self.parent_id, SWEEP: self.experiment, LAUNCH: self.launch, TRIAL: trial_id}
+        base = {PARENT: self.parent_id, SWEEP: self.experiment, LAUNCH: self.launch, TRIAL: trial_id, **self.standard}
+        name = str(tags.get(LABEL) or trial_id)
         run_id, fixed = self._find(trial_id), []
         if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=base).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=name, tags={**base, OUTCOME: UNFINISHED}
+            ).info.run_id
             self._children[trial_id] = run_id
             fixed.append("run")
-            have_params, have_tags, have_config = {}, dict(base), False
+            have_params, have_tags, have_config = {}, {**base, "mlflow.runName": name}, False
         else:
             run = self.client.get_run(run_id)
             have_params, have_tags = dict(run.data.params), dict(run.data.tags)
             have_config = bool(config) and any(a.path == "config.yaml" for a in self.client.list_artifacts(run_id))
+        if tags.get(LABEL) and have_tags.get("mlflow.runName") != name:  # a run named by its Tune id before
+            self.client.update_run(run_id, name=name)
+            fixed.append("name")
         if config:  # params are immutable: only the missing ones are written (MLflow splits a batch over 100)
             params = [Param(k, _param(v)) for k, v in sorted(flatten(config).items()) if k not in have_params]
             if params:
@@ -102,17 +122,82 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch)
             self._logged[trial_id].add(step)
 
-    def trial_end(self, trial_id: str, failed: bool, stopped_early: bool) -> None:
-        """Close the trial's run: FAILED on error, else FINISHED (also when a scheduler stopped it)."""
+    def trial_end(self, trial_id: str, failed: bool, stopped_early: bool, epoch: int | None = None) -> None:
+        """Close the trial's run: FAILED on error, else FINISHED (also when a scheduler stopped it, which
+        `sweeplab.stopped_early` and `sweeplab.outcome` say, with the epoch it stopped at)."""
         run_id = self._run_id(trial_id)
-        self._set_tags(run_id, {"stopped_early": "true" if stopped_early and not failed else "false"})
+        stopped = stopped_early and not failed
+        self._set_tags(run_id, {STOPPED_EARLY: str(stopped).lower(), OUTCOME: outcome(failed, stopped, epoch)})
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     def trial_interrupted(self, trial_id: str) -> None:
         """Mark a trial's open run KILLED (the sweep was stopped; `resume` re-opens it as RUNNING)."""
         run_id = self._find(trial_id)
         if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
+            self._set_tags(run_id, {OUTCOME: UNFINISHED})
             self.client.set_terminated(run_id, "KILLED")
+
+    def trial_dataset(self, trial_id: str, dataset: dict[str, Any]) -> bool:
+        """Log the trial's dataset (name, train and test sizes, digest) as the run's MLflow dataset input,
+        once (True when logged now). Only its description is stored: no data leaves the machine."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        run_id = self._run_id(trial_id)
+        name, digest = str(dataset["name"]), str(dataset["digest"])
+        have = self.client.get_run(run_id).inputs
+        if any(d.dataset.name == name and d.dataset.digest == digest for d in (have.dataset_inputs if have else [])):
+            return False
+        sizes = {k: int(dataset[k]) for k in ("train", "test") if k in dataset}
+        entity = Dataset(
+            name=name,
+            digest=digest,
+            source_type="sweeplab",
+            source=json.dumps({"dataset": name, "splits": sizes}),
+            profile=json.dumps({"num_rows": sum(sizes.values()), **{f"{k}_rows": v for k, v in sizes.items()}}),
+        )
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
+        return True
+
+    def trial_checkpoint(self, trial_id: str, path: str, upload: bool = True) -> bool:
+        """Tag the trial's final Tune checkpoint (`sweeplab.checkpoint_path`) and, with `upload`, copy its
+        files to the run's `checkpoint/` artifacts, once per checkpoint (True when copied now): a re-sent
+        end of the same checkpoint (a resume) neither copies nor doubles them."""
+        run_id = self._run_id(trial_id)
+        run = self.client.get_run(run_id)
+        same = run.data.tags.get(CHECKPOINT) == path
+        copy = upload and not (same and self.client.list_artifacts(run_id, "checkpoint"))
+        if copy:  # before the tag: a copy cut short is made again next time
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repo = get_artifact_repository(run.info.artifact_uri)
+            with _local(path) as folder:
+                files = sorted(p for p in folder.iterdir() if p.is_file())
+                if not files:
+                    raise FileNotFoundError(f"checkpoint folder {path} holds no files")
+                for f in files:  # the folder's own files (state.pt, metrics.json), nothing Tune adds below
+                    repo.log_artifact(str(f), "checkpoint")
+        if not same:
+            self._set_tags(run_id, {CHECKPOINT: path})
+        return copy
+
+    def launch_settings(self, params: dict[str, Any], files: dict[str, str]) -> None:
+        """The parent run's params (the sweep's settings) and text artifacts (e.g. sweep.yaml), each
+        logged only when missing: a resume adds nothing twice and never changes a param."""
+        from mlflow.entities import Param
+
+        run = self.client.get_run(self.parent_id)
+        new = [Param(k, _param(v)) for k, v in params.items() if k not in run.data.params]
+        if new:
+            self.client.log_batch(self.parent_id, params=new)
+        have = {a.path for a in self.client.list_artifacts(self.parent_id)}
+        for name, text in files.items():
+            if name not in have:
+                self.client.log_text(self.parent_id, text, name)
+
+    def launch_best(self, metric: str, value: float, label: str) -> None:
+        """The best trial of the launch on the parent run: metric `best/<metric>`, tag `sweeplab.best_label`."""
+        self.client.log_metric(self.parent_id, f"best/{metric}", float(value))
+        self._set_tags(self.parent_id, {"sweeplab.best_label": label})
 
     def logged_epochs(self, trial_id: str) -> set[int]:
         """The epochs MLflow holds metrics of for a trial (the steps of its `epoch` metric; one batch per epoch)."""
@@ -151,6 +236,48 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+LABEL, OUTCOME, STOPPED_EARLY = "sweeplab.label", "sweeplab.outcome", "sweeplab.stopped_early"
+CHECKPOINT, UNFINISHED = "sweeplab.checkpoint_path", "unfinished"
+
+
+def outcome(failed: bool, stopped_early: bool, epoch: int | None = None) -> str:
+    """A trial's `sweeplab.outcome`: 'failed', 'stopped early at epoch E' or 'finished'."""
+    if failed:
+        return "failed"
+    if stopped_early:
+        return f"stopped early at epoch {epoch}" if epoch is not None else "stopped early"
+    return "finished"
+
+
+def standard_tags(source: str, commit: str) -> dict[str, str]:
+    """MLflow's own source, user and git-commit tags, which its UI shows as Source, User and commit."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (some containers)
+        user = "unknown"
+    tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return {k: v for k, v in tags.items() if v}
+
+
+@contextmanager
+def _local(path: str) -> Iterator[Path]:
+    """A checkpoint folder on this machine: `path` itself, or a temporary copy of a storage URI's."""
+    if "://" not in path:
+        yield Path(path)
+        return
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    with tempfile.TemporaryDirectory(prefix="sweeplab-ckpt-") as d:
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+            if info.type == pyarrow.fs.FileType.File:
+                with fs.open_input_stream(info.path) as src, open(Path(d) / info.base_name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        yield Path(d)
 
 
 def _param(value: Any) -> str:
