@@ -83,18 +83,33 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train one config, no Ray")
-    p.add_argument("config", help="YAML config (configs/...)")
+    p = sub.add_parser("train", help="train one config, or rerun a sweep trial from its MLflow run; no Ray")
+    p.add_argument("config", nargs="?", help="YAML config (configs/...); not with --from-run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
-    p.add_argument("--output", default=None, type=folder, help="run folder (default: runs/<config stem>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    p.add_argument(
+        "--from-run",
+        metavar="RUN_ID",
+        help="train the config of this trial's MLflow run (its config.yaml artifact) instead of a CONFIG file",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        type=folder,
+        help="run folder (default: runs/<config stem>; with --from-run runs/<trial label or run id>)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT/checkpoint.pt; with --from-run and none there, from the run's checkpoint artifact",
+    )
     p.add_argument(
         "--stop-after",
         type=count(1),
         metavar="EPOCH",
         help="stop after this epoch's checkpoint (continue later with --resume)",
     )
-    p.set_defaults(fn=lambda a: train.train(a.config, a.overrides, a.output, a.resume, a.stop_after))
+    _tracking_uri(p)
+    p.set_defaults(fn=train.command)
 
     p = sub.add_parser("models", help="list the models, their options and parameter counts")
     p.add_argument("--no-counts", dest="counts", action="store_false", help="skip building each model")

@@ -3,14 +3,21 @@
 A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per epoch),
 checkpoint.pt (rewritten after every epoch, atomically) and checkpoint.prev.pt (the one before);
 `--resume` continues from the newest of the two that loads.
+
+`--from-run RUN_ID` trains a sweep trial's config read back from its MLflow run; with `--resume` it
+starts from the run's checkpoint artifact (when OUTPUT holds no checkpoint of its own yet).
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import errno
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,18 +38,90 @@ class _WriteFailed(Exception):
     """Writing a file of the run folder failed (a full disk, typically); carries the path and the OSError."""
 
 
+def command(args: argparse.Namespace) -> int:
+    """`sweeplab train`: CONFIG [key=value ...], or --from-run RUN_ID [key=value ...]."""
+    if args.from_run is None:
+        if args.config is None:
+            raise ConfigError("give a CONFIG file to train, or --from-run RUN_ID to rerun a trial logged in MLflow")
+        return train(args.config, args.overrides, args.output, args.resume, args.stop_after)
+    overrides = list(args.overrides)
+    if args.config is not None:  # argparse fills the optional CONFIG with the first key=value
+        if "=" not in args.config:
+            raise ConfigError(f"give a CONFIG file ({args.config}) or --from-run {args.from_run}, not both")
+        overrides.insert(0, args.config)
+    return train_from_run(args.from_run, overrides, args.output, args.resume, args.stop_after, args.tracking_uri)
+
+
 def train(
     config_path: str, overrides: list[str], output: str | None, resume: bool, stop_after: int | None = None
 ) -> int:
     """Validate, train with a per-epoch progress bar, write the run folder; return the exit code."""
     conf = cfg.load(config_path, overrides)  # validation first: nothing is touched if it fails
+    return _train(conf, Path(output or Path("runs") / Path(config_path).stem), resume, stop_after)
+
+
+def train_from_run(
+    run_id: str,
+    overrides: list[str],
+    output: str | None,
+    resume: bool,
+    stop_after: int | None = None,
+    tracking_uri: str | None = None,
+) -> int:
+    """Train the config of a trial's MLflow run (its config.yaml, else its params) with `overrides`; with
+    `resume`, continue from the run's checkpoint artifact unless OUTPUT holds a checkpoint already."""
+    from sweeplab.analysis import rerun
+
+    found = rerun.trial_run(tracking_uri, run_id)
+    tree = copy.deepcopy(found.config)
+    items = [_split(o) for o in overrides]
+    for key, value in items:
+        cfg.set_dotted(tree, key, value)
+    where = f" in run {run_id}" + (f" (with {' '.join(f'{k}={v}' for k, v in items)})" if items else "")
+    cfg.check_tree(tree, where)
+    conf = cfg.from_dict(tree, where)  # the trial's resolved config: equal to the Config the trial trained
+    out = Path(output or Path("runs") / rerun.folder_name(found))
+    if not resume or (out / CHECKPOINT).exists() or (out / PREVIOUS).exists():
+        # a rerun stopped part-way (--stop-after) continues from its own, newer checkpoint
+        return _train(conf, out, resume, stop_after)
+    with tempfile.TemporaryDirectory(prefix="sweeplab-run-") as tmp:
+        path, metrics = rerun.download_checkpoint(found, Path(tmp))
+        from sweeplab import engine
+
+        try:
+            state = engine.load_checkpoint(path)  # weights_only: tensors and plain data, nothing else unpickled
+        except engine.CheckpointError as e:
+            raise ConfigError(f"--resume: the checkpoint artifact of run {run_id} cannot be used: {e}") from None
+        _same_config(state, conf, f"the checkpoint of run {run_id}")
+        print(f"continuing run {run_id} from its checkpoint (epoch {state['epoch']})", file=sys.stderr)
+        return _train(conf, out, False, stop_after, seed=(state, path, {**metrics, "epoch": state["epoch"]}))
+
+
+def _split(override: str) -> tuple[str, Any]:
+    """'key=value' as (key, parsed value), as `config.load` reads an override."""
+    key, eq, value = override.partition("=")
+    if not eq or not key:
+        raise ConfigError(f"override '{override}' must look like key=value, e.g. optim.lr=0.1")
+    return key.strip(), cfg.parse_value(value)
+
+
+def _train(
+    conf: Config,
+    out: Path,
+    resume: bool,
+    stop_after: int | None,
+    seed: tuple[dict[str, Any], Path, dict[str, Any]] | None = None,
+) -> int:
+    """Train `conf` into the run folder `out`; `seed` (state, its file, its metrics) starts it from a
+    checkpoint that is not in `out` yet (a run's artifact), copied there once the data has loaded."""
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after {stop_after}: must be an epoch >= 1 (it stops after that epoch's checkpoint)")
-    out = Path(output or Path("runs") / Path(config_path).stem)
     ckpt_path, prev_path, metrics_path = out / CHECKPOINT, out / PREVIOUS, out / "metrics.jsonl"
     checkpoint, used = _resume_state(out, conf) if resume else (None, None)
     if not resume and (ckpt_path.exists() or prev_path.exists()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
+    if seed is not None:
+        checkpoint = seed[0]
 
     import torch  # heavy imports after validation, so bad input fails in well under a second
     from tqdm import tqdm
@@ -84,8 +163,15 @@ def train(
             # set aside, so the next epoch's rotation does not make it the kept older checkpoint
             with _writing(ckpt_path):
                 os.replace(ckpt_path, out / "checkpoint.bad.pt")
-        # keep the epochs the checkpoint holds: a killed run may have logged more, or half a line
-        keep = [ln for ln in _lines(metrics_path) if json.loads(ln)["epoch"] <= saved] if checkpoint else []
+        if seed is not None:  # the run's checkpoint becomes this folder's, as if trained here
+            tmp = ckpt_path.with_suffix(".tmp")
+            with _writing(ckpt_path, tmp):
+                shutil.copyfile(seed[1], tmp)
+                os.replace(tmp, ckpt_path)
+            # earlier epochs stay in the MLflow run; the folder's history starts at the checkpoint's
+            keep = [json.dumps(seed[2])]
+        else:  # keep the epochs the checkpoint holds: a killed run may have logged more, or half a line
+            keep = [ln for ln in _lines(metrics_path) if json.loads(ln)["epoch"] <= saved] if checkpoint else []
         _replace_text(metrics_path, "".join(f"{ln}\n" for ln in keep))
         bar = tqdm(total=conf.train.epochs, initial=saved, unit="epoch", file=sys.stderr, dynamic_ncols=True)
         last = engine.fit(conf, on_epoch, checkpoint=checkpoint, data=data)
@@ -172,14 +258,18 @@ def _resume_state(out: Path, conf: Config) -> tuple[dict[str, Any], Path]:
         break
     else:
         raise ConfigError(f"--resume: no checkpoint of {out} can be used: {'; '.join(problems)}")
-    old, new = flatten(state["config"]), conf.flat()
-    old.pop("train.epochs", None)
-    changed = sorted(k for k in old.keys() | new.keys() if k != "train.epochs" and old.get(k) != new.get(k))
-    if changed:
-        raise ConfigError(
-            f"--resume: {path} was trained with a different config ({', '.join(changed[:5])}); "
-            "only train.epochs may change"
-        )
+    _same_config(state, conf, str(path))
     if problems:  # e.g. a crash between the two renames leaves no checkpoint.pt: the older one is whole
         print(f"sweeplab: warning: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
     return state, path
+
+
+def _same_config(state: dict[str, Any], conf: Config, what: str) -> None:
+    """Refuse a checkpoint trained with a different config than `conf` (bar the epoch count)."""
+    old, new = flatten(state["config"]), conf.flat()
+    changed = sorted(k for k in old.keys() | new.keys() if k != "train.epochs" and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(
+            f"--resume: {what} was trained with a different config ({', '.join(changed[:5])}); "
+            "only train.epochs may change"
+        )
