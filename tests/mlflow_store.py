@@ -27,13 +27,17 @@ def fresh_uri(folder: Path, factory) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def trial_config(lr: float, wd: float, seed: int, epochs: int = 3) -> dict:
-    """A nested training config like the sweep compiler resolves for a quickstart trial."""
+def trial_config(lr: float, wd: float, seed: int, epochs: int = 3, smoothing: float | None = None) -> dict:
+    """A nested training config like the sweep compiler resolves for a quickstart trial (with
+    `smoothing`, its train.label_smoothing too)."""
+    train = {"epochs": epochs, "seed": seed, "precision": "fp32"}
+    if smoothing is not None:
+        train["label_smoothing"] = smoothing
     return {
         "data": {"name": "fashion_mnist", "batch_size": 128, "synthetic_shape": [3, 32, 32]},
         "model": {"name": "resnet_preact", "depth": 20},
         "optim": {"name": "sgd", "lr": lr, "weight_decay": wd, "nesterov": True},
-        "train": {"epochs": epochs, "seed": seed, "precision": "fp32"},
+        "train": train,
     }
 
 
@@ -50,23 +54,28 @@ def run_trial(
     epoch_s: float = 20.0,
     rows: dict[str, int] | None = None,
     smoke: bool = False,
+    label: str | None = None,
+    smoothing: float | None = None,
+    variant: str = "",
 ) -> None:
     """Drive the Tracker as the Tune callback does: start, one result per epoch (with Ray clutter), end.
 
     `rows` are the reference rows the trial fills (table id -> row index); default: its quickstart row
     (of the smoke grid for a smoke trial).
-    `smoke` tags it as a trial of a `--smoke` launch.
+    `smoke` tags it as a trial of a `--smoke` launch. `label` is its config label (tag `sweeplab.label`,
+    which names the run); None logs it as stores before labels did, named by the trial id.
     """
     if rows is None:
         quick = reference.get("quickstart", smoke=smoke)
         rows = {"quickstart": reference.match_row(quick, quick.match, {"optim.lr": lr, "optim.weight_decay": wd})}
     t.trial_start(
         trial_id,
-        trial_config(lr, wd, seed, epochs),
+        trial_config(lr, wd, seed, epochs, smoothing),
         {
             "sweeplab.trial_id": trial_id,
             "sweeplab.seed": str(seed),
-            "sweeplab.variant": "",
+            "sweeplab.variant": variant,
+            **({"sweeplab.label": label} if label else {}),
             "sweeplab.tables": ",".join(rows),
             "sweeplab.smoke": str(smoke).lower(),
             **{f"sweeplab.row.{k}": str(v) for k, v in rows.items()},
@@ -98,7 +107,7 @@ def run_trial(
                 "config": {"x": 1},
             },
         )
-    t.trial_end(trial_id, failed=failed, stopped_early=stopped)
+    t.trial_end(trial_id, failed=failed, stopped_early=stopped, epoch=len(errors))
 
 
 def grid_point(i: int) -> tuple[float, float]:

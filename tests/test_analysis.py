@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -139,21 +140,50 @@ def _png(path: Path) -> bool:
 def test_report_writes_tables_figures_and_index(store: str, tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main(["report", "--out", str(out), "--tracking-uri", store]) == 0
-    for name in (
-        "quickstart_lr.png",
-        "quickstart_curves.png",
-        "quickstart_stops.png",
-        "sweep_quickstart_curves.png",
-        "sweep_quickstart_stops.png",
-    ):
-        assert _png(out / name), name
+    for kind in ("error", "parallel", "curves", "stops"):
+        assert _png(out / f"quickstart_{kind}.png"), kind
     for name in ("quickstart.md", "quickstart.csv", "quickstart.html"):
         assert (out / name).is_file()
     index_md, index_html = (out / "index.md").read_text(), (out / "index.html").read_text()
-    assert "## quickstart:" in index_md and "![quickstart_lr](quickstart_lr.png)" in index_md
+    assert "## quickstart:" in index_md and "![quickstart_error](quickstart_error.png)" in index_md
     assert "<img src='quickstart_curves.png'" in index_html and "<table>" in index_html
-    assert _png(out / "bs_lr_initial_lr_bs128_lr.png") and "## bs_lr_initial_lr_bs128:" in index_md
+    assert "## bs_lr_initial_lr_bs128:" in index_md and _png(out / "bs_lr_initial_lr_bs128_curves.png")
     assert "cifar10_paper_settings" not in index_md  # only tables with runs behind them
+
+
+def test_report_has_no_duplicate_figures(store: str, tmp_path: Path) -> None:
+    """The quickstart sweep is exactly the quickstart table's trials: its figures are the table's, not copies."""
+    out = tmp_path / "report"
+    assert main(["report", "--out", str(out), "--tracking-uri", store]) == 0
+    by_content: dict[str, list[str]] = {}
+    for path in sorted(out.iterdir()):
+        by_content.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path.name)
+    assert [names for names in by_content.values() if len(names) > 1] == []
+    assert not list(out.glob("sweep_quickstart_*.png"))
+    sweep_part = (out / "index.html").read_text().split("<h2>Sweeps")[1]
+    assert "<img src='quickstart_curves.png'" in sweep_part  # the sweep shows the table's figure
+
+
+def test_report_rows_link_to_their_runs(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    ui = "http://mlflow.example:8080"
+    assert main(["report", "--out", str(out), "--tracking-uri", store, "--ui-url", ui]) == 0
+    page = (out / "index.html").read_text()
+    table = page.split('<h3 id="quickstart">')[1].split("</table>")[0]
+    rows = table.split("<tr>")[2:]
+    c = client(store)
+    quick = {t.trial_id: t for t in runs.trials(c, "quickstart")}
+    exp = quick["r0_s0"].experiment_id
+    # row 0 (three seeds): the compare-runs page of exactly its runs; row 2 (one run): that run's page
+    ids = "%2C".join(f"%22{quick[f'r0_s{s}'].run_id}%22" for s in range(3))
+    assert f"href='{ui}/#/compare-runs?runs=%5B{ids}%5D&amp;experiments=%5B%22{exp}%22%5D'" in rows[0]
+    assert ">3 runs</a>" in rows[0]
+    assert f"href='{ui}/#/experiments/{exp}/runs/{quick['r2_stop'].run_id}'>1 run</a>" in rows[2]
+    assert "<a " not in rows[5]  # a row not run links nowhere
+    # every sweep-summary row is one run, and the table's own HTML file links too
+    sweep = page.split("<h2>Sweeps")[1]
+    assert sweep.count(f"{ui}/#/experiments/{exp}/runs/") == 5
+    assert f"{ui}/#/compare-runs?runs=" in (out / "quickstart.html").read_text()
 
 
 def test_export_parquet_reads_back(store: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -173,6 +173,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="every table and figure with runs behind it, with an index page")
     p.add_argument("--out", default="report")
+    p.add_argument(
+        "--ui-url",
+        default="http://127.0.0.1:5000",
+        help="the MLflow UI that the HTML rows link to (default: where `sweeplab ui` serves it)",
+    )
     _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.report)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from sweeplab import reference
 from sweeplab.analysis import figures, runs, tables
-from sweeplab.analysis.runs import AXES
 from sweeplab.analysis.tables import METRIC, Built
 
 if TYPE_CHECKING:
@@ -28,72 +27,91 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def write_table(
-    c: MlflowClient | None, built: Built, out: Path, formats: tuple[str, ...] = ("md", "csv", "html")
+Drawn = dict[tuple[str, frozenset[str]], Path]  # (figure kind, run ids) -> the file already drawn of them
+
+
+def figures_of(
+    c: MlflowClient | None, trials: list[runs.LoggedTrial], base: Path, title: str, drawn: Drawn | None = None
 ) -> list[Path]:
-    """The table in each format plus its figures under `out`; returns the figures written."""
+    """The figures of these trials, `base` + "_<kind>.png": error vs each varied key, the varied keys in
+    parallel coordinates, learning curves, early stops. A figure of the same trials already in `drawn`
+    is reused, not drawn again (a sweep that is exactly one table's trials gets no copies)."""
+    keys = runs.varied_keys(trials)
+    makers = {
+        "error": lambda p: figures.error_vs_keys(trials, keys, p, f"{title}: error vs each varied key"),
+        "parallel": lambda p: figures.parallel(trials, keys, p, f"{title}: varied keys against {METRIC}"),
+        "curves": lambda p: figures.learning_curves(c, trials, p, f"{title}: learning curves"),
+        "stops": lambda p: figures.scheduler_stops(trials, p, f"{title}: early stops"),
+    }
+    drawn = {} if drawn is None else drawn
+    ids = frozenset(t.run_id for t in trials)
+    out = []
+    for kind, make in makers.items():
+        if (kind, ids) not in drawn:
+            path = make(base.with_name(f"{base.name}_{kind}.png"))
+            if path is None:
+                continue
+            drawn[(kind, ids)] = path
+        out.append(drawn[(kind, ids)])
+    return out
+
+
+def write_table(
+    c: MlflowClient | None,
+    built: Built,
+    out: Path,
+    formats: tuple[str, ...] = ("md", "csv", "html"),
+    ui_url: str = runs.UI_URL,
+    drawn: Drawn | None = None,
+) -> list[Path]:
+    """The table in each format (HTML rows linking to their runs in the MLflow UI at `ui_url`) plus its
+    figures under `out`; returns the figures."""
     out.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
-        (out / f"{slug(built.id)}.{fmt}").write_text(tables.render(built, fmt))
+        (out / f"{slug(built.id)}.{fmt}").write_text(tables.render(built, fmt, ui_url=ui_url))
     behind = [t for row in built.trials.values() for t in row]
-    name, label = slug(built.id), built.id + (tables.SMOKE_TITLE if built.smoke else "")
-    figs = [
-        figures.learning_curves(c, behind, out / f"{name}_curves.png", f"{label}: learning curves"),
-        figures.scheduler_stops(behind, out / f"{name}_stops.png", f"{label}: early stops"),
-    ]
-    if "initial lr" in built.columns:  # the bs_lr tables and the quickstart
-        figs.insert(0, figures.error_vs_lr(behind, out / f"{name}_lr.png", f"{label}: error vs lr"))
-    return [f for f in figs if f is not None]
+    title = built.id + (tables.SMOKE_TITLE if built.smoke else "")
+    return figures_of(c, behind, out / slug(built.id), title, drawn)
 
 
 def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5, smoke: bool = False) -> Built:
-    """A sweep's best trials (finished or not) as a small table."""
+    """A sweep's best trials (finished or not) as a small table: label, error, outcome, the keys it varies."""
     scored = [t for t in trials if METRIC in t.metrics and not math.isnan(t.metrics[METRIC])]
     ranked = sorted(scored, key=lambda t: t.metrics[METRIC])[:top]
-    columns = ["trial", METRIC, "epochs", "status", "stopped early", *AXES]
-    rows = [
-        [
-            t.trial_id,
-            f"{t.metrics[METRIC]:.2f}",
-            str(t.epochs),
-            t.status,
-            str(t.stopped_early).lower(),
-            *(t.params.get(a, "") for a in AXES),
-        ]
-        for t in ranked
-    ]
+    keys = runs.varied_keys(trials)
+    columns = ["trial", METRIC, "epochs", "outcome", *keys]
+    rows = [[t.label, f"{t.metrics[METRIC]:.2f}", str(t.epochs), t.outcome, *(t.cell(k) for k in keys)] for t in ranked]
     states = {s: sum(t.status == s for t in trials) for s in sorted({t.status for t in trials})}
     note = (
         f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}), "
         f"{len({t.launch for t in trials})} launch(es); best {len(rows)} by {METRIC}"
     )
-    return Built(trials[0].experiment, "best trials" + (tables.SMOKE_TITLE if smoke else ""), columns, rows, note)
+    title = "best trials" + (tables.SMOKE_TITLE if smoke else "")
+    return Built(trials[0].experiment, title, columns, rows, note, {i: [t] for i, t in enumerate(ranked)})
 
 
-def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False) -> Path:
-    """Write every table with runs, per-sweep summaries and figures, and index.md / index.html: of the
-    full runs only, or with `smoke` of the smoke runs only (every title says so)."""
+def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False, ui_url: str = runs.UI_URL) -> Path:
+    """Write every table with runs, per-sweep summaries and figures, and index.md / index.html (whose
+    rows link to their runs in the MLflow UI at `ui_url`): of the full runs only, or with `smoke` of
+    the smoke runs only (every title says so)."""
     out.mkdir(parents=True, exist_ok=True)
+    if ui_url == runs.UI_URL and uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        ui_url = uri
     everything = runs.kept(runs.all_trials(c), smoke) if c is not None else []
     label = tables.SMOKE_TITLE if smoke else ""
+    drawn: Drawn = {}
     sections: list[tuple[Built, list[Path]]] = []
     for tid, table in reference.tables(smoke).items():
         mine = [t for t in everything if tid in runs.tables_of(t)]
         if mine:
             built = tables.build(c, table, mine, smoke=smoke)
-            sections.append((built, write_table(c, built, out)))
+            sections.append((built, write_table(c, built, out, ui_url=ui_url, drawn=drawn)))
     sweeps: list[tuple[Built, list[Path]]] = []
     for name in sorted({t.experiment for t in everything}):
         mine = [t for t in everything if t.experiment == name]
-        base = out / f"sweep_{slug(name)}"
-        figs = [
-            figures.learning_curves(
-                c, mine, base.with_name(base.name + "_curves.png"), f"{name}{label}: learning curves"
-            ),
-            figures.scheduler_stops(mine, base.with_name(base.name + "_stops.png"), f"{name}{label}: early stops"),
-        ]
-        sweeps.append((_sweep_summary(mine, smoke=smoke), [f for f in figs if f is not None]))
-    _index(out, uri, sections, sweeps, label)
+        figs = figures_of(c, mine, out / f"sweep_{slug(name)}", f"{name}{label}", drawn)
+        sweeps.append((_sweep_summary(mine, smoke=smoke), figs))
+    _index(out, uri, sections, sweeps, label, ui_url)
     return out
 
 
@@ -103,6 +121,7 @@ def _index(
     sections: list[tuple[Built, list[Path]]],
     sweeps: list[tuple[Built, list[Path]]],
     label: str = "",
+    ui_url: str = runs.UI_URL,
 ) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     title = f"sweeplab report{label}"
@@ -110,7 +129,9 @@ def _index(
     page = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p>Generated {stamp} from <code>{html.escape(uri)}</code>.</p><h2>Tables{html.escape(label)}</h2>",
+        f"<p>Generated {stamp} from <code>{html.escape(uri)}</code>; each row's MLflow link opens its runs in the "
+        f"MLflow UI at <code>{html.escape(ui_url)}</code> (<code>sweeplab ui</code>).</p>"
+        f"<h2>Tables{html.escape(label)}</h2>",
     ]
     if not sections:
         md.append("No table has runs behind it yet.")
@@ -136,11 +157,15 @@ def _index(
             + [f"![{f.stem}]({f.name})" for f in figs]
             + [""]
         )
-        page += [tables.render(built, "html", level=3)] + [f"<img src='{f.name}' alt='{f.stem}'>" for f in figs]
+        page += [tables.render(built, "html", level=3, ui_url=ui_url)] + [
+            f"<img src='{f.name}' alt='{f.stem}'>" for f in figs
+        ]
     md += [f"## Sweeps{label}", ""]
     page.append(f"<h2>Sweeps{html.escape(label)}</h2>")
     for built, figs in sweeps:
         md += [tables.render(built, "md", level=3)] + [f"![{f.stem}]({f.name})" for f in figs] + [""]
-        page += [tables.render(built, "html", level=3)] + [f"<img src='{f.name}' alt='{f.stem}'>" for f in figs]
+        page += [tables.render(built, "html", level=3, ui_url=ui_url)] + [
+            f"<img src='{f.name}' alt='{f.stem}'>" for f in figs
+        ]
     (out / "index.md").write_text("\n".join(md) + "\n")
     (out / "index.html").write_text("\n".join(page) + "\n</body></html>\n")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote as url_quote
 
 import yaml
 
@@ -18,12 +21,14 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-# the five axes of the classic grid (docs/architecture.md, "Contracts"), shown wherever trials are listed
-AXES = ("data.batch_size", "optim.lr", "train.epochs", "optim.weight_decay", "train.precision")
 CHILD = f"tags.`{TRIAL}` IS NOT NULL"
 SMOKE = "sweeplab.smoke"  # "true" on the parent and child runs of a `sweeplab run --smoke` launch
 # metrics where bigger is better; everything else (errors, losses, times) is minimised
 _DESCENDING = ("acc", "images_per_s")
+LABEL, OUTCOME, STOPPED = "sweeplab.label", "sweeplab.outcome", "sweeplab.stopped_early"
+SEED_KEY = "train.seed"  # varies across seeds, not configs: the label carries it, no column does
+UI_URL = "http://127.0.0.1:5000"  # where `sweeplab ui` serves the MLflow UI
+_TUNE_ID = re.compile(r"[0-9a-f]{5}_\d{5}")  # Tune's trial ids ("25ce8_00004"), the run names of old stores
 
 
 class UnknownTarget(ConfigError):
@@ -45,14 +50,38 @@ class LoggedTrial:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    run_name: str = ""
+    experiment_id: str = ""
 
     @property
     def launch(self) -> str:
         return self.tags.get(LAUNCH, "")
 
     @property
+    def label(self) -> str:
+        """The config's label ("lr=0.1 weight_decay=0.0005"): its `sweeplab.label` tag, else its run name
+        unless that is a Tune id, else (stores written before labels) the trial id."""
+        if self.tags.get(LABEL):
+            return self.tags[LABEL]
+        if self.run_name and self.run_name != self.trial_id and not _TUNE_ID.fullmatch(self.run_name):
+            return self.run_name
+        return self.trial_id
+
+    @property
     def stopped_early(self) -> bool:
-        return self.tags.get("stopped_early") == "true"
+        """A scheduler stopped it (`sweeplab.stopped_early`; stores written before the prefix: `stopped_early`)."""
+        return self.tags.get(STOPPED, self.tags.get("stopped_early")) == "true"
+
+    @property
+    def outcome(self) -> str:
+        """finished, stopped early at epoch E, failed or unfinished: its `sweeplab.outcome` tag, else its status."""
+        if self.tags.get(OUTCOME):
+            return self.tags[OUTCOME]
+        if self.status == "FAILED":
+            return "failed"
+        if self.stopped_early:
+            return f"stopped early at epoch {self.epochs}"
+        return "finished" if self.status == "FINISHED" else "unfinished"
 
     @property
     def smoke(self) -> bool:
@@ -72,6 +101,10 @@ class LoggedTrial:
         if key == "variant":
             return self.tags.get("sweeplab.variant", "")
         return parse_value(self.params[key]) if key in self.params else None
+
+    def cell(self, key: str) -> str:
+        """A key's value as a table shows it: the variant's label, else the param as logged ('' without it)."""
+        return self.tags.get("sweeplab.variant", "") if key == "variant" else self.params.get(key, "")
 
 
 def kept(found: list[LoggedTrial], smoke: bool = False) -> list[LoggedTrial]:
@@ -101,7 +134,38 @@ def _trial(run: Run, names: dict[str, str]) -> LoggedTrial:
         dict(run.data.params),
         dict(run.data.metrics),
         tags,
+        run.info.run_name or "",
+        run.info.experiment_id,
     )
+
+
+def varied_keys(trials: list[LoggedTrial]) -> list[str]:
+    """The keys the trials differ in: the dotted params with two or more values among them (the seed aside),
+    and `variant` first when a trial has one, in place of the keys each variant alone sets."""
+    keys = sorted({k for t in trials for k in t.params} - {SEED_KEY})
+    varied = [k for k in keys if len({t.params[k] for t in trials if k in t.params}) > 1]
+    variants = {t.value("variant") for t in trials}
+    if not variants - {""}:
+        return varied
+
+    def set_by_variant(key: str) -> bool:  # one value within each variant: the variant's label says it
+        return all(len({t.params.get(key) for t in trials if t.value("variant") == v}) == 1 for v in variants)
+
+    return ["variant"] + [k for k in varied if not set_by_variant(k)]
+
+
+def ui_link(trials: list[LoggedTrial], ui_url: str = UI_URL) -> str:
+    """The MLflow UI page of these runs ('' for none): the run's own page for one, for several the
+    compare-runs page of exactly them (it spans experiments, and MLflow 3's experiment page may open
+    in its GenAI view)."""
+    base = ui_url.rstrip("/")
+    if len(trials) == 1:
+        return f"{base}/#/experiments/{trials[0].experiment_id}/runs/{trials[0].run_id}"
+    if not trials:
+        return ""
+    ids = json.dumps([t.run_id for t in trials], separators=(",", ":"))
+    exps = json.dumps(sorted({t.experiment_id for t in trials}), separators=(",", ":"))
+    return f"{base}/#/compare-runs?runs={url_quote(ids, safe='')}&experiments={url_quote(exps, safe='')}"
 
 
 def _experiments(c: MlflowClient) -> dict[str, str]:

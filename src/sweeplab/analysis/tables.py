@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sweeplab.analysis.runs import LoggedTrial, history
+from sweeplab.analysis.runs import LoggedTrial, history, ui_link
 from sweeplab.core.fmt import number
 from sweeplab.reference import Table, match_row
 
@@ -297,8 +297,9 @@ def build(c: MlflowClient | None, table: Table, trials: list[LoggedTrial], smoke
     )
 
 
-def render(built: Built, fmt: str = "md", level: int = 2) -> str:
-    """The table as Markdown or an HTML fragment (both with title, notes and legend), or as CSV."""
+def render(built: Built, fmt: str = "md", level: int = 2, ui_url: str | None = None) -> str:
+    """The table as Markdown or an HTML fragment (both with title, notes and legend), or as CSV; with
+    `ui_url` each HTML row ends in a link to its runs in the MLflow UI served there."""
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -309,8 +310,20 @@ def render(built: Built, fmt: str = "md", level: int = 2) -> str:
     footer = [text for text in (verdicts, built.notes, built.caveats, built.legend) if text]
     if fmt == "html":
         esc = html.escape
-        head = "".join(f"<th>{esc(c)}</th>" for c in built.columns)
-        body = "\n".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in built.rows)
+        head = "".join(f"<th>{esc(c)}</th>" for c in built.columns) + ("<th>MLflow</th>" if ui_url else "")
+
+        def link(i: int) -> str:
+            behind = built.trials.get(i, [])
+            if not ui_url:
+                return ""
+            if not behind:
+                return "<td></td>"
+            runs = f"{len(behind)} run{'s' if len(behind) > 1 else ''}"
+            return f"<td><a href='{esc(ui_link(behind, ui_url))}'>{runs}</a></td>"
+
+        body = "\n".join(
+            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + link(i) + "</tr>" for i, r in enumerate(built.rows)
+        )
         return (
             f'<h{level} id="{esc(built.id)}">{esc(built.id)}: {esc(built.title)}</h{level}>\n'
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"

@@ -20,7 +20,6 @@ import yaml
 
 from sweeplab import reference
 from sweeplab.analysis import runs, tables
-from sweeplab.analysis.runs import AXES
 from sweeplab.core.env import no_telemetry
 from sweeplab.core.errors import ConfigError
 from sweeplab.core.names import METRICS
@@ -41,19 +40,23 @@ def best(args: argparse.Namespace) -> int:
     if args.yaml:  # the nested config, which `sweeplab train FILE` reruns as it is
         sys.stdout.write(yaml.safe_dump(runs.config_of(c, found[0]), sort_keys=False))
         return 0
+    keys = runs.varied_keys(runs.kept(runs.trials(c, args.target), args.smoke))  # what the sweep varies
     if args.json:
         out = [
             {
                 "rank": i + 1,
                 "run_id": t.run_id,
                 "trial_id": t.trial_id,
+                "label": t.label,
                 "experiment": t.experiment,
                 "launch": t.launch,
                 "status": t.status,
+                "outcome": t.outcome,
                 "stopped_early": t.stopped_early,
                 "metric": args.metric,
                 "value": _finite(t.metrics[args.metric]),
                 "epochs": t.epochs,
+                "varied": {k: t.cell(k) for k in keys},
                 "params": t.params,
                 "tags": {k: v for k, v in t.tags.items() if k.startswith("sweeplab.")},
             }
@@ -64,17 +67,11 @@ def best(args: argparse.Namespace) -> int:
     built = tables.Built(
         args.target,
         f"best by {args.metric}" + _title(args.smoke),
-        ["rank", "trial", args.metric, "epochs", "status", *AXES, "run id"],
+        ["rank", "trial", args.metric, "epochs", "outcome", *keys, "run id"],
         [
-            [
-                str(i + 1),
-                t.trial_id,
-                f"{t.metrics[args.metric]:.4g}",
-                str(t.epochs),
-                t.status,
-                *(t.params.get(a, "") for a in AXES),
-                t.run_id,
-            ]
+            [str(i + 1), t.label, f"{t.metrics[args.metric]:.4g}", str(t.epochs), t.outcome]
+            + [t.cell(k) for k in keys]
+            + [t.run_id]
             for i, t in enumerate(found)
         ],
     )
@@ -190,7 +187,7 @@ def report(args: argparse.Namespace) -> int:
     from sweeplab.analysis.report import report as write_report
 
     uri = resolve_uri(args.tracking_uri)
-    out = write_report(runs.open_client(uri), Path(args.out), uri, smoke=args.smoke)
+    out = write_report(runs.open_client(uri), Path(args.out), uri, smoke=args.smoke, ui_url=args.ui_url)
     print(f"report written to {out / 'index.html'} and {out / 'index.md'}")
     return 0
 
