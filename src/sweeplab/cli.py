@@ -189,8 +189,10 @@ def parser() -> argparse.ArgumentParser:
     _tracking_uri(p)
     p.set_defaults(fn=analysis.export)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1, opened on a sweep's runs")
     p.add_argument("--port", type=count(1, 65535), default=5000)
+    p.add_argument("--experiment", metavar="SWEEP", help="the sweep whose runs open (default: the latest one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
     _tracking_uri(p)
     p.set_defaults(fn=analysis.ui)
     return ap

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,10 +18,9 @@ import yaml
 
 from sweeplab import reference
 from sweeplab.analysis import runs, tables
-from sweeplab.core.env import no_telemetry
 from sweeplab.core.errors import ConfigError
 from sweeplab.core.names import METRICS
-from sweeplab.tracking.store import resolve_uri, sqlite_path
+from sweeplab.tracking.store import resolve_uri
 
 
 def best(args: argparse.Namespace) -> int:
@@ -211,31 +208,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def ui(args: argparse.Namespace) -> int:
-    """Run the MLflow UI on 127.0.0.1 against the resolved tracking URI until Ctrl-C."""
-    uri = resolve_uri(args.tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        print(f"{uri} is a tracking server: open it in a browser")
-        return 0
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
-    db = sqlite_path(uri)
-    if db is not None:  # artifacts of experiments created from the UI go next to the database
-        cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
-    env = no_telemetry({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    """Serve the MLflow UI on 127.0.0.1 and print (and open) a sweep's runs page; stops with sweeplab."""
+    from sweeplab.commands.mlflow_ui import ui as serve
+
+    return serve(args)

@@ -1,0 +1,187 @@
+"""`sweeplab ui`: an MLflow server on 127.0.0.1, opened on a sweep's runs page, stopped with sweeplab.
+
+MLflow 3.17's UI shows an experiment in its GenAI view ("Traces") unless the page's URL carries
+`workflowType=machine_learning` (or the browser remembers the training view): the experiment's
+`mlflow.experimentKind` tag does not decide it, because the UI derives the kind from that URL
+parameter. So the URL printed and opened here names the runs tab and the training view.
+
+The server runs in its own process group, which is killed as a whole when `sweeplab ui` is stopped
+(Ctrl-C, SIGTERM, SIGHUP): MLflow's uvicorn workers would otherwise keep listening on the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import webbrowser
+from typing import TYPE_CHECKING
+
+from sweeplab.analysis import runs
+from sweeplab.core.env import no_telemetry
+from sweeplab.core.errors import ConfigError
+from sweeplab.tracking.store import resolve_uri, sqlite_path
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+HOST = "127.0.0.1"
+TRAINING_VIEW = "workflowType=machine_learning"
+START_S = 120.0  # the first start migrates a new store and loads the app: seconds, not minutes
+STOP_S = 10.0  # the server's grace after SIGTERM before the whole group is killed
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: stop the server as Ctrl-C would."""
+
+
+def runs_url(base: str, experiment_id: str | None) -> str:
+    """The runs page of an experiment in the training view, or the experiments list when there is none."""
+    if experiment_id is None:
+        return f"{base}/#/experiments?{TRAINING_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def pick_experiment(c: MlflowClient | None, name: str | None) -> str | None:
+    """The id of experiment `name` (bad input when missing), else the sweep with the latest run, else None."""
+    exps = [e for e in c.search_experiments(max_results=50000)] if c is not None else []
+    if name is not None:
+        found = [e for e in exps if e.name == name]
+        if not found:
+            known = sorted(e.name for e in exps if e.name != "Default")
+            raise runs.UnknownTarget(
+                f"no sweep named '{name}' in the MLflow store; sweeps: {', '.join(known) or 'none yet'}"
+            )
+        return found[0].experiment_id
+    used = [e for e in exps if e.name != "Default" or c.search_runs([e.experiment_id], max_results=1)]
+    if not used:
+        return None
+    return max(used, key=lambda e: e.last_update_time or 0).experiment_id
+
+
+def ui(args: argparse.Namespace) -> int:
+    """Serve the MLflow UI on 127.0.0.1 until stopped; print (and open) the sweep's runs page."""
+    uri = resolve_uri(args.tracking_uri)
+    db = sqlite_path(uri)
+    c = runs.open_client(uri, must_exist=args.experiment is not None)
+    experiment = pick_experiment(c, args.experiment)
+    if uri.startswith(("http://", "https://")):  # a server is running already: only say where to look
+        print(runs_url(uri.rstrip("/"), experiment))
+        return 0
+    _check_port(args.port)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--host", HOST,
+        "--port", str(args.port),
+        "--workers", "1",
+    ]  # fmt: skip
+    if db is not None:  # artifacts of experiments created from the UI go next to the database
+        cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
+    env = no_telemetry({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    base = f"http://{HOST}:{args.port}"
+    url = runs_url(base, experiment)
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        # its own session and process group: a terminal's Ctrl-C reaches only sweeplab, which stops the group;
+        # its chatter goes to stderr, so stdout carries only the URL (`sweeplab ui > url.txt`)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, start_new_session=True)
+        failed = _wait_ready(proc, base)
+        if failed:
+            print(f"sweeplab: {failed}", file=sys.stderr)
+            return 1
+        print(url, flush=True)
+        print(f"sweeplab: MLflow UI for {uri} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        if not args.no_browser and _has_display():
+            webbrowser.open(url)
+        code = proc.wait()
+        print(f"sweeplab: the MLflow server exited with code {code}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Stopped):
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc is not None:
+            _stop_group(proc)
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _check_port(port: int) -> None:
+    """Bad input when the port is taken: MLflow would fail later with a traceback about it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            raise ConfigError(f"port {port} on {HOST} is in use: pass another --port") from None
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base: str) -> str:
+    """Poll the server's /health until it answers OK (""), or why it never will."""
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"the MLflow server exited with code {proc.returncode} before answering"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return ""
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    return f"the MLflow server did not answer on {base} within {START_S:.0f} s"
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's whole process group, SIGKILL to what is left after STOP_S."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_S
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _group_alive(proc.pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any process of group `pgid` still running (zombies waiting for init to reap them do not count)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+def _has_display() -> bool:
+    """A graphical browser can open: macOS, Windows, or an X11/Wayland display (not a console browser)."""
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
