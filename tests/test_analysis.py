@@ -198,4 +198,6 @@ def test_export_parquet_reads_back(store: str, tmp_path: Path, capsys: pytest.Ca
     assert r["metrics.val/error"] == 13.0 and r["launch"] == "qs-a" and r["tags.sweeplab.seed"] == "2"
     assert r["history.step"] == [1, 2, 3] and r["history.val/error"] == [40.0, 20.0, 13.0]
     assert rows["r2_stop"]["stopped_early"] is True and rows["r3_fail"]["status"] == "FAILED"
+    assert rows["r2_stop"]["outcome"] == "stopped early at epoch 1" and rows["r3_fail"]["outcome"] == "failed"
+    assert r["label"] == "r0_s2"  # logged without a label: the trial id
     assert "history.pid" not in table.column_names

@@ -1,8 +1,9 @@
 """Every trial of a sweep as one Arrow table, written to Parquet for pandas, Polars or DuckDB.
 
-One row per trial: its identity, `params.*` (typed back from MLflow's strings when a whole
-column parses), `metrics.*` (last values), `tags.*`, and the per-epoch histories as list
-columns aligned on `history.step` (`history.val/error`[i] was logged at epoch `history.step`[i]).
+One row per trial: its identity (run and trial ids, config label, outcome), `params.*` (typed back
+from MLflow's strings when a whole column parses), `metrics.*` (last values), `tags.*`, and the
+per-epoch histories as list columns aligned on `history.step` (`history.val/error`[i] was logged
+at epoch `history.step`[i]).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def arrow_table(c: MlflowClient, trials: list[LoggedTrial]) -> pa.Table:
         "experiment": pa.array([t.experiment for t in trials], pa.string()),
         "launch": pa.array([t.launch for t in trials], pa.string()),
         "trial_id": pa.array([t.trial_id for t in trials], pa.string()),
+        "label": pa.array([t.label for t in trials], pa.string()),
         "status": pa.array([t.status for t in trials], pa.string()),
+        "outcome": pa.array([t.outcome for t in trials], pa.string()),
         "stopped_early": pa.array([t.stopped_early for t in trials], pa.bool_()),
         "start_time": pa.array([t.start_time for t in trials], pa.timestamp("ms", tz="UTC")),
     }
