@@ -21,15 +21,11 @@ import time
 import urllib.error
 import urllib.request
 import webbrowser
-from typing import TYPE_CHECKING
 
 from sweeplab.analysis import runs
 from sweeplab.core.env import no_telemetry
 from sweeplab.core.errors import ConfigError
 from sweeplab.tracking.store import resolve_uri, sqlite_path
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 HOST = "127.0.0.1"
 TRAINING_VIEW = "workflowType=machine_learning"
@@ -48,7 +44,7 @@ def runs_url(base: str, experiment_id: str | None) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
-def pick_experiment(c: MlflowClient | None, name: str | None) -> str | None:
+def pick_experiment(c: runs.MlflowClient | None, name: str | None) -> str | None:
     """The id of experiment `name` (bad input when missing), else the sweep with the latest run, else None."""
     exps = [e for e in c.search_experiments(max_results=50000)] if c is not None else []
     if name is not None:
