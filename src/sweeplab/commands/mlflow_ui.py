@@ -45,8 +45,8 @@ def runs_url(base: str, experiment_id: str | None) -> str:
 
 
 def pick_experiment(c: runs.MlflowClient | None, name: str | None) -> str | None:
-    """The id of experiment `name` (bad input when missing), else the sweep with the latest run, else None."""
-    exps = [e for e in c.search_experiments(max_results=50000)] if c is not None else []
+    """The id of experiment `name` (bad input when missing), else the one with the latest run, else None."""
+    exps = list(c.search_experiments(max_results=50000)) if c is not None else []
     if name is not None:
         found = [e for e in exps if e.name == name]
         if not found:
@@ -55,10 +55,10 @@ def pick_experiment(c: runs.MlflowClient | None, name: str | None) -> str | None
                 f"no sweep named '{name}' in the MLflow store; sweeps: {', '.join(known) or 'none yet'}"
             )
         return found[0].experiment_id
-    used = [e for e in exps if e.name != "Default" or c.search_runs([e.experiment_id], max_results=1)]
-    if not used:
+    if c is None or not exps:
         return None
-    return max(used, key=lambda e: e.last_update_time or 0).experiment_id
+    latest = c.search_runs([e.experiment_id for e in exps], order_by=["attributes.start_time DESC"], max_results=1)
+    return latest[0].info.experiment_id if latest else None
 
 
 def ui(args: argparse.Namespace) -> int:
