@@ -4,6 +4,7 @@ stopped) and the README's queries (run as written against a real store, so they 
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import shlex
@@ -15,13 +16,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
 from mlflow_store import fresh_uri, grid_point, run_trial
 from sweep_cli import LOOPBACK, descendants, listening
 from sweeplab.cli import main
-from sweeplab.commands.mlflow_ui import pick_experiment, runs_url
+from sweeplab.commands.mlflow_ui import pick_experiment, runs_url, sweep_metric
 from sweeplab.tracking import Tracker
 from sweeplab.tracking.store import client
 
@@ -52,11 +54,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_url_names_the_runs_tab_in_the_training_view():
-    assert runs_url("http://127.0.0.1:5000", "7") == (
-        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
-    )
+def test_url_names_the_runs_tab_in_the_training_view_best_trial_first():
+    url = runs_url("http://127.0.0.1:5000", "7")
+    page, _, query = url.partition("?")
+    assert page == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert parse_qs(query) == {
+        "workflowType": ["machine_learning"],
+        "searchFilter": ["tags.`sweeplab.trial_id` IS NOT NULL"],  # the trials, not nested under their launch
+        "orderByKey": ["metrics.`val/error`"],
+        "orderByAsc": ["true"],
+    }
+    assert parse_qs(runs_url("http://h:1", "7", "val/acc", "max").partition("?")[2])["orderByAsc"] == ["false"]
     assert runs_url("http://127.0.0.1:5000", None).endswith("/#/experiments?workflowType=machine_learning")
+
+
+def test_sort_follows_the_launch_metric(store: Path):
+    c = client(f"sqlite:///{store / 'mlflow.db'}")
+    assert sweep_metric(c, c.get_experiment_by_name("quickstart").experiment_id) == ("val/error", "min")
+    assert sweep_metric(None, None) == ("val/error", "min")
 
 
 def test_experiment_by_name_or_latest(store: Path):
@@ -123,7 +138,7 @@ def test_ui_serves_the_runs_page_on_loopback_and_stops_with_its_server(store: Pa
     try:
         url = _read_url(proc, timeout=150)
         exp = client(f"sqlite:///{store / 'mlflow.db'}").get_experiment_by_name("quickstart").experiment_id
-        assert url == f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?workflowType=machine_learning"
+        assert url == runs_url(f"http://127.0.0.1:{port}", exp)
 
         tree = descendants(proc.pid)
         assert len(tree) > 1, "the MLflow server is a child process"
@@ -143,10 +158,18 @@ def test_ui_serves_the_runs_page_on_loopback_and_stops_with_its_server(store: Pa
         time.sleep(0.5)
         assert [p for p in tree if _alive(p)] == []
         assert _on_port(port) == [], "a process still listens on the port"
-    finally:
+    finally:  # after a failed assertion: let sweeplab stop its server, then kill whatever is left
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            left = descendants(proc.pid)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for pid in left - {proc.pid}:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _section(title: str) -> str:

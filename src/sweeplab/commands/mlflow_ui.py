@@ -3,7 +3,8 @@
 MLflow 3.17's UI shows an experiment in its GenAI view ("Traces") unless the page's URL carries
 `workflowType=machine_learning` (or the browser remembers the training view): the experiment's
 `mlflow.experimentKind` tag does not decide it, because the UI derives the kind from that URL
-parameter. So the URL printed and opened here names the runs tab and the training view.
+parameter. So the URL printed and opened here names the runs tab and the training view, and
+lists the trials flat, best first (nested under their launch's parent run they start collapsed).
 
 The server runs in its own process group, which is killed as a whole when `sweeplab ui` is stopped
 (Ctrl-C, SIGTERM, SIGHUP): MLflow's uvicorn workers would otherwise keep listening on the port.
@@ -21,10 +22,12 @@ import time
 import urllib.error
 import urllib.request
 import webbrowser
+from urllib.parse import quote, urlencode
 
 from sweeplab.analysis import runs
 from sweeplab.core.env import no_telemetry
 from sweeplab.core.errors import ConfigError
+from sweeplab.core.names import LAUNCH, PARENT, TRIAL
 from sweeplab.tracking.store import resolve_uri, sqlite_path
 
 HOST = "127.0.0.1"
@@ -37,11 +40,28 @@ class _Stopped(Exception):
     """SIGTERM or SIGHUP arrived: stop the server as Ctrl-C would."""
 
 
-def runs_url(base: str, experiment_id: str | None) -> str:
-    """The runs page of an experiment in the training view, or the experiments list when there is none."""
+def runs_url(base: str, experiment_id: str | None, metric: str = "val/error", mode: str = "min") -> str:
+    """The runs page of an experiment in the training view: its trials (not nested under their
+    launch's parent run, which a click on the filter's x shows again) best first by `metric`;
+    the experiments list when there is no experiment."""
     if experiment_id is None:
         return f"{base}/#/experiments?{TRAINING_VIEW}"
-    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    query = {
+        "searchFilter": f"tags.`{TRIAL}` IS NOT NULL",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": "true" if mode == "min" else "false",
+    }
+    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&{urlencode(query, quote_via=quote)}"
+
+
+def sweep_metric(c: runs.MlflowClient | None, experiment_id: str | None) -> tuple[str, str]:
+    """(metric, mode) of the experiment's latest launch, from its parent run's params; else val/error, min."""
+    if c is None or experiment_id is None:
+        return "val/error", "min"
+    where = f"tags.`{LAUNCH}` IS NOT NULL and tags.`{PARENT}` IS NULL"
+    found = c.search_runs([experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1)
+    params = found[0].data.params if found else {}
+    return params.get("metric", "val/error"), params.get("mode", "min")
 
 
 def pick_experiment(c: runs.MlflowClient | None, name: str | None) -> str | None:
@@ -67,8 +87,9 @@ def ui(args: argparse.Namespace) -> int:
     db = sqlite_path(uri)
     c = runs.open_client(uri, must_exist=args.experiment is not None)
     experiment = pick_experiment(c, args.experiment)
+    metric, mode = sweep_metric(c, experiment)
     if uri.startswith(("http://", "https://")):  # a server is running already: only say where to look
-        print(runs_url(uri.rstrip("/"), experiment))
+        print(runs_url(uri.rstrip("/"), experiment, metric, mode))
         return 0
     _check_port(args.port)
     cmd = [
@@ -82,7 +103,7 @@ def ui(args: argparse.Namespace) -> int:
         cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
     env = no_telemetry({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     base = f"http://{HOST}:{args.port}"
-    url = runs_url(base, experiment)
+    url = runs_url(base, experiment, metric, mode)
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     proc: subprocess.Popen[bytes] | None = None
     try:
