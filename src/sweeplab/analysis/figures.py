@@ -177,7 +177,7 @@ def error_vs_keys(trials: list[LoggedTrial], keys: list[str], path: Path, title:
             ax.legend(fontsize="x-small")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    stopped = any(p.stopped for _, p in panels for p in p)
+    stopped = any(q.stopped for _, points in panels for q in points)
     how = "filled: ran to the end" + ("; hollow: stopped early, at the epoch it stopped" if stopped else "")
     fig.suptitle(f"{title or 'error vs each varied key'}\n({how})", fontsize="medium")
     return _save(fig, path)
