@@ -90,6 +90,20 @@ def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5, smoke: bool = F
     return Built(trials[0].experiment, title, columns, rows, note, {i: [t] for i, t in enumerate(ranked)})
 
 
+def launch_report(c: MlflowClient, launch: str, out: Path, ui_url: str = runs.UI_URL) -> list[Path]:
+    """One launch's best-trials table (md, html) and figures under `out`, for its parent run; [] without trials."""
+    mine = runs.trials(c, launch)
+    if not mine:
+        return []
+    built = _sweep_summary(mine, smoke=all(t.smoke for t in mine))
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for fmt in ("md", "html"):
+        files.append(out / f"best_trials.{fmt}")
+        files[-1].write_text(tables.render(built, fmt, ui_url=ui_url))
+    return files + figures_of(c, mine, out / slug(launch), f"{launch}{tables.SMOKE_TITLE if built.smoke else ''}")
+
+
 def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False, ui_url: str = runs.UI_URL) -> Path:
     """Write every table with runs, per-sweep summaries and figures, and index.md / index.html (whose
     rows link to their runs in the MLflow UI at `ui_url`): of the full runs only, or with `smoke` of

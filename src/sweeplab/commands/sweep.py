@@ -13,6 +13,7 @@ import io
 import json
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -161,6 +162,7 @@ def _drive(
         best = progress.best_trial(sweep, summaries)
         if best is not None:
             driver.safe(tracker.launch_best, sweep.metric, best.result[sweep.metric], label(best.point))
+        driver.safe(_log_report, tracker, meta["tracking_uri"], launch)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -233,6 +235,16 @@ def launch_files(sweep: Sweep) -> dict[str, str]:
         progress.print_trials_json(sweep)
     records = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     return {"sweep.yaml": text, "trials.json": json.dumps(records, indent=1)}
+
+
+def _log_report(tracker: Any, uri: str, launch: str) -> None:
+    """The launch's table of best trials and its figures, drawn from what MLflow holds, on its parent run."""
+    from sweeplab.analysis import report, runs
+
+    client = runs.open_client(uri)
+    with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as d:
+        if client is not None and report.launch_report(client, launch, Path(d)):
+            tracker.launch_artifacts(Path(d), "report")
 
 
 def _expected(sweep: Sweep) -> int:

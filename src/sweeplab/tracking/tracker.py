@@ -194,6 +194,10 @@ class Tracker:
             if name not in have:
                 self.client.log_text(self.parent_id, text, name)
 
+    def launch_artifacts(self, folder: Path, under: str) -> None:
+        """Files of `folder` as the parent run's artifacts under `under` (the launch's report); same names replace."""
+        self.client.log_artifacts(self.parent_id, str(folder), under)
+
     def launch_best(self, metric: str, value: float, label: str) -> None:
         """The best trial of the launch on the parent run: metric `best/<metric>`, tag `sweeplab.best_label`."""
         self.client.log_metric(self.parent_id, f"best/{metric}", float(value))
