@@ -23,7 +23,15 @@ import pytest
 from mlflow_store import fresh_uri, grid_point, run_trial
 from sweep_cli import LOOPBACK, descendants, listening
 from sweeplab.cli import main
-from sweeplab.commands.mlflow_ui import pick_experiment, runs_url, sweep_metric
+from sweeplab.commands.mlflow_ui import (
+    VIEW_TAG,
+    pick_experiment,
+    runs_url,
+    share_view,
+    sweep_metric,
+    sweep_view,
+    view_state,
+)
 from sweeplab.tracking import Tracker
 from sweeplab.tracking.store import client
 
@@ -66,6 +74,93 @@ def test_url_names_the_runs_tab_in_the_training_view_best_trial_first():
     }
     assert parse_qs(runs_url("http://h:1", "7", "val/acc", "max").partition("?")[2])["orderByAsc"] == ["false"]
     assert runs_url("http://127.0.0.1:5000", None).endswith("/#/experiments?workflowType=machine_learning")
+
+
+def test_url_of_the_shared_view_carries_only_its_key():
+    # MLflow's UI ignores a shared view when the URL names a filter or sort (searchFilter, orderByKey, ...)
+    url = runs_url("http://127.0.0.1:5000", "7", "val/acc", "max", view=True)
+    page, _, query = url.partition("?")
+    assert page == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert parse_qs(query) == {"workflowType": ["machine_learning"], "viewStateShareKey": ["sweeplab-trials"]}
+    assert runs_url("http://h:1", None, view=True).endswith("/#/experiments?workflowType=machine_learning")
+
+
+# The runs page's state as MLflow 3.17's UI reads it: search facets and ui state in one flat object;
+# column ids are `<kind>.\`<key>\``, the duration column's id is its field, "duration".
+SWEEP_VIEW = {
+    "searchFilter": "tags.`sweeplab.trial_id` IS NOT NULL",
+    "orderByKey": "metrics.`val/error`",
+    "orderByAsc": True,
+    "selectedColumns": [
+        "attributes.`Dataset`",
+        "metrics.`val/error`",
+        "tags.`sweeplab.outcome`",
+        "params.`optim.weight_decay`",  # the only key the four full trials vary in (the smoke trial is left out)
+    ],
+    "columnOrder": [
+        "attributes.`Dataset`",
+        "duration",
+        "metrics.`val/error`",
+        "tags.`sweeplab.outcome`",
+        "params.`optim.weight_decay`",
+    ],
+    "columnWidths": {"attributes.`Dataset`": 170, "tags.`sweeplab.outcome`": 180},
+}
+
+
+def test_view_state_shows_outcome_beside_the_metric_and_the_varied_keys():
+    state = view_state("val/acc", "max", ["variant", "optim.lr"])
+    assert state["orderByKey"] == "metrics.`val/acc`" and state["orderByAsc"] is False
+    assert state["selectedColumns"] == [
+        "attributes.`Dataset`",
+        "metrics.`val/acc`",
+        "tags.`sweeplab.outcome`",
+        "tags.`sweeplab.variant`",  # a variant's label is a tag, not a param
+        "params.`optim.lr`",
+    ]
+    assert state["columnOrder"][2:4] == ["metrics.`val/acc`", "tags.`sweeplab.outcome`"]
+
+
+def _view(c, exp: str) -> dict:
+    return json.loads(c.get_experiment(exp).tags[VIEW_TAG])
+
+
+def test_shared_view_is_set_on_the_sweep_once(store: Path, tmp_path):
+    db = tmp_path / "mlflow.db"
+    shutil.copy(store / "mlflow.db", db)  # the module's store stays as it was
+    c = client(f"sqlite:///{db}")
+    exp = c.get_experiment_by_name("quickstart").experiment_id
+    assert VIEW_TAG == "mlflow.sharedViewState.sweeplab-trials"
+    assert sweep_view(c, exp, "val/error", "min") is True
+    first = _view(c, exp)
+    # the envelope of MLflow's saved views: listed by name on the runs page, its state a JSON string
+    assert set(first) == {"name", "createdAt", "updatedAt", "state"} and first["name"] == "sweeplab trials"
+    assert json.loads(first["state"]) == SWEEP_VIEW
+    assert sweep_view(c, exp, "val/error", "min") is True
+    assert _view(c, exp) == first, "the same state is not written again"
+
+    changed = view_state("val/loss", "min", [])
+    assert share_view(c, exp, changed, now_ms=first["createdAt"] + 5) is True
+    again = _view(c, exp)
+    assert json.loads(again["state"]) == changed
+    assert (again["createdAt"], again["updatedAt"]) == (first["createdAt"], first["createdAt"] + 5)
+    assert sweep_view(None, None, "val/error", "min") is False
+
+
+def test_a_store_that_refuses_the_view_gets_the_plain_url(store: Path):
+    class ReadOnly:
+        def __init__(self, real):
+            self.real = real
+
+        def get_experiment(self, exp):
+            return self.real.get_experiment(exp)
+
+        def set_experiment_tag(self, *args):
+            raise PermissionError("read-only")
+
+    c = client(f"sqlite:///{store / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("quickstart").experiment_id
+    assert share_view(ReadOnly(c), exp, SWEEP_VIEW) is False
 
 
 def test_sort_follows_the_launch_metric(store: Path):
@@ -137,8 +232,10 @@ def test_ui_serves_the_runs_page_on_loopback_and_stops_with_its_server(store: Pa
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         url = _read_url(proc, timeout=150)
-        exp = client(f"sqlite:///{store / 'mlflow.db'}").get_experiment_by_name("quickstart").experiment_id
-        assert url == runs_url(f"http://127.0.0.1:{port}", exp)
+        c = client(f"sqlite:///{store / 'mlflow.db'}")
+        exp = c.get_experiment_by_name("quickstart").experiment_id
+        assert url == runs_url(f"http://127.0.0.1:{port}", exp, view=True)  # the shared view, set before
+        assert json.loads(_view(c, exp)["state"]) == SWEEP_VIEW
 
         tree = descendants(proc.pid)
         assert len(tree) > 1, "the MLflow server is a child process"

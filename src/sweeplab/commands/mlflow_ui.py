@@ -3,8 +3,16 @@
 MLflow 3.17's UI shows an experiment in its GenAI view ("Traces") unless the page's URL carries
 `workflowType=machine_learning` (or the browser remembers the training view): the experiment's
 `mlflow.experimentKind` tag does not decide it, because the UI derives the kind from that URL
-parameter. So the URL printed and opened here names the runs tab and the training view, and
-lists the trials flat, best first (nested under their launch's parent run they start collapsed).
+parameter. So the URL printed and opened here names the runs tab and the training view.
+
+The runs list shows only the columns a user picks, and its status column says "Finished" for a trial
+a scheduler stopped early. So `sweeplab ui` keeps a shared view on the sweep's experiment (MLflow's
+"saved views": experiment tag `mlflow.sharedViewState.<key>`, loaded by URL parameter
+`viewStateShareKey`): the trials flat (nested under their launch's parent run they start
+collapsed), best first by the launch's metric, with columns dataset, the metric, `sweeplab.outcome`
+("stopped early at epoch E") and the varied keys. The UI ignores a shared view when the URL names a
+filter or sort itself, so the URL carries only the key; where the tag cannot be written (a server
+that refuses it) the URL names filter and sort instead.
 
 The server runs in its own process group, which is killed as a whole when `sweeplab ui` is stopped
 (Ctrl-C, SIGTERM, SIGHUP): MLflow's uvicorn workers would otherwise keep listening on the port.
@@ -13,6 +21,7 @@ The server runs in its own process group, which is killed as a whole when `sweep
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -22,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import webbrowser
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from sweeplab.analysis import runs
@@ -32,6 +42,10 @@ from sweeplab.tracking.store import resolve_uri, sqlite_path
 
 HOST = "127.0.0.1"
 TRAINING_VIEW = "workflowType=machine_learning"
+VIEW_KEY = "sweeplab-trials"  # the shared view's key: URL-safe, one per experiment, rewritten when stale
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # the experiment tag the UI reads a shared view from
+VARIANT = "sweeplab.variant"  # a trial's variant label: a tag, not a param
+MAX_KEY_COLUMNS = 12  # varied keys shown as columns; the rest stay a click away under "Columns"
 START_S = 120.0  # the first start migrates a new store and loads the app: seconds, not minutes
 STOP_S = 10.0  # the server's grace after SIGTERM before the whole group is killed
 
@@ -40,18 +54,74 @@ class _Stopped(Exception):
     """SIGTERM or SIGHUP arrived: stop the server as Ctrl-C would."""
 
 
-def runs_url(base: str, experiment_id: str | None, metric: str = "val/error", mode: str = "min") -> str:
-    """The runs page of an experiment in the training view: its trials (not nested under their
-    launch's parent run, which a click on the filter's x shows again) best first by `metric`;
-    the experiments list when there is no experiment."""
+def runs_url(
+    base: str, experiment_id: str | None, metric: str = "val/error", mode: str = "min", view: bool = False
+) -> str:
+    """The runs page of an experiment in the training view: with `view`, as the shared view VIEW_KEY
+    shows it; else its trials (not nested under their launch's parent run, which a click on the
+    filter's x shows again) best first by `metric`. The experiments list when there is no experiment."""
     if experiment_id is None:
         return f"{base}/#/experiments?{TRAINING_VIEW}"
-    query = {
+    page = f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    if view:
+        return f"{page}&viewStateShareKey={VIEW_KEY}"
+    return f"{page}&{urlencode(_facets(metric, mode), quote_via=quote)}"
+
+
+def _facets(metric: str, mode: str) -> dict[str, str]:
+    """The runs page's filter and sort as URL parameters: the trials, best first by `metric`."""
+    return {
         "searchFilter": f"tags.`{TRIAL}` IS NOT NULL",
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": "true" if mode == "min" else "false",
     }
-    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&{urlencode(query, quote_via=quote)}"
+
+
+def view_state(metric: str, mode: str, keys: list[str]) -> dict[str, Any]:
+    """The runs page's state in the shared view: the trials best first by `metric`, and as columns
+    (after run name and created, always shown) the dataset, duration, the metric, the trial's outcome
+    and the varied `keys` (params; `variant` is a tag), in that order."""
+    shown = [f"tags.`{VARIANT}`" if k == "variant" else f"params.`{k}`" for k in keys[:MAX_KEY_COLUMNS]]
+    dataset, outcome = "attributes.`Dataset`", f"tags.`{runs.OUTCOME}`"
+    return {
+        **_facets(metric, mode),
+        "orderByAsc": mode == "min",
+        "selectedColumns": [dataset, f"metrics.`{metric}`", outcome, *shown],
+        # the outcome beside the metric, not at the far right among the tags; "duration" is that column's id
+        "columnOrder": [dataset, "duration", f"metrics.`{metric}`", outcome, *shown],
+        "columnWidths": {dataset: 170, outcome: 180},
+    }
+
+
+def share_view(c: runs.MlflowClient, experiment_id: str, state: dict[str, Any], now_ms: int | None = None) -> bool:
+    """Write `state` as the experiment's shared view VIEW_KEY unless it holds that state already
+    (then nothing is written); False when the store refuses the tag."""
+    exp = c.get_experiment(experiment_id)
+    old: dict[str, Any] = {}
+    try:
+        old = json.loads(exp.tags.get(VIEW_TAG, "{}"))
+        if json.loads(old["state"]) == state:
+            return True
+    except (ValueError, KeyError, TypeError):
+        pass
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    created = old.get("createdAt") if isinstance(old, dict) and isinstance(old.get("createdAt"), int) else now
+    # the envelope of MLflow's saved views, so the view is listed (by name) among the page's views too
+    value = json.dumps({"name": "sweeplab trials", "createdAt": created, "updatedAt": now, "state": json.dumps(state)})
+    try:
+        c.set_experiment_tag(experiment_id, VIEW_TAG, value)
+    except Exception:  # e.g. a server without write access: the URL then names filter and sort itself
+        return False
+    return True
+
+
+def sweep_view(c: runs.MlflowClient | None, experiment_id: str | None, metric: str, mode: str) -> bool:
+    """Set the sweep's shared view (the keys its trials vary in as columns); whether the URL may use it."""
+    if c is None or experiment_id is None:
+        return False
+    found = runs.trials(c, c.get_experiment(experiment_id).name)
+    keys = runs.varied_keys(runs.kept(found) or found)
+    return share_view(c, experiment_id, view_state(metric, mode, keys))
 
 
 def sweep_metric(c: runs.MlflowClient | None, experiment_id: str | None) -> tuple[str, str]:
@@ -89,9 +159,10 @@ def ui(args: argparse.Namespace) -> int:
     experiment = pick_experiment(c, args.experiment)
     metric, mode = sweep_metric(c, experiment)
     if uri.startswith(("http://", "https://")):  # a server is running already: only say where to look
-        print(runs_url(uri.rstrip("/"), experiment, metric, mode))
+        print(runs_url(uri.rstrip("/"), experiment, metric, mode, sweep_view(c, experiment, metric, mode)))
         return 0
     _check_port(args.port)
+    view = sweep_view(c, experiment, metric, mode)
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
@@ -103,7 +174,7 @@ def ui(args: argparse.Namespace) -> int:
         cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
     env = no_telemetry({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     base = f"http://{HOST}:{args.port}"
-    url = runs_url(base, experiment, metric, mode)
+    url = runs_url(base, experiment, metric, mode, view)
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     proc: subprocess.Popen[bytes] | None = None
     try:
