@@ -26,6 +26,9 @@ import pytest
 
 from sweep_cli import cli, descendants, write_sweep
 
+# A trial's start line: "[    4s] lr=0.1  start  (trial 1b395_00000)" (progress lines name trials by label)
+STARTED = r"  start  \(trial (\S+_\d{5})\)"
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # About half a second an epoch on a loaded 2-core machine: slow enough that a test sees a trial
@@ -277,7 +280,7 @@ def test_planted_tune_pickles_never_run(tmp_path):
     r = sweeplab(cli(tmp_path, "run", str(path), "--name", "plant", "--num-cpus", "2"), env)
     assert r.returncode == 0, r.stdout + r.stderr
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ids = set(re.findall(r"\] (\S+_\d{5})  start", r.stdout))
+    ids = set(re.findall(STARTED, r.stdout))
     assert len(ids) == 2
     launch = tmp_path / "ray" / "plant"
     probe = tmp_path / "probe"
@@ -344,7 +347,7 @@ def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
     )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "torn", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
-    first = d.until(r"\] (\S+_\d{5})  start")
+    first = d.until(STARTED)
     assert first is not None, d.out
     assert d.until(r" done ") is not None, d.out
     launch = tmp_path / "ray" / "torn"
@@ -367,9 +370,9 @@ def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
     r = sweeplab(cli(tmp_path, "resume", "torn", "--num-cpus", "2"), env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 trials: 4 finished" in r.stdout, r.stdout + r.stderr
-    started = set(re.findall(r"\] (\S+_\d{5})  ", r.stdout))
+    started = set(re.findall(STARTED, r.stdout))
     assert started <= ids, f"resume ran trials {sorted(started - ids)} that the launch never had"
-    again = set(re.findall(r"\] (\S+_\d{5})  start", r.stdout)) & finished
+    again = set(re.findall(STARTED, r.stdout)) & finished
     assert not again, f"resume trained finished trials {sorted(again)} again"
     assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "torn", ids, 3)
     assert_tune_finished_once(tmp_path / "ray", "torn", ids, env)
@@ -380,19 +383,20 @@ def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
 
 @pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
-    # enough epochs that the signed state catches up with a trial's newest checkpoint before it ends
+    # enough epochs, each long enough (~2 s) for the signed state (saved every second) to catch up with a
+    # trial's newest checkpoint before the next one replaces it; at ~0.7 s an epoch it sometimes never did
     EPOCHS = 8
     env = keyed(tmp_path)
     path = write_sweep(
         tmp_path,
         name="ckpt",
-        overrides={"train.epochs": EPOCHS, **SLOW},
+        overrides={"train.epochs": EPOCHS, **SLOW, "data.synthetic_train": 3072},
         space={"optim.lr": {"grid": [0.01, 0.1]}},
         max_concurrent=2,
     )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "ckpt", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
-    first = d.until(r"\] (\S+_\d{5})  start")
+    first = d.until(STARTED)
     assert first is not None, d.out
     assert d.until(rf" epoch 2/{EPOCHS} ") is not None, d.out
     launch = tmp_path / "ray" / "ckpt"
@@ -444,7 +448,7 @@ def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, driver
     )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "term", "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
-    first = d.until(r"\] (\S+_\d{5})  start")
+    first = d.until(STARTED)
     assert first is not None, d.out
     assert d.until(r" epoch 1/4 ") is not None, d.out
     os.kill(d.proc.pid, signal.SIGTERM)  # the driver alone, as a scheduler or `timeout` would
@@ -492,7 +496,7 @@ def test_two_first_sweeps_at_once_on_one_new_store(tmp_path, drivers):
     assert rcs == [0, 0], "\n=====\n".join(d.out for d in pair)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for d, name in zip(pair, ("pair-a", "pair-b")):
-        ids = set(re.findall(r"\] (\S+_\d{5})  start", "".join(d.lines)))
+        ids = set(re.findall(STARTED, "".join(d.lines)))
         assert len(ids) == 2, d.out
         assert_logged_once(uri, name, ids, 2)
         assert_tune_finished_once(tmp_path / "ray", name, ids, env)
@@ -524,7 +528,7 @@ def test_full_mlflow_disk_is_reported_and_resume_relogs(tmp_path, tmp_path_facto
         tmp_path / "err",
     )
     drivers.append(d)
-    first = d.until(r"\] (\S+_\d{5})  start")
+    first = d.until(STARTED)
     assert first is not None, d.out
     assert d.until(r" epoch 1/3 ") is not None, d.out
     filler = fill(disk)
@@ -561,7 +565,7 @@ def test_full_storage_disk_is_not_silent_and_resume_completes(tmp_path, drivers,
         cmd("run", str(path), "--name", "stfull", "--num-cpus", "2", storage=storage, uri=uri), env, tmp_path / "err"
     )
     drivers.append(d)
-    first = d.until(r"\] (\S+_\d{5})  start")
+    first = d.until(STARTED)
     assert first is not None, d.out
     assert d.until(r" epoch 1/3 ") is not None, d.out
     filler = fill(storage)

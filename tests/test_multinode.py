@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -260,7 +261,9 @@ def test_trial_of_a_dead_node_continues_from_its_checkpoint(tmp_path, cluster):
     after = [r["epoch"] for r in rows[victim] if r["node_id"] == head_id]
     assert before and before == list(range(1, len(before) + 1)), rows[victim]
     assert after and 1 < after[0] <= before[-1] + 1 and after[-1] == EPOCHS, (before, after)
-    assert f"{victim}  failed at epoch {before[-1]}/{EPOCHS}" in out
+    started = re.search(rf"\] (.+?)  start  \(trial {victim}\)", out)  # progress lines name trials by label
+    assert started is not None, out
+    assert f"{started.group(1)}  failed at epoch {before[-1]}/{EPOCHS}" in out
     assert f"retrying from its epoch {before[-1]} checkpoint" in out
     others = [t for t in rows if t != victim]
     assert all({r["node_id"] for r in rows[t]} <= {head_id, second} for t in others)
