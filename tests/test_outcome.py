@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweeplab.commands import progress
+from sweeplab.commands import listing
 from sweeplab.runner import trials
 from sweeplab.runner.outcome import Outcome, ended_as
 from sweeplab.search_spaces import load
@@ -95,14 +95,14 @@ SUMMARIES = [
 
 
 def test_summary_line_counts_outcomes_and_names_the_best_finished_trial(capsys: pytest.CaptureFixture) -> None:
-    progress.print_summary(SWEEP, SUMMARIES)
+    listing.print_summary(SWEEP, SUMMARIES)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "sweeplab: 5 trials: 1 finished, 1 stopped early, 1 failed"
     assert out[1].startswith(f"best: t1  {SWEEP.metric} 17")
 
 
 def test_status_prints_outcomes(capsys: pytest.CaptureFixture) -> None:
-    progress.print_status("qs", {"sweep": {"path": "sweeps/quickstart.yaml"}}, SUMMARIES, detail=True)
+    listing.print_status("qs", {"sweep": {"path": "sweeps/quickstart.yaml"}}, SUMMARIES, detail=True)
     head, *rows = capsys.readouterr().out.splitlines()
     assert head == "qs  sweeps/quickstart.yaml  5 trials: 1 failed, 1 finished, 1 pending, 1 running, 1 stopped"
     assert [r.split()[:2] for r in rows] == [

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeplab.config import from_dict
-from sweeplab.core.fmt import number
 from sweeplab.core.names import METRICS
 from sweeplab.runner.outcome import Outcome, ended_as
-from sweeplab.schema import flatten
 from sweeplab.search_spaces import Sweep, label
 
 SHOWN = ("train/loss", "val/error", "time/images_per_s")
@@ -185,7 +182,7 @@ class Driver:
     def _reconcile(self, t: Any, point: dict[str, Any], results: list[dict[str, Any]], done: list[str]) -> None:
         trial, tr = self.sweep.trial(point), self.tracker
         by_epoch = {
-            int(r["epoch"]): r for r in results or [t.result or {}] if _number(r.get("epoch")) and not r.get("replay")
+            int(r["epoch"]): r for r in results or [t.result or {}] if is_number(r.get("epoch")) and not r.get("replay")
         }  # the last report of each epoch
         tags = self._tags(t.trial_id, trial.config.train.seed, trial.rows, point)
         hardware = [r["hardware"] for r in results or [t.result or {}] if isinstance(r.get("hardware"), str)]
@@ -285,7 +282,8 @@ def _dataset(result: dict[str, Any]) -> bool:
     return isinstance(data, dict) and isinstance(data.get("name"), str) and isinstance(data.get("digest"), str)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number, not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -302,106 +300,3 @@ def run_status(outcome: Outcome) -> str | None:
     if not outcome.ended:
         return None
     return "FAILED" if outcome is Outcome.FAILED else "FINISHED"
-
-
-def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
-    """Counts of trial outcomes and the best finished trial with a command that reproduces it."""
-    counts = _counts(summaries)
-    print(
-        f"sweeplab: {len(summaries)} trials: {counts.get(Outcome.FINISHED, 0)} finished, "
-        f"{counts.get(Outcome.STOPPED, 0)} stopped early, {counts.get(Outcome.FAILED, 0)} failed"
-    )
-    best = best_trial(sweep, summaries)
-    if best is None:
-        return
-    print(f"best: {best.trial_id}  {sweep.metric} {best.result[sweep.metric]:.4g}  {label(best.point)}")
-    print(f"best config: {best_command(sweep, best.point)}")
-
-
-def best_trial(sweep: Sweep, summaries: list[Any]) -> Any:
-    """The best trial that ran all its epochs by the sweep's metric and mode (None when none did)."""
-    full = [s for s in summaries if s.outcome is Outcome.FINISHED and _number(s.result.get(sweep.metric))]
-    if not full:
-        return None
-    sign = 1 if sweep.mode == "min" else -1
-    return min(full, key=lambda s: sign * s.result[sweep.metric])
-
-
-def _counts(trials: Iterable[Any]) -> dict[Outcome, int]:
-    counts: dict[Outcome, int] = {}
-    for t in trials:
-        counts[t.outcome] = counts.get(t.outcome, 0) + 1
-    return counts
-
-
-def print_status(name: str, meta: dict[str, Any], trials: list[Any], detail: bool) -> None:
-    """One line per launch; with `detail`, one line per trial. A trial a scheduler stopped is 'stopped'."""
-    sweep = meta.get("sweep", {})
-    counts = _counts(trials)
-    states = ", ".join(f"{n} {o.lower()}" for o, n in sorted(counts.items())) or "no saved state"
-    print(f"{name}  {sweep.get('path', '?')}{' (smoke)' if sweep.get('smoke') else ''}  {len(trials)} trials: {states}")
-    if not detail:
-        return
-    for t in sorted(trials, key=lambda t: t.trial_id):
-        r = t.result
-        shown = "  ".join(f"{k} {r[k]:.4g}" for k in ("epoch", "val/error") if isinstance(r.get(k), (int, float)))
-        print(f"  {t.trial_id}  {t.outcome:10s}  {shown:28s}  {label(t.point)}{'  ' + t.error if t.error else ''}")
-
-
-def print_trials(sweep: Sweep) -> None:
-    """The dry-run: one line per compiled trial, then the count and the epoch budget."""
-    trials = sweep.trials()
-    s = sweep.search
-    sched = "".join(f" {k}={v}" for k, v in sweep.scheduler.options.items())
-    print(
-        f"{sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.path}; search {s.name}"
-        f"{' seed=' + str(s.seed) if s.name != 'grid' else ''}; scheduler {sweep.scheduler.name}{sched}; "
-        f"metric {sweep.metric} ({sweep.mode})"
-    )
-    keys = list(dict.fromkeys(k for t in trials for k in t.values))
-    header = ["#", *keys, "epochs", *(f"row:{tid}" for tid in sweep.tables)]
-    rows = [
-        [
-            str(t.index),
-            *(number(t.values.get(k)) for k in keys),
-            str(t.config.train.epochs),
-            *(str(t.rows.get(tid, "-")) for tid in sweep.tables),
-        ]
-        for t in trials
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-    if s.name == "optuna":
-        print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
-    res = sweep.resources
-    print(
-        f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "
-        f"per trial {res.workers} worker(s) x {res.cpus_per_worker} CPU, {res.gpus_per_worker} GPU; "
-        f"max concurrent {sweep.max_concurrent or 'unlimited'}"
-    )
-
-
-def print_trials_json(sweep: Sweep) -> None:
-    """The dry-run as data: one JSON object per compiled trial (its full config by dotted key, seed, label,
-    table rows), so a user or a test can check what will run with `jq`."""
-    for t in sweep.trials():
-        record = {
-            "index": t.index,
-            "label": label(t.values),
-            "seed": t.config.train.seed,
-            "point": t.values,
-            "tables": t.rows,
-            "smoke": sweep.smoke,
-            "config": t.config.flat(),
-        }
-        print(json.dumps(record, sort_keys=False))
-
-
-def best_command(sweep: Sweep, point: dict[str, Any]) -> str:
-    """A `sweeplab train` command line that reproduces the trial of `point`."""
-    config_file = sweep.spec["config"]
-    base = flatten(from_dict(sweep.config_tree).to_dict())
-    flat = flatten(sweep.resolve(point).to_dict())
-    diff = [f"{k}={number(v)}" for k, v in flat.items() if base.get(k) != v]
-    return f"sweeplab train {config_file} {' '.join(diff)}".rstrip()

@@ -8,8 +8,6 @@ tracking URI, so `resume` rebuilds exactly the same trials even if the files wer
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import signal
 import sys
@@ -19,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeplab.commands import progress
+from sweeplab.commands import listing, progress
 from sweeplab.core.errors import SweepError, suggest
 from sweeplab.core.names import check_name
 from sweeplab.runner.outcome import Outcome
@@ -39,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """`sweeplab run`: validate, then dry-run or launch."""
     sweep = load(args.sweep, smoke=args.smoke, max_trials=args.max_trials)
     if args.dry_run:
-        (progress.print_trials_json if args.json else progress.print_trials)(sweep)
+        (listing.print_trials_json if args.json else listing.print_trials)(sweep)
         return 0
     if args.json:
         raise SweepError("--json prints the compiled trials: use it with --dry-run")
@@ -159,7 +157,7 @@ def _drive(
         status = "KILLED" if unfinished or missing else "FAILED" if failed else "FINISHED"
         for t in unfinished:  # stopped by Ctrl-C or SIGTERM: KILLED in MLflow until `resume` re-opens them
             driver.safe(tracker.trial_interrupted, t.trial_id)
-        best = progress.best_trial(sweep, summaries)
+        best = listing.best_trial(sweep, summaries)
         if best is not None:
             driver.safe(tracker.launch_best, sweep.metric, best.result[sweep.metric], label(best.point))
         driver.safe(_log_report, tracker, meta["tracking_uri"], launch)
@@ -170,7 +168,7 @@ def _drive(
         if tracker is not None:
             driver.safe(tracker.close, status)
         cluster.shutdown()
-    progress.print_summary(sweep, summaries)
+    listing.print_summary(sweep, summaries)
     if driver.lost:  # never silent: the sweep ran, but its record in MLflow is incomplete
         who = ", ".join(t or "the parent run" for t in driver.lost_trials())
         print(
@@ -230,11 +228,7 @@ def launch_files(sweep: Sweep) -> dict[str, str]:
         text = Path(sweep.path).read_text()
     except (OSError, UnicodeDecodeError):
         text = yaml.safe_dump(sweep.spec, sort_keys=False)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):  # the dry-run's own records, so both always agree
-        progress.print_trials_json(sweep)
-    records = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
-    return {"sweep.yaml": text, "trials.json": json.dumps(records, indent=1)}
+    return {"sweep.yaml": text, "trials.json": json.dumps(listing.trial_records(sweep), indent=1)}
 
 
 def _log_report(tracker: Any, uri: str, launch: str) -> None:
@@ -276,7 +270,7 @@ def status(args: argparse.Namespace) -> int:
             found = []
         except Exception:
             found = []
-        progress.print_status(name, meta, found, detail=bool(args.name))
+        listing.print_status(name, meta, found, detail=bool(args.name))
     return 0
 
 
