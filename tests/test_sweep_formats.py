@@ -242,6 +242,7 @@ def test_a_wandb_sweep_file_is_led_to_sweeplab_one_hint_at_a_time(tmp_path):
         ("num_samples: 8\n", ["'num_samples' is a Ray Tune key", "search: {num_samples: 8}"]),
         ("search_alg: optuna\n", ["Ray Tune", "search: {name: optuna}"]),
         ("max_concurrent_trials: 2\n", ["max_concurrent: 2"]),
+        ("resources_per_trial: {cpu: 2}\n", ["Ray Tune", "resources: {workers: 1, cpus_per_worker"]),
         ("param_space: {}\n", ["Ray Tune", "use space:"]),
         ("n_trials: 30\n", ["'n_trials' is an Optuna key", "search: {num_samples: 30}"]),
         ("direction: minimize\n", ["Optuna", "use mode: min"]),

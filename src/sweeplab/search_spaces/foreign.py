@@ -110,6 +110,7 @@ TOP: dict[str, tuple[str, Callable[[Any], str]]] = {
     "search_alg": (TUNE, _search),
     "max_concurrent_trials": (TUNE, lambda v: f"use max_concurrent: {flow(v)}"),
     "tune_config": (TUNE, _tune_config),
+    "resources_per_trial": (TUNE, lambda v: "use resources: {workers: 1, cpus_per_worker: C, gpus_per_worker: G}"),
     "direction": (OPTUNA, _mode),
     "n_trials": (OPTUNA, _samples),
     "sampler": (OPTUNA, _search),
