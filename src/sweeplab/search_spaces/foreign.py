@@ -23,6 +23,10 @@ GOALS = {"minimize": "min", "maximize": "max", "min": "min", "max": "max"}
 # Optuna's pruners -> sweeplab's schedulers (the nearest Tune scheduler of each).
 PRUNERS = {"medianpruner": "median", "successivehalvingpruner": "asha", "hyperbandpruner": "hyperband"}
 SAMPLERS = "{choice: [...]}, {grid: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, ..."
+NO_SCRIPT = (
+    "sweeplab runs no script: a trial trains `config:` (a base config file) with its values, like `sweeplab train`"
+)
+TRACKING = "`--tracking-uri` (default sqlite:///mlflow.db)"
 CONFIG_KEYS = "dotted config keys (the keys of `sweeplab train`, e.g. optim.lr, data.batch_size)"
 
 
@@ -83,27 +87,10 @@ TOP: dict[str, tuple[str, Callable[[Any], str]]] = {
     "goal": (WANDB, _mode),
     "run_cap": (WANDB, _samples),
     "early_terminate": (WANDB, _early_terminate),
-    "program": (
-        WANDB,
-        lambda v: (
-            "sweeplab runs no script: each trial trains `config:` (a base config file) "
-            "with the trial's values, like `sweeplab train`; name it with config: configs/....yaml"
-        ),
-    ),
-    "command": (
-        WANDB,
-        lambda v: (
-            "sweeplab runs no command: each trial trains `config:` (a base config file) "
-            "with the trial's values, like `sweeplab train`"
-        ),
-    ),
+    "program": (WANDB, lambda v: f"{NO_SCRIPT}; name it with config: configs/....yaml"),
+    "command": (WANDB, lambda v: NO_SCRIPT),
     "project": (WANDB, lambda v: f"use name: {flow(v)} (the MLflow experiment; default: the file's stem)"),
-    "entity": (
-        WANDB,
-        lambda v: (
-            "leave it out: trials are logged to the MLflow store of `--tracking-uri` (default sqlite:///mlflow.db)"
-        ),
-    ),
+    "entity": (WANDB, lambda v: f"leave it out: trials are logged to the MLflow store of {TRACKING}"),
     "description": (WANDB, lambda v: "leave it out, or make it a YAML comment (# ...)"),
     "param_space": (TUNE, lambda v: f"use space: with {CONFIG_KEYS}, each one sampler: {SAMPLERS}"),
     "num_samples": (TUNE, _samples),
