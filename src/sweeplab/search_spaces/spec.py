@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab import reference
-from sweeplab.config import load_yaml, read_yaml
+from sweeplab.config import integral_hint, load_yaml, read_yaml
 from sweeplab.core.errors import ConfigError, SweepError, suggest
-from sweeplab.core.names import METRICS
+from sweeplab.core.names import METRICS, default_mode
+from sweeplab.core.yamlio import quoted_number
+from sweeplab.search_spaces import foreign
 from sweeplab.search_spaces.domains import Domain, check_key, parse, parse_variants
 from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler
 from sweeplab.search_spaces.settings import Resources, Search
@@ -71,9 +73,13 @@ def find_config(name: str, sweep_path: Path) -> Path:
 
 
 def unknown(section: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], where: str, path: Any) -> None:
-    """Raise on the first key of `section` not in `allowed`, suggesting the nearest."""
+    """Raise on the first key of `section` not in `allowed`: another tool's key (W&B's `method`, ...) gets
+    sweeplab's equivalent (`foreign.py`), any other key the nearest valid one."""
     for key in section:
         if key not in allowed:
+            hint = foreign.key_hint(where, key, section[key])
+            if hint:
+                raise SweepError(f"{path}: {hint}")
             full = [f"{where}{k}" for k in allowed]
             raise SweepError(
                 f"{path}: unknown key '{where}{key}'{suggest(f'{where}{key}', full)}; "
@@ -97,11 +103,18 @@ def typed(section: dict[str, Any], types: dict[str, Any], where: str, path: Any)
         want = types[key]
         want = (int, float) if want is float else want
         if isinstance(value, bool) or not isinstance(value, want):
-            raise SweepError(f"{path}: '{where}{key}' has the wrong type: {value!r}")
+            raise SweepError(f"{path}: '{where}{key}' has the wrong type: {value!r}{number_hint(value, want)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise SweepError(f"{path}: '{where}{key}' must be a finite number, got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise SweepError(f"{path}: '{where}{key}' must be >= 0, got {value!r}")
+
+
+def number_hint(value: Any, want: Any) -> str:
+    """Why a number was not one: `1e3` for an integer is a float, `'1e-3'` in quotes is a string."""
+    if quoted_number(value):
+        return " (a string: write the number without quotes)"
+    return integral_hint(value, int) if want is int else ""
 
 
 def overrides(section: dict[str, Any], where: str, path: Any) -> dict[str, Any]:
@@ -198,14 +211,22 @@ def mlflow(section: dict[str, Any], path: Any, where: str = "mlflow.") -> dict[s
 
 
 def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:
-    """(metric, mode): a reported design metric, minimised unless `mode: max`."""
-    name, mode = spec.get("metric", "val/error"), spec.get("mode", "min")
+    """(metric, mode): any metric a trial reports each epoch (`names.METRICS`); `mode` defaults to the
+    metric's own direction (max for accuracy and throughput, min otherwise). An explicit `mode: min` on
+    an accuracy is obeyed: it is how to find the configs that fail, and the dry-run prints the pair."""
+    name = spec.get("metric", "val/error")
+    hint = foreign.metric_hint(name)
+    if hint:
+        raise SweepError(f"{path}: {hint}")
     if name not in METRICS:
         raise SweepError(
-            f"{path}: 'metric' is {name!r}{suggest(str(name), list(METRICS))}; valid: {', '.join(METRICS)}"
+            f"{path}: 'metric' is {name!r}{suggest(str(name), list(METRICS))}; "
+            f"valid (what a trial reports each epoch): {', '.join(METRICS)}"
         )
+    mode = spec.get("mode", default_mode(name))
     if mode not in ("min", "max"):
-        raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}")
+        other = foreign.GOALS.get(str(mode).lower())
+        raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}" + (f"; use mode: {other}" if other else ""))
     return name, mode
 
 
