@@ -34,7 +34,9 @@ class Tty(io.StringIO):
         return True
 
 
-def _status(mode: str = "min", tty: bool = False, total: int = 8, budget: int = 24) -> tuple[Status, Clock, io.StringIO]:
+def _status(
+    mode: str = "min", tty: bool = False, total: int = 8, budget: int = 24
+) -> tuple[Status, Clock, io.StringIO]:
     clock = Clock()
     out = Tty() if tty else io.StringIO()
     return Status(total, budget, "val/error", mode, out, clock=clock, width=200), clock, out
