@@ -61,5 +61,6 @@ def test_tune_progress_prints_tunes_table_and_still_logs_to_mlflow(tmp_path):
     assert "Trial status:" in out and "Current time:" in out, out
     assert not re.search(r"\] status  |  start  \(trial ", r.stdout), out  # ours are off
     assert "sweeplab: 3 trials:" in r.stdout  # the summary stays
+    assert not [line for line in out.splitlines() if WARNED.search(line)], out
     _, runs = child_runs(tmp_path, "live")
     assert len(runs) == 3 and all(r.data.metrics.get("epoch", 0) >= 1 for r in runs)

@@ -192,3 +192,26 @@ def test_with_tune_progress_the_driver_prints_nothing() -> None:
 
 def test_durations() -> None:
     assert [duration(x) for x in (0, 12.4, 73, 3600 * 2 + 600)] == ["0s", "12s", "1m13s", "2h10m"]
+
+
+def test_a_resumed_driver_starts_from_the_trials_the_earlier_one_left() -> None:
+    d, out = _driver()
+    p = SWEEP.points()
+    summaries = [
+        SimpleNamespace(
+            trial_id="q_00000", outcome=Outcome.FINISHED, point=p[0], result={"epoch": 3, "val/error": 30.0}
+        ),
+        SimpleNamespace(
+            trial_id="q_00001", outcome=Outcome.STOPPED, point=p[1], result={"epoch": 1, "val/error": 60.0}
+        ),
+        SimpleNamespace(
+            trial_id="q_00002", outcome=Outcome.RUNNING, point=p[2], result={"epoch": 2, "val/error": 45.0}
+        ),
+    ]
+    d.seen(summaries)
+    assert d.status is not None
+    assert d.status.counts() == {"running": 0, "done": 1, "stopped early": 1, "failed": 0, "pending": 6}
+    assert d.status.epochs() == (6, 22) and d.status.best() == (30.0, label(p[0])) and d.status.left() is None
+    d.trial_start("q_00002", p[2])  # Tune runs it again from its epoch 2 checkpoint
+    d.trial_result("q_00002", {"epoch": 3, "val/error": 25.0, "config": {"point": p[2]}})
+    assert d.status.epochs() == (7, 22) and d.status.run_epochs == 1 and d.status.best() == (25.0, label(p[2]))
