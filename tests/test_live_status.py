@@ -124,7 +124,8 @@ def test_a_pipe_gets_plain_status_lines_at_trial_ends_and_at_most_every_n_second
     assert "\x1b" not in out.getvalue()
 
 
-def test_a_terminal_gets_a_block_redrawn_in_place_under_the_event_lines() -> None:
+def test_a_terminal_gets_a_block_redrawn_in_place_under_the_event_lines(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
     s, clock, out = _status(tty=True)
     s.start("a", "lr=0.1", 3)
     s.line("[     1s] lr=0.1  start  (trial x_00000)")
@@ -146,7 +147,8 @@ def test_a_terminal_gets_a_block_redrawn_in_place_under_the_event_lines() -> Non
     assert "\x1b[3A" not in out.getvalue()[end:]
 
 
-def test_long_block_lines_are_cut_to_the_terminal_width() -> None:
+def test_long_block_lines_are_cut_to_the_terminal_width(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
     s, _, out = _status(tty=True)
     s.width = 40
     s.result("a", "x" * 100, 3, {"epoch": 1, "val/error": 1.0})
@@ -215,3 +217,16 @@ def test_a_resumed_driver_starts_from_the_trials_the_earlier_one_left() -> None:
     d.trial_start("q_00002", p[2])  # Tune runs it again from its epoch 2 checkpoint
     d.trial_result("q_00002", {"epoch": 3, "val/error": 25.0, "config": {"point": p[2]}})
     assert d.status.epochs() == (7, 22) and d.status.run_epochs == 1 and d.status.best() == (25.0, label(p[2]))
+
+
+def test_a_dumb_terminal_gets_plain_lines_and_no_color_drops_the_dimming(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    s, _, out = _status(tty=True)  # a tty-like stream, but TERM=dumb: no cursor movement
+    s.line("x", ended=True)
+    assert not s.tty and "\x1b" not in out.getvalue() and "] status  " in out.getvalue()
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("NO_COLOR", "1")
+    s, _, out = _status(tty=True)
+    s.tick()
+    s.tick()
+    assert s.tty and "\x1b[2m" not in out.getvalue() and "\x1b[3A" in out.getvalue()

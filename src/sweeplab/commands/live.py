@@ -12,6 +12,7 @@ really run. Time left = epochs left / the epoch rate of this driver so far (all 
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -227,7 +228,8 @@ class Status:
     def _draw(self) -> None:
         width = self.width or shutil.get_terminal_size((100, 24)).columns
         rows = [r[: max(10, width - 1)] for r in self.lines()]  # a wrapped line would break the cursor count
-        self.out.write("".join(f"\x1b[2m{r}\x1b[0m\n" for r in rows))
+        dim, plain = ("", "") if os.environ.get("NO_COLOR") else ("\x1b[2m", "\x1b[0m")  # no-color.org
+        self.out.write("".join(f"{dim}{r}{plain}\n" for r in rows))
         self.drawn = len(rows)
 
     def _plain(self) -> None:
@@ -246,8 +248,9 @@ def duration(seconds: float) -> str:
 
 
 def _isatty(out: Any) -> bool:
+    """A terminal that moves its cursor: not a pipe or file, nor TERM=dumb (an editor's shell buffer)."""
     try:
-        return bool(out.isatty())
+        return bool(out.isatty()) and os.environ.get("TERM") != "dumb"
     except (AttributeError, ValueError):
         return False
 
