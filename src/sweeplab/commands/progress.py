@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeplab.commands.live import Status
 from sweeplab.core.names import METRICS
 from sweeplab.runner.outcome import Outcome, ended_as
 from sweeplab.search_spaces import Sweep, label
@@ -40,9 +41,14 @@ class Driver:
     # in seconds; a full disk does not, and then costs the driver ~3 s per call before it gives up.
     RETRY_DELAYS: tuple[float, ...] = (0.25, 1.0, 2.0)
 
-    def __init__(self, sweep: Sweep, tracker: Any, out: Any = None) -> None:
+    def __init__(self, sweep: Sweep, tracker: Any, out: Any = None, progress: str = "lines") -> None:
         self.sweep, self.tracker, self.out = sweep, tracker, out or sys.stdout
         self.start = time.monotonic()
+        # `progress` "lines": these event lines and the live status (commands.live); "tune": Tune's own
+        # reporter prints instead, and the driver only tracks
+        self.status = (
+            Status(total(sweep), budget(sweep), sweep.metric, sweep.mode, self.out) if progress == "lines" else None
+        )
         self.epochs: dict[str, int] = {}
         self.labels: dict[str, str] = {}  # trial id -> label(point), the name of its run and progress lines
         self.lost: list[Lost] = []  # what MLflow still lacks; reconcile() removes what it logs again
@@ -80,9 +86,19 @@ class Driver:
             flush=True,
         )
 
-    def say(self, trial_id: str, text: str, result: dict[str, Any] | None = None) -> None:
+    def say(self, trial_id: str, text: str, result: dict[str, Any] | None = None, ended: bool = False) -> None:
+        if self.status is None:
+            return
         name = self._label(trial_id, result or {})
-        print(f"[{time.monotonic() - self.start:6.0f}s] {name}  {text}", file=self.out, flush=True)
+        self.status.line(f"[{time.monotonic() - self.start:6.0f}s] {name}  {text}", ended)
+
+    def seen(self, summaries: Iterable[Any]) -> None:
+        """`resume`: the trials as the earlier driver left them (runner.trials.TrialSummary), for the status."""
+        for t in summaries:
+            if self.status is not None and t.point:
+                self.status.seed(
+                    t.trial_id, label(t.point), self.sweep.resolve(t.point).train.epochs, t.outcome, t.result or {}
+                )
 
     def trial_start(self, trial_id: str, point: dict[str, Any]) -> None:
         trial = self.sweep.trial(point)
@@ -96,9 +112,13 @@ class Driver:
             trial.config.to_dict(),
             self._tags(trial_id, trial.config.train.seed, trial.rows, point),
         )
+        if self.status is not None:
+            self.status.start(trial_id, self.labels[trial_id], self.epochs[trial_id])
         self.say(trial_id, f"start  (trial {trial_id})")
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.status is not None:
+            self.status.result(trial_id, self._label(trial_id, result), self._epochs(trial_id, result), result)
         if result.get("replay"):  # a trial that had finished before a resume: logged already
             self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}", result)
             return
@@ -134,12 +154,14 @@ class Driver:
             epoch=epoch,
         )
         metric = f"{self.sweep.metric} {result[self.sweep.metric]:.4g}" if self.sweep.metric in result else ""
+        if self.status is not None:
+            self.status.end(trial_id, self._label(trial_id, result), epochs, outcome, result)
         if error is not None:
-            self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}", result)
+            self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}", result, ended=True)
         elif outcome is Outcome.STOPPED:
-            self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}", result)
+            self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}", result, ended=True)
         else:
-            self.say(trial_id, f"done  {metric}", result)
+            self.say(trial_id, f"done  {metric}", result, ended=True)
 
     def _checkpoint(self, trial_id: str, result: dict[str, Any]) -> None:
         """The ended trial's final checkpoint: its path as a tag, its files uploaded unless the sweep says
@@ -152,6 +174,8 @@ class Driver:
     def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None:
         """Tune runs a failed trial again (FailureConfig) from its last checkpoint: its run stays open."""
         epoch = int(result.get("epoch", 0))
+        if self.status is not None:
+            self.status.retry(trial_id)
         self.say(
             trial_id,
             f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
@@ -232,6 +256,18 @@ class Driver:
             point = (result.get("config") or {}).get("point")
             self.epochs[trial_id] = self.sweep.resolve(point).train.epochs if point else 0
         return self.epochs[trial_id]
+
+
+def total(sweep: Sweep) -> int:
+    """How many trials the sweep has when it is complete: optuna runs num_samples, the others every point."""
+    return sweep.search.num_samples if sweep.search.name == "optuna" else len(sweep.points())
+
+
+def budget(sweep: Sweep) -> int:
+    """The sweep's epochs if no trial ends early (optuna's: num_samples x the mean of its prior's draws)."""
+    epochs = [t.config.train.epochs for t in sweep.trials()]
+    n = total(sweep)
+    return sum(epochs) if len(epochs) == n or not epochs else round(n * sum(epochs) / len(epochs))
 
 
 def tune_results(path: str | Path | None) -> list[dict[str, Any]]:

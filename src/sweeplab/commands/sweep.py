@@ -135,19 +135,25 @@ def _drive(
         "sweeplab.smoke": str(sweep.smoke).lower(),
         "sweeplab.tables": ",".join(sweep.tables),
     }
-    tracker, status = None, "FAILED"
+    tracker, status, driver = None, "FAILED", None
+    shown = getattr(args, "progress", "lines")  # "tune": Tune's own reporter instead of ours
     try:
         sweep, note = cluster.fit_resources(sweep, local=args.address is None)
         if note:  # e.g. a multi-GPU sweep's smoke run on a laptop
             print(f"sweeplab: {note}", flush=True)
         tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags, source=sweep.path)
-        driver = progress.Driver(sweep, tracker)
+        driver = progress.Driver(sweep, tracker, progress=shown)
         driver.safe(tracker.launch_settings, settings(sweep, max_concurrent), launch_files(sweep))
         if resuming:  # what an earlier driver could not log (killed, full disk) comes from Tune's results
-            driver.reconcile(trials.trials(storage, launch, sweep))
-            summaries = ray_backend.resume(sweep, launch, storage, driver)
+            found = trials.trials(storage, launch, sweep)
+            driver.reconcile(found)
+            driver.seen(found)
+        if driver.status is not None:
+            driver.status.begin()
+        if resuming:
+            summaries = ray_backend.resume(sweep, launch, storage, driver, tune_reporter=shown == "tune")
         else:
-            summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
+            summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent, tune_reporter=shown == "tune")
         if driver.lost:  # the store may be back by now: log again from Tune's results what failed
             driver.reconcile(summaries)
         missing = max(0, _expected(sweep) - len(summaries))  # never created: Ctrl-C came first
@@ -165,7 +171,9 @@ def _drive(
         status = "KILLED"
         raise
     finally:
-        if tracker is not None:
+        if driver is not None and driver.status is not None:
+            driver.status.close()  # the final status stays printed above the summary
+        if tracker is not None and driver is not None:
             driver.safe(tracker.close, status)
         cluster.shutdown()
     listing.print_summary(sweep, summaries)
