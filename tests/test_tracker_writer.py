@@ -272,6 +272,17 @@ def test_a_store_down_for_good_is_reported_never_raised_and_the_thread_lives_on(
     assert len(d.lost) == 3 and [s for s, _ in _history(uri, _runs(uri, t)["t1"].info.run_id, "epoch")] == [1]
 
 
+def test_a_tracker_without_the_call_is_a_loss_not_a_silence(capsys: pytest.CaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    d = Driver(SWEEP, SimpleNamespace(launch="qs-x"), out=open(os.devnull, "w"))
+    d.RETRY_DELAYS = ()
+    d.trial_result("t0", _result(0, 1))
+    d.drain()
+    assert [(x.trial_id, x.what) for x in d.lost] == [("t0", "epoch 1 metrics")]
+    assert "sweeplab: tracking lost trial t0: epoch 1 metrics (after 1 tries: AttributeError" in capsys.readouterr().err
+
+
 def test_a_failing_loss_report_does_not_stop_the_thread(uri: str) -> None:
     d, t, _ = _driver(uri)
     d.writer.on_lost = lambda *a: 1 / 0

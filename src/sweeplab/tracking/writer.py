@@ -102,7 +102,7 @@ class Writer:
                 for group in plan(calls):
                     try:
                         self._apply(group)
-                    except Exception:  # a bug in one call must not stop the calls after it
+                    except Exception:  # _apply reports its own failures: this only keeps the thread alive
                         pass
             finally:
                 with self._cond:
@@ -112,11 +112,12 @@ class Writer:
     def _apply(self, group: list[_Call]) -> None:
         first = group[0]
         if first.fn is not None:
-            call, args = first.fn, first.args
+            fn, args = first.fn, first.args
         else:  # a run's epochs, in one log_batch
-            call, args = self.tracker.trial_results, (first.trial_id, [c.args for c in group])
+            args = (first.trial_id, [c.args for c in group])
+            fn = lambda *a: self.tracker.trial_results(*a)  # noqa: E731 - looked up inside the retries
             self.batches += 1
-        error = retry(lambda: call(*args, **first.kwargs), self.delays())
+        error = retry(lambda: fn(*args, **first.kwargs), self.delays())
         if error is None:
             return
         for c in group:  # an epoch lost is named as the driver names it: 'epoch 3 metrics'
