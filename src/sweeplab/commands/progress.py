@@ -2,7 +2,8 @@
 
 Tune's own reporter prints a wide table every few seconds; a sweep of long trials reads better as
 one line per trial start, per epoch and per end, each naming the trial by its label (as its MLflow
-run is named). A tracking call that fails is retried; what MLflow
+run is named). Trial events reach MLflow through the tracking layer's writer thread, so Tune's loop
+never waits for the store; `Driver.drain` waits for it. A tracking call that fails is retried; what MLflow
 still did not take is recorded in `Driver.lost` (never just a warning), and `Driver.reconcile`
 logs it again from Tune's own per-trial results.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,33 +54,47 @@ class Driver:
         self.epochs: dict[str, int] = {}
         self.labels: dict[str, str] = {}  # trial id -> label(point), the name of its run and progress lines
         self.lost: list[Lost] = []  # what MLflow still lacks; reconcile() removes what it logs again
+        self._lock = threading.Lock()  # `lost` grows from the writer thread too
+        from sweeplab.tracking.writer import Writer
+
+        # trial events go through the writer thread, in order; its delays are read at each call (tests set them)
+        self.writer = Writer(tracker, lambda: self.RETRY_DELAYS, self._lose)
+
+    def drain(self) -> None:
+        """Wait until every queued trial event is in MLflow (or in `lost`): before reading `lost` or MLflow."""
+        self.writer.drain()
 
     def safe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """Call the tracker (e.g. `tracker.close`) with retries; a failure is recorded in `lost`, never raised."""
+        """Call the tracker (e.g. `tracker.close`) with retries; a failure is recorded in `lost`, never raised.
+        The trial events queued before it are applied first."""
+        self.drain()
         name = getattr(fn, "__name__", str(fn))
         what = f"parent run end ({(args or ('FINISHED',))[0]})" if name == "close" else name
         return self._log("", what, fn, *args, **kwargs)
 
     def lost_trials(self) -> list[str]:
         """The trials MLflow still lacks something of, in order of their first loss ('' = the parent run)."""
-        return list(dict.fromkeys(x.trial_id for x in self.lost))
+        with self._lock:
+            return list(dict.fromkeys(x.trial_id for x in self.lost))
 
     def _log(self, trial_id: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """`fn(*args, **kwargs)`, tried again after each of RETRY_DELAYS; False (and one line) if it never worked."""
-        for delay in (*self.RETRY_DELAYS, None):
-            try:
-                fn(*args, **kwargs)
-                return True
-            except Exception as e:
-                if delay is None:
-                    self._lose(trial_id, what, e)
-                    return False
-                time.sleep(delay)
-        return False
+        """`fn(*args, **kwargs)` now, tried again after each of RETRY_DELAYS; False (and one line) if it never
+        worked."""
+        from sweeplab.tracking.writer import retry
+
+        error = retry(lambda: fn(*args, **kwargs), self.RETRY_DELAYS)
+        if error is not None:
+            self._lose(trial_id, what, error)
+        return error is None
+
+    def _send(self, trial_id: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """`_log` on the writer thread: queued, applied in order after the calls queued before it."""
+        self.writer.call(trial_id, what, fn, *args, **kwargs)
 
     def _lose(self, trial_id: str, what: str, e: BaseException) -> None:
         error = f"{type(e).__name__}: {_first_line(e)}"
-        self.lost.append(Lost(trial_id, what, error))
+        with self._lock:
+            self.lost.append(Lost(trial_id, what, error))
         whose = f"trial {trial_id}" if trial_id else f"launch {getattr(self.tracker, 'launch', '')}".rstrip()
         print(
             f"sweeplab: tracking lost {whose}: {what} (after {len(self.RETRY_DELAYS) + 1} tries: {error})",
@@ -104,7 +120,7 @@ class Driver:
         trial = self.sweep.trial(point)
         self.epochs[trial_id] = trial.config.train.epochs
         self.labels[trial_id] = label(point)
-        self._log(
+        self._send(
             trial_id,
             "run (params, config.yaml, tags)",
             self.tracker.trial_start,
@@ -123,20 +139,13 @@ class Driver:
             self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}", result)
             return
         if isinstance(result.get("hardware"), str):
-            self._log(
+            self._send(
                 trial_id, "hardware tag", self.tracker.trial_tags, trial_id, {"sweeplab.hardware": result["hardware"]}
             )
         if _dataset(result):
-            self._log(trial_id, "dataset input", self.tracker.trial_dataset, trial_id, result["dataset"])
+            self._send(trial_id, "dataset input", self.tracker.trial_dataset, trial_id, result["dataset"])
         metrics = _metrics(result)
-        self._log(
-            trial_id,
-            f"epoch {int(result.get('epoch', 0))} metrics",
-            self.tracker.trial_result,
-            trial_id,
-            metrics,
-            result.get("reported_at"),
-        )
+        self.writer.result(trial_id, metrics, result.get("reported_at"))  # batched with the run's next epochs
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics)
         self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}", result)
 
@@ -144,7 +153,7 @@ class Driver:
         epoch, epochs = int(result.get("epoch", 0)), self._epochs(trial_id, result)
         outcome = ended_as(epoch, epochs, failed=error is not None)
         self._checkpoint(trial_id, result)
-        self._log(
+        self._send(
             trial_id,
             f"end ({run_status(outcome)})",
             self.tracker.trial_end,
@@ -169,7 +178,7 @@ class Driver:
         path = result.get("checkpoint_path")
         if isinstance(path, str) and path:
             what = "checkpoint" if self.sweep.log_checkpoints else "checkpoint path tag"
-            self._log(trial_id, what, self.tracker.trial_checkpoint, trial_id, path, self.sweep.log_checkpoints)
+            self._send(trial_id, what, self.tracker.trial_checkpoint, trial_id, path, self.sweep.log_checkpoints)
 
     def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None:
         """Tune runs a failed trial again (FailureConfig) from its last checkpoint: its run stays open."""
@@ -188,6 +197,7 @@ class Driver:
         tags), the epochs it has no metrics of (each exactly once) and the end of a finished or failed
         trial. Idempotent. `trials` are runner.trials.TrialSummary (trial_id, outcome, point, result, path).
         Returns one line per trial logged again; `lost` keeps only what still could not be logged."""
+        self.drain()  # what is still queued would be logged twice (this reads MLflow) or counted lost
         relogged: list[str] = []
         for t in trials:
             results = tune_results(getattr(t, "path", None))
@@ -196,7 +206,8 @@ class Driver:
                 continue  # not started yet (or no trace of it): Tune's trial_start logs it when it runs
             done: list[str] = []
             if self._log(t.trial_id, "reconcile from Tune's results", self._reconcile, t, point, results, done):
-                self.lost = [x for x in self.lost if x.trial_id != t.trial_id]
+                with self._lock:
+                    self.lost = [x for x in self.lost if x.trial_id != t.trial_id]
             if done:
                 line = f"{t.trial_id}: {', '.join(dict.fromkeys(done))}"
                 relogged.append(line)

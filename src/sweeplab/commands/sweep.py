@@ -154,6 +154,7 @@ def _drive(
             summaries = ray_backend.resume(sweep, launch, storage, driver, tune_reporter=shown == "tune")
         else:
             summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent, tune_reporter=shown == "tune")
+        driver.drain()  # the trial events Tune sent last are in MLflow (or in driver.lost) before it is read
         if driver.lost:  # the store may be back by now: log again from Tune's results what failed
             driver.reconcile(summaries)
         missing = max(0, _expected(sweep) - len(summaries))  # never created: Ctrl-C came first
