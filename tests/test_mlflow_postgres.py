@@ -15,6 +15,7 @@ import pytest
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_layout import check_parent, check_trials
 from pg_server import INSTALL, Server, bindir, mlflow_server, temp_folder
+from ray_head import ray_head
 from sweep_cli import child_runs, cli, write_sweep
 from sweeplab.core.errors import ConfigError
 from sweeplab.tracking import resolve_uri
@@ -75,32 +76,41 @@ def test_a_sweep_logged_through_the_server_is_whole(server: Server, tmp_path: Pa
 
 @pytest.mark.slow
 def test_two_sweeps_logging_at_once_lose_nothing(server: Server, tmp_path: Path) -> None:
-    """Two drivers, one experiment, one server: both launches whole, every epoch of every trial once."""
+    """Two drivers on one Ray cluster, one experiment, one server (cluster.yaml's head with two jobs):
+    both launches whole, every epoch of every trial once."""
     launches = {name: _sweep(tmp_path, name, epochs=3) for name in ("both-a", "both-b")}
-    procs = {
-        name: subprocess.Popen(
-            _argv(tmp_path / name, sweep, name, server.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for name, sweep in launches.items()
-    }
     outs = {}
-    try:
-        for name, proc in procs.items():
-            outs[name] = proc.communicate(timeout=1200)[0]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with ray_head(tmp_path / "ray-head.log", num_cpus=2) as (address, env):
+        procs = {
+            name: subprocess.Popen(
+                cli(tmp_path, "run", str(sweep), "--name", name, "--address", address, tracking_uri=server.url),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+            for name, sweep in launches.items()
+        }
+        try:
+            for name, proc in procs.items():
+                outs[name] = proc.communicate(timeout=1200)[0]
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     for name, proc in procs.items():
         assert proc.returncode == 0, f"{name}:\n{outs[name]}"
-    ids = set()
+    ids, spans = set(), []
     for name, sweep in launches.items():
         client, runs = child_runs(tmp_path, name, server.url)
         check_trials(client, runs, ["lr=0.1", "lr=0.01"], 3, sweep)
         check_parent(client, runs, name, sweep, tmp_path / name / "download")
         ids |= {r.info.experiment_id for r in runs}
+        spans.append((min(r.info.start_time for r in runs), max(r.info.end_time for r in runs)))
     assert len(ids) == 1, "both launches log to the one experiment of their sweep"
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, f"the two launches' trials never logged at the same time: {spans}"
 
 
 @pytest.mark.slow
@@ -116,7 +126,7 @@ def test_a_driver_given_the_database_uri_logs_to_it(server: Server, tmp_path: Pa
     client, runs = child_runs(tmp_path, "direct", server.url)
     check_trials(client, runs, ["lr=0.1", "lr=0.01"], 1, sweep)
     for r in runs:
-        assert r.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri()), r.info.artifact_uri
+        assert r.info.artifact_uri.startswith(str(tmp_path / "mlruns") + "/"), r.info.artifact_uri
 
 
 def test_a_password_in_the_tracking_uri_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +140,10 @@ def test_a_password_in_the_tracking_uri_is_refused_without_echoing_it(monkeypatc
         resolve_uri(None)
     # no password: accepted as given (libpq finds it in ~/.pgpass or $PGPASSFILE)
     assert resolve_uri("postgresql://mlflow@db:5432/mlflow") == "postgresql://mlflow@db:5432/mlflow"
-    assert resolve_uri("postgresql+psycopg://db/mlflow?sslmode=require") == "postgresql+psycopg://db/mlflow?sslmode=require"
+    assert (
+        resolve_uri("postgresql+psycopg://db/mlflow?sslmode=require")
+        == "postgresql+psycopg://db/mlflow?sslmode=require"
+    )
 
 
 def test_the_cli_refuses_it_with_exit_2(tmp_path: Path) -> None:
