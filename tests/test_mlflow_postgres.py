@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,13 +32,13 @@ def server() -> Iterator[Server]:
         yield s
 
 
-def _sweep(tmp_path: Path, launch: str, epochs: int, name: str = "pg") -> Path:
+def _sweep(tmp_path: Path, launch: str, epochs: int, name: str = "pg", train: int = 256) -> Path:
     folder = tmp_path / launch
     folder.mkdir()
     return write_sweep(
         folder,
         name=name,
-        overrides={"train.epochs": epochs},
+        overrides={"train.epochs": epochs, "data.synthetic_train": train},
         space={"optim.lr": {"grid": [0.1, 0.01]}},
         max_concurrent=2,
     )
@@ -53,6 +54,7 @@ def test_a_sweep_logged_through_the_server_is_whole(server: Server, tmp_path: Pa
     sweep = _sweep(tmp_path, "via-http", epochs=2)
     run = subprocess.run(_argv(tmp_path, sweep, "via-http", server.url), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "View run" not in run.stdout, "MLflow's links to each run, amid the progress lines"
     client, runs = child_runs(tmp_path, "via-http", server.url)
     check_trials(client, runs, ["lr=0.1", "lr=0.01"], 2, sweep)
     check_parent(client, runs, "via-http", sweep, tmp_path / "download")
@@ -75,12 +77,23 @@ def test_a_sweep_logged_through_the_server_is_whole(server: Server, tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_the_database_and_the_server_listen_on_loopback_only(server: Server) -> None:
+    ports = {urlsplit(server.url).port, urlsplit(server.db_uri).port}
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    local = [line.split()[3] for line in out.splitlines()]
+    found = {addr.rsplit(":", 1)[0] for addr in local if int(addr.rsplit(":", 1)[1]) in ports}
+    assert found == {"127.0.0.1"}, found
+
+
+@pytest.mark.slow
 def test_two_sweeps_logging_at_once_lose_nothing(server: Server, tmp_path: Path) -> None:
     """Two drivers on one Ray cluster, one experiment, one server (cluster.yaml's head with two jobs):
     both launches whole, every epoch of every trial once."""
-    launches = {name: _sweep(tmp_path, name, epochs=3) for name in ("both-a", "both-b")}
+    # epochs long enough (~1 s) that one driver's start-up skew does not let the other finish first
+    launches = {name: _sweep(tmp_path, name, epochs=3, train=1024) for name in ("both-a", "both-b")}
     outs = {}
-    with ray_head(tmp_path / "ray-head.log", num_cpus=2) as (address, env):
+    # a CPU for each trial of both sweeps: neither waits for the other's trials to end
+    with ray_head(tmp_path / "ray-head.log", num_cpus=4) as (address, env):
         procs = {
             name: subprocess.Popen(
                 cli(tmp_path, "run", str(sweep), "--name", name, "--address", address, tracking_uri=server.url),
