@@ -185,7 +185,8 @@ class Tracker:
         if copy:  # before the tag: a copy cut short is made again next time
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-            repo = get_artifact_repository(run.info.artifact_uri)
+            # a server's mlflow-artifacts:/ root resolves against the tracking URI: ours, not MLflow's global one
+            repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
             with _local(path) as folder:
                 files = sorted(p for p in folder.iterdir() if p.is_file())
                 if not files:
