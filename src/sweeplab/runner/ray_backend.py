@@ -102,13 +102,14 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
-            search_alg=searcher(sweep),
+            search_alg=searcher(sweep, launch),
             scheduler=scheduler(sweep),
             max_concurrent_trials=max_concurrent,
             # a reused actor has torch imported and the dataset cached:
             # seconds saved on every trial after the first
             reuse_actors=True,
-            num_samples=sweep.search.num_samples if sweep.search.name == "optuna" else 1,
+            num_samples=expected_trials(sweep) if sweep.search.name == "optuna" else 1,
+            time_budget_s=sweep.search.time_budget_s,  # Tune stops the running trials and starts no more
         ),
         run_config=tune.RunConfig(
             name=launch,
@@ -121,6 +122,14 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
         ),
     )
     return _fit(tuner, sweep, storage, launch)
+
+
+def expected_trials(sweep: Sweep) -> int:
+    """How many trials the sweep has when it is complete (search.trial_cap included)."""
+    if sweep.search.name == "optuna":
+        cap = sweep.search.trial_cap
+        return min(sweep.search.num_samples, cap) if cap is not None else sweep.search.num_samples
+    return len(sweep.points())
 
 
 def _watch(listener: Listener, storage: str, launch: str) -> None:
