@@ -154,8 +154,9 @@ def test_the_study_draws_in_optuna_visualization(tmp_path):
         searcher.suggest(tid)
         searcher.on_trial_complete(tid, {"val/error": 50.0 - i, "epoch": 3})
     loaded = study(url, "s")
+    assert loaded.metric_names == ["val/error"]  # optuna-dashboard labels its axes with it
     frame = loaded.trials_dataframe()
-    assert list(frame["value"]) == [50.0, 49.0, 48.0] and "params_optim.lr" in frame
+    assert list(frame["value_val/error"]) == [50.0, 49.0, 48.0] and "params_optim.lr" in frame
     pytest.importorskip("plotly")
     import optuna.visualization
 

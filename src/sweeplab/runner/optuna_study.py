@@ -114,6 +114,9 @@ def _study_search() -> type:
         def __init__(self, sweep: Sweep, launch: str, **kwargs: Any) -> None:
             self._sweep, self._launch = sweep, launch
             super().__init__(**kwargs)
+            with warnings.catch_warnings():  # experimental in Optuna 5; the dashboard's axes say "val/error"
+                warnings.simplefilter("ignore")
+                self._ot_study.set_metric_names([self._metric])
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
             if trial_id not in self._ot_trials:
