@@ -274,8 +274,8 @@ def test_the_time_budget_ends_the_sweep_and_the_summary_says_so(tmp_path):
         tmp_path,
         name="budget",
         overrides={"train.epochs": 50, "data.synthetic_shape": [1, 32, 32], "data.synthetic_train": 1024},
-        space={"optim.lr": {"grid": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}},
-        search={"name": "grid", "time_budget_s": 20},
+        space={"optim.lr": {"loguniform": [0.01, 0.1]}},
+        search={"name": "optuna", "num_samples": 6, "time_budget_s": 20},
         max_concurrent=2,
     )
     started = time.monotonic()
@@ -287,3 +287,5 @@ def test_the_time_budget_ends_the_sweep_and_the_summary_says_so(tmp_path):
     assert "unfinished" not in r.stderr, r.stderr
     meta = json.loads((tmp_path / "ray" / "budget" / "sweeplab.json").read_text())
     assert meta["sweep"]["spec"]["search"]["time_budget_s"] == 20
+    states = [t.state.name for t in study(f"sqlite:///{tmp_path / 'optuna.db'}", "budget").trials]
+    assert states and "PRUNED" in states and "RUNNING" not in states, states  # the cut trials end in the study

@@ -78,6 +78,24 @@ def sampler(sweep: Sweep) -> Any:
     return samplers.TPESampler(seed=seed)
 
 
+def end_cut_trials(sweep: Sweep, launch: str) -> int:
+    """Tell the study PRUNED for each trial of `launch` still RUNNING when the time budget ended the sweep
+    (Tune stops them without telling the searcher); returns how many."""
+    import optuna
+    from optuna.trial import TrialState
+
+    s = sweep.search
+    if s.storage is None:
+        return 0
+    study = optuna.load_study(study_name=s.study or launch, storage=s.storage)
+    cut = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(LAUNCH) == launch
+    ]
+    for t in cut:  # its value is its last epoch's, like a trial a scheduler stopped
+        study.tell(t.number, state=TrialState.PRUNED, skip_if_finished=True)
+    return len(cut)
+
+
 def __getattr__(name: str) -> Any:
     """`StudySearch` and `GridSampler`, built on first use (PEP 562): Ray and Optuna are imported only
     after `cluster.environment`, yet `pickle` finds both classes here by name (Tune pickles the searcher)."""

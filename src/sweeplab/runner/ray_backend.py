@@ -7,6 +7,7 @@ trial states. Every Ray import is inside a function (see cluster.environment).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -144,11 +145,17 @@ def _fit(tuner: Any, sweep: Sweep, storage: str, launch: str) -> list[TrialSumma
     from. Tune's own view at the end is less exact: interrupted (Ctrl-C, SIGTERM), it calls the trials
     it stopped TERMINATED and leaves out those it had not started; its saved state says RUNNING or
     PENDING. That view is used only when the saved state cannot be read (e.g. a full disk)."""
+    started = time.monotonic()
     try:
         results = tuner.fit()
     finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`
         if _KEEPER:
             _KEEPER.maybe_copy(force=True)
+    budget = sweep.search.time_budget_s
+    if sweep.search.name == "optuna" and budget is not None and time.monotonic() - started >= budget:
+        from sweeplab.runner import optuna_study  # Tune stopped the running trials without telling the searcher
+
+        optuna_study.end_cut_trials(sweep, launch)
     try:
         return trials(storage, launch, sweep)
     except Exception:
