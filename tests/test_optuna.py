@@ -260,7 +260,7 @@ def test_a_killed_optuna_sweep_resumes_the_same_study(tmp_path):
 def saved_trials(launch_dir: Path) -> dict[str, int]:
     """Tune trial id -> its last epoch, in the newest signed copy of the launch's Tune state."""
     newest = sorted((launch_dir / ".sweeplab-state").glob("[0-9]*"))[-1]
-    (state,) = newest.glob("experiment_state-*.json")
+    state = sorted(newest.glob("experiment_state-*.json"))[-1]  # a resumed launch's, by its timestamp
     out = {}
     for trial, meta in json.loads(state.read_text())["trial_data"]:
         trial, meta = json.loads(trial), json.loads(meta)
