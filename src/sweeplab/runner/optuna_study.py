@@ -68,7 +68,7 @@ def sampler(sweep: Sweep) -> Any:
 
     seed = sweep.search.seed
     name = sweep.search.sampler
-    if name == "cmaes":  # categorical keys fall back to random sampling: say so once, not per trial
+    if name == "cmaes":  # a choice key is drawn independently (at random): documented, not warned per trial
         return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "random":
         return samplers.RandomSampler(seed=seed)
