@@ -98,6 +98,20 @@ def test_trial_cap_runs_the_first_points_and_the_dry_run_says_so(tmp_path):
     assert len(optuna.trials()) == 3
 
 
+def test_the_study_database_defaults_beside_the_mlflow_file(tmp_path, monkeypatch):
+    from sweeplab.runner import optuna_study
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    assert optuna_study.default_storage(f"sqlite:///{store}/mlflow.db", "runs") == f"sqlite:///{store}/optuna.db"
+    assert optuna_study.default_storage("http://127.0.0.1:5000", str(tmp_path / "ray")) == (
+        f"sqlite:///{tmp_path}/ray/optuna.db"
+    )
+    assert optuna_study.absolute("sqlite:///o.db") == f"sqlite:///{tmp_path}/o.db"
+    assert optuna_study.absolute("postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
+    assert optuna_study.shown("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
 # ---- the study, driven by hand ---------------------------------------------------------------------
 
 

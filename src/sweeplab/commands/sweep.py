@@ -98,7 +98,7 @@ def with_study(sweep: Sweep, tracking_uri: str, storage: str, launch: str) -> Sw
     from sweeplab.runner import optuna_study
 
     s = sweep.search
-    url = s.storage or optuna_study.default_storage(tracking_uri, storage)
+    url = optuna_study.absolute(s.storage) if s.storage else optuna_study.default_storage(tracking_uri, storage)
     return replace(sweep, search=replace(s, storage=url, study=s.study or launch))
 
 

@@ -30,6 +30,15 @@ def default_storage(tracking_uri: str, storage: str) -> str:
     return f"sqlite:///{Path.cwd() / DB}"  # remote Tune storage, remote MLflow: the working directory
 
 
+def absolute(url: str) -> str:
+    """An SQLite URL with a relative path made absolute (a resume from another folder opens the same
+    file); other URLs as given."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/") and url != prefix + ":memory:":
+        return f"{prefix}{Path(url[len(prefix) :]).resolve()}"
+    return url
+
+
 def shown(url: str) -> str:
     """A database URL as printed and logged: its password masked."""
     return re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
