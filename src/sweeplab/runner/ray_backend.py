@@ -8,6 +8,7 @@ trial states. Every Ray import is inside a function (see cluster.environment).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -112,13 +113,14 @@ def run(
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
-            search_alg=searcher(sweep),
+            search_alg=searcher(sweep, launch),
             scheduler=scheduler(sweep),
             max_concurrent_trials=max_concurrent,
             # a reused actor has torch imported and the dataset cached:
             # seconds saved on every trial after the first
             reuse_actors=True,
-            num_samples=sweep.search.num_samples if sweep.search.name == "optuna" else 1,
+            num_samples=expected_trials(sweep) if sweep.search.name == "optuna" else 1,
+            time_budget_s=sweep.search.time_budget_s,  # Tune stops the running trials and starts no more
         ),
         run_config=tune.RunConfig(
             name=launch,
@@ -133,6 +135,14 @@ def run(
     return _fit(tuner, sweep, storage, launch)
 
 
+def expected_trials(sweep: Sweep) -> int:
+    """How many trials the sweep has when it is complete (search.trial_cap included)."""
+    if sweep.search.name == "optuna":
+        cap = sweep.search.trial_cap
+        return min(sweep.search.num_samples, cap) if cap is not None else sweep.search.num_samples
+    return len(sweep.points())
+
+
 def _watch(listener: Listener, storage: str, launch: str) -> None:
     global _LISTENER, _KEEPER
     no_pickled_errors()
@@ -145,11 +155,17 @@ def _fit(tuner: Any, sweep: Sweep, storage: str, launch: str) -> list[TrialSumma
     from. Tune's own view at the end is less exact: interrupted (Ctrl-C, SIGTERM), it calls the trials
     it stopped TERMINATED and leaves out those it had not started; its saved state says RUNNING or
     PENDING. That view is used only when the saved state cannot be read (e.g. a full disk)."""
+    started = time.monotonic()
     try:
         results = tuner.fit()
     finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`
         if _KEEPER:
             _KEEPER.maybe_copy(force=True)
+    budget = sweep.search.time_budget_s
+    if sweep.search.name == "optuna" and budget is not None and time.monotonic() - started >= budget:
+        from sweeplab.runner import optuna_study  # Tune stopped the running trials without telling the searcher
+
+        optuna_study.end_cut_trials(sweep, launch)
     try:
         return trials(storage, launch, sweep)
     except Exception:

@@ -12,12 +12,12 @@ from typing import Any
 from sweeplab import reference
 from sweeplab.config import integral_hint, load_yaml, read_yaml
 from sweeplab.core.errors import ConfigError, SweepError, suggest
-from sweeplab.core.names import METRICS, default_mode
+from sweeplab.core.names import METRICS, check_name, default_mode
 from sweeplab.core.yamlio import quoted_number
 from sweeplab.search_spaces import foreign
 from sweeplab.search_spaces.domains import Domain, check_key, parse, parse_variants
 from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler
-from sweeplab.search_spaces.settings import Resources, Search
+from sweeplab.search_spaces.settings import SAMPLERS, Resources, Search
 
 TOP = (
     "name",
@@ -37,7 +37,17 @@ TOP = (
 )
 SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources", "mlflow")
 MLFLOW = {"log_checkpoints": bool}
-SEARCH = {"name": str, "num_samples": int, "seed": int}
+SEARCH = {
+    "name": str,
+    "num_samples": int,
+    "seed": int,
+    "sampler": str,
+    "storage": str,
+    "study": str,
+    "trial_cap": int,
+    "time_budget_s": float,
+}
+OPTUNA_ONLY = ("sampler", "storage", "study")
 SEARCHES = ("grid", "random", "optuna")
 RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
 
@@ -145,9 +155,33 @@ def search(section: dict[str, Any], path: Any) -> Search:
         raise SweepError(
             f"{path}: 'search.name' is {name!r}{suggest(str(name), list(SEARCHES))}; valid: {', '.join(SEARCHES)}"
         )
+    if name != "optuna":
+        for key in OPTUNA_ONLY:
+            if key in section:
+                raise SweepError(f"{path}: 'search.{key}' is an optuna setting; it needs search: {{name: optuna}}")
+    sampler = section.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise SweepError(
+            f"{path}: 'search.sampler' is {sampler!r}{suggest(str(sampler), list(SAMPLERS))}; "
+            f"valid: {', '.join(SAMPLERS)}"
+        )
+    if "storage" in section and "://" not in section["storage"]:
+        raise SweepError(
+            f"{path}: 'search.storage' must be an SQLAlchemy URL such as sqlite:///optuna.db, "
+            f"got {section['storage']!r}"
+        )
+    if "study" in section:
+        try:  # a study name is shown in optuna-dashboard's URLs and may name a folder: one plain name
+            check_name(section["study"], "'search.study'")
+        except ConfigError as e:
+            raise SweepError(f"{path}: {e}") from None
     out = Search(**{"name": name, "num_samples": 1 if name == "grid" else 10, **section})
     if out.num_samples < 1:
         raise SweepError(f"{path}: 'search.num_samples' must be >= 1")
+    if out.trial_cap is not None and out.trial_cap < 1:
+        raise SweepError(f"{path}: 'search.trial_cap' must be >= 1, got {out.trial_cap}")
+    if out.time_budget_s is not None and out.time_budget_s <= 0:
+        raise SweepError(f"{path}: 'search.time_budget_s' must be > 0, got {out.time_budget_s}")
     if out.seed > MAX_SEED:  # numpy's and optuna's seeds are 32-bit
         raise SweepError(f"{path}: 'search.seed' must be at most {MAX_SEED}, got {out.seed}")
     return out
