@@ -112,7 +112,7 @@ def main() -> None:
     e, p = statistics.median(ours), statistics.median(plain)
     print(
         f"\n{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-        f"{conf.data.name} {conf.model['name']} depth {conf.model.get('depth')}, batch {conf.data.batch_size}, "
+        f"{conf.data.name} {conf.model.name} depth {conf.model.options.get('depth')}, batch {conf.data.batch_size}, "
         f"overrides {args.overrides or 'none'}"
     )
     print(
