@@ -107,3 +107,25 @@ def test_a_stage_that_cannot_run_is_recorded_with_its_reason(tmp_path: Path) -> 
     assert stages["fashion_mnist"]["status"] == "skipped"
     assert "no Fashion-MNIST IDX files" in stages["fashion_mnist"]["reason"]
     assert stages["packing"] == {"status": "skipped", "reason": "not asked for (--stages)"}
+
+
+@pytest.mark.slow
+def test_a_crashed_or_hung_stage_keeps_its_rows_and_the_others_results(tmp_path: Path) -> None:
+    """env aborts, matmul hangs until the deadline stops it, wrn has no time left: the JSON says each."""
+    out = tmp_path / "check.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "GPU_CHECK_FAULT": "env:crash,matmul:hang",
+    }
+    cmd = [sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--cpu", "--out", str(out), "--deadline", "25"]
+    cmd += ["--stages", "env", "matmul", "wrn"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = json.loads(out.read_text())["stages"]
+    assert stages["env"]["status"] == "error" and stages["env"]["reason"] == "exit code -6"
+    assert stages["env"]["rows"] == [{"label": "before the crash"}]
+    assert stages["matmul"]["status"] == "timeout" and stages["matmul"]["rows"] == [{"label": "before the hang"}]
+    assert stages["wrn"]["status"] == "skipped" and stages["wrn"]["reason"].startswith("out of time")
+    assert stages["throughput"]["reason"] == "not asked for (--stages)"
+    assert "matmul: timeout" in proc.stdout
