@@ -330,12 +330,13 @@ def test_the_optuna_searcher_takes_val_accuracy_to_maximise(tmp_path):
 
     sweep = compile_text(
         tmp_path,
-        HEAD + "space: {optim.lr: {loguniform: [1e-3, 1e0]}}\nsearch: {name: optuna, num_samples: 3}\n"
+        HEAD + "space: {optim.lr: {loguniform: [1e-3, 1e0]}}\n"
+        f"search: {{name: optuna, num_samples: 3, storage: 'sqlite:///{tmp_path}/optuna.db'}}\n"
         "metric: val/accuracy\n",
     )
-    searcher = tune_space.searcher(sweep)
-    assert searcher.set_search_properties(sweep.metric, sweep.mode, {"point": tune_space.param_space(sweep)["point"]})
+    searcher = tune_space.searcher(sweep, "launch-1")
     assert (searcher.metric, searcher.mode) == ("val/accuracy", "max")
+    assert searcher._ot_study.direction.name == "MAXIMIZE"
 
 
 def test_analysis_ranks_accuracy_highest_first():
