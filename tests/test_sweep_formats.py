@@ -362,13 +362,15 @@ def test_the_engine_reports_accuracy_as_100_minus_the_error():
             "model.name=resnet_preact",
             "model.depth=8",
             "model.initial_channels=4",
-            "train.epochs=2",
-            "train.eval_every=2",
+            "train.epochs=4",
+            "train.eval_every=3",
         ],
     )
     engine.fit(c, lambda m, _: history.append(m))
-    first, last = history
-    assert "val/accuracy" not in first  # not evaluated that epoch, like val/error
+    # evaluated at epoch 1 (a scheduler needs a metric from the first report), 3 (every 3rd) and 4 (the last)
+    assert ["val/error" in m for m in history] == [True, False, True, True]
+    last = history[-1]
+    assert "val/accuracy" not in history[1]  # not evaluated that epoch, like val/error
     assert last["val/accuracy"] == pytest.approx(100.0 - last["val/error"])
     for m in history:
         assert m["train/accuracy"] == pytest.approx(100.0 - m["train/error"]) and 0 <= m["train/accuracy"] <= 100

@@ -378,12 +378,14 @@ def fit(
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     metrics: dict[str, float] = {}
+    measured = False  # the first epoch of a run (or of a resumed run) is evaluated: a scheduler ranks every report
     while trainer.epoch < config.train.epochs:
         start = time.perf_counter()
         train = trainer.train_epoch()
         trainer.epoch += 1
         last = trainer.epoch == config.train.epochs
-        val = trainer.evaluate() if (last or trainer.epoch % config.train.eval_every == 0) else {}
+        due = last or not measured or trainer.epoch % config.train.eval_every == 0
+        val, measured = (trainer.evaluate(), True) if due else ({}, measured)
         metrics = {
             "epoch": trainer.epoch,
             "lr": trainer.last_lr,

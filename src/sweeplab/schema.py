@@ -101,7 +101,7 @@ class TrainConfig:
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     ghost_batch_size: int = 0  # BatchNorm statistics over chunks of this size, 0 = off
     flip_tta: bool = False  # average logits of the image and its mirror at eval
-    eval_every: int = 1  # evaluate every N epochs (and always the last)
+    eval_every: int = 1  # evaluate every N epochs (and always the first of a run or resume, and the last)
     threads: int = 0  # torch.set_num_threads on CPU, 0 = leave as is
     # applied by the engine to any model after it is built:
     activation: str = "relu"  # relu = the model's own; celu = every ReLU (module or functional) becomes CELU
