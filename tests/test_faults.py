@@ -219,6 +219,17 @@ def saved_trials(launch_dir: Path) -> dict[str, dict]:
     return {}
 
 
+def resumable(launch: Path) -> tuple[str, int] | None:
+    """An unfinished trial whose newest checkpoint on disk (with an older one beside it) is the one
+    Tune's saved state resumes it from: the checkpoint `resume` will load first."""
+    for tid, t in saved_trials(launch).items():
+        name = t["last_result"].get("checkpoint_dir_name") or ""
+        on_disk = sorted(p.name for p in launch.glob(f"train_trial_{tid}_*/checkpoint_*"))
+        if t["status"] != "TERMINATED" and len(on_disk) >= 2 and on_disk[-1] == name:
+            return tid, int(name[len("checkpoint_") :])
+    return None
+
+
 class Payload:
     """A pickle that creates `marker` when unpickled: what a hostile user plants in a launch folder."""
 
@@ -401,21 +412,11 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
     assert d.until(rf" epoch 2/{EPOCHS} ") is not None, d.out
     launch = tmp_path / "ray" / "ckpt"
 
-    def resumable() -> tuple[str, int] | None:
-        """An unfinished trial whose newest checkpoint on disk (with an older one beside it) is the one
-        Tune's saved state resumes it from: the checkpoint `resume` will load first."""
-        for tid, t in saved_trials(launch).items():
-            name = t["last_result"].get("checkpoint_dir_name") or ""
-            on_disk = sorted(p.name for p in launch.glob(f"train_trial_{tid}_*/checkpoint_*"))
-            if t["status"] != "TERMINATED" and len(on_disk) >= 2 and on_disk[-1] == name:
-                return tid, int(name[len("checkpoint_") :])
-        return None
-
     deadline = time.monotonic() + 60
-    while resumable() is None and time.monotonic() < deadline:
+    while resumable(launch) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     d.kill()
-    found = resumable()
+    found = resumable(launch)
     assert found is not None, "no unfinished trial whose saved state names its newest checkpoint\n" + d.out
     victim, index = found
     (folder,) = launch.glob(f"train_trial_{victim}_*")
@@ -431,6 +432,51 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
     ids = trial_ids(first.group(1), 2)
     assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "ckpt", ids, EPOCHS)
     assert_tune_finished_once(tmp_path / "ray", "ckpt", ids, env)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_deleted_after_the_last_saved_state_is_replaced_by_the_newer(tmp_path, drivers):
+    """Tune deletes a trial's older checkpoints as newer ones come, but saves its state at most every
+    second: a driver killed in between leaves a state that names a deleted checkpoint. `resume` puts the
+    newer one in its place (runner/relink.py) instead of failing the trial on every try."""
+    EPOCHS = 8
+    env = keyed(tmp_path)
+    path = write_sweep(
+        tmp_path,
+        name="gone",
+        overrides={"train.epochs": EPOCHS, **SLOW, "data.synthetic_train": 3072},
+        space={"optim.lr": {"grid": [0.01, 0.1]}},
+        max_concurrent=2,
+    )
+    d = Driver(cli(tmp_path, "run", str(path), "--name", "gone", "--num-cpus", "2"), env, tmp_path / "err")
+    drivers.append(d)
+    first = d.until(STARTED)
+    assert first is not None, d.out
+    assert d.until(rf" epoch 2/{EPOCHS} ") is not None, d.out
+    launch = tmp_path / "ray" / "gone"
+    deadline = time.monotonic() + 60
+    while resumable(launch) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    d.kill()
+    found = resumable(launch)
+    assert found is not None, "no unfinished trial whose saved state names its newest checkpoint\n" + d.out
+    victim, index = found
+    (folder,) = launch.glob(f"train_trial_{victim}_*")
+    # what the race leaves: the named checkpoint deleted, a newer one (registered after the save) beside it
+    named, newer = folder / f"checkpoint_{index:06d}", folder / f"checkpoint_{index + 1:06d}"
+    assert not newer.exists()
+    named.rename(newer)
+
+    r = sweeplab(cli(tmp_path, "resume", "gone", "--num-cpus", "2"), env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 trials: 2 finished" in r.stdout, r.stdout + r.stderr
+    assert f"{named.name} deleted after Tune's last saved state; resuming from {newer.name}" in r.stderr, r.stderr
+    assert "does not exist on storage" not in r.stdout + r.stderr, r.stdout + r.stderr
+    epochs = [json.loads(line)["epoch"] for line in (folder / "result.json").read_text().splitlines()]
+    assert epochs[-1] == EPOCHS, epochs
+    ids = trial_ids(first.group(1), 2)
+    assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "gone", ids, EPOCHS)
+    assert_tune_finished_once(tmp_path / "ray", "gone", ids, env)
 
 
 # ---- 4. SIGTERM ---------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def _drive(
     if resuming:
         cluster.environment(storage, local=args.address is None)
         try:  # Tune unpickles its state: only a copy this user's key signed is put back for it to read
-            aside = ray_backend.prepare_resume(storage, launch)
+            aside, relinked = ray_backend.prepare_resume(storage, launch)
         except launch_state.StateError as e:  # refused (not this key's): bad input, exit 2; none saved: 1
             print(
                 f"sweeplab: {'error: ' if e.refused else ''}cannot resume {launch}: {e}; start the sweep "
@@ -132,6 +132,8 @@ def _drive(
                 file=sys.stderr,
                 flush=True,
             )
+        for note in relinked:
+            print(f"sweeplab: {note}", file=sys.stderr, flush=True)
     else:
         _write_meta(storage, launch, meta)
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.

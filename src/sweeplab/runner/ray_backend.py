@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sweeplab.runner import cluster, launch_state, ray_ddp, worker
+from sweeplab.runner import cluster, launch_state, ray_ddp, relink, worker
 from sweeplab.runner.trials import TrialSummary, ended_result, error_of, from_results, no_pickled_errors, trials
 from sweeplab.runner.tune_space import param_space, scheduler, searcher
 from sweeplab.search_spaces import Sweep
@@ -205,12 +205,15 @@ def resume(
     return _fit(tuner, sweep, storage, launch)
 
 
-def prepare_resume(storage: str, launch: str) -> list[str]:
+def prepare_resume(storage: str, launch: str) -> tuple[list[str], list[str]]:
     """Put the launch's newest verified Tune state back in place (launch_state.StateError if there is
-    none); return the names of live files that did not match it and were moved aside unread."""
+    none) and the checkpoints it names back where Tune deleted them (relink); return the names of live
+    files that did not match it and were moved aside unread, and a line per trial relinked."""
     if "://" in storage:  # remote storage: Tune's own state, as stored (docs/cluster.md)
-        return []
-    return launch_state.reinstate(f"{storage.rstrip('/')}/{launch}")[1]
+        return [], []
+    launch_dir = f"{storage.rstrip('/')}/{launch}"
+    aside = launch_state.reinstate(launch_dir)[1]
+    return aside, relink.relink(launch_dir)
 
 
 # ---- the trial functions: they run in Ray's workers ----------------------------------------------
