@@ -158,6 +158,27 @@ def test_a_trial_asked_before_the_driver_died_is_taken_over_not_repeated(tmp_pat
     assert [t.user_attrs["tune_trial_id"] for t in found] == ["a", "c", "d"]  # trial 1 is c's, none left RUNNING
 
 
+def test_trials_the_study_stopped_are_ended_by_resume_not_run_on(tmp_path):
+    """The study is told at once, Tune's state up to a second later: on resume, the trials the study
+    holds as PRUNED (of this launch, none of another) are the ones that end at their checkpoint."""
+    from sweeplab.runner import optuna_study, tune_space
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
+    assert optuna_study.stopped_trials(sweep, "L") == {}  # no study yet
+    searcher = tune_space.searcher(sweep, "L")
+    for tid in "abc":
+        searcher.suggest(tid)
+    searcher.on_trial_complete("a", {"val/error": 60.0, "epoch": 1})  # a scheduler stopped it
+    searcher.on_trial_complete("b", {"val/error": 40.0, "epoch": 3})  # ran its 3 epochs
+    other = tune_space.searcher(sweep, "M")  # another launch sharing the study
+    other.suggest("x")
+    other.on_trial_complete("x", {"val/error": 70.0, "epoch": 1})
+    # by id, the result it was stopped on: what the trial reports when it has no checkpoint to end at
+    assert optuna_study.stopped_trials(sweep, "L") == {"a": {"epoch": 1, "val/error": 60.0}}
+    assert optuna_study.stopped_trials(sweep, "M") == {"x": {"epoch": 1, "val/error": 70.0}}
+
+
 def test_the_study_draws_in_optuna_visualization(tmp_path):
     from sweeplab.runner import tune_space
 
@@ -248,7 +269,9 @@ def test_a_killed_optuna_sweep_resumes_the_same_study(tmp_path):
             lines.append(line)
             if re.search(r"  (done|stopped early at epoch \d+/\d+)  ", line):
                 break
-        time.sleep(1.5)  # let Tune save its state with a trial or two running
+        # killed at once: the study was told of the stop, Tune's saved state (up to a second older) may
+        # not know it yet, and `resume` must end that trial where the study has it (not run it on)
+        time.sleep(0.2)
     finally:
         _kill_tree(proc)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"  # beside mlflow.db, named after the launch
@@ -265,7 +288,8 @@ def test_a_killed_optuna_sweep_resumes_the_same_study(tmp_path):
     assert set(ids) == set(tune)
     assert {t.number for t in before} <= {t.number for t in after}  # the same study, continued
     full = {tid for tid, epoch in tune.items() if epoch == 3}
-    assert {t.user_attrs["tune_trial_id"] for t in after if t.state.name == "COMPLETE"} == full
+    states = {t.user_attrs["tune_trial_id"]: (t.state.name, tune[t.user_attrs["tune_trial_id"]]) for t in after}
+    assert {t.user_attrs["tune_trial_id"] for t in after if t.state.name == "COMPLETE"} == full, states
     assert {t.user_attrs["tune_trial_id"] for t in after if t.state.name == "PRUNED"} == set(tune) - full
     _, runs = child_runs(tmp_path, "opt")
     assert set(ids) <= {r.data.tags["sweeplab.trial_id"] for r in runs}

@@ -135,8 +135,8 @@ class Driver:
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if self.status is not None:
             self.status.result(trial_id, self._label(trial_id, result), self._epochs(trial_id, result), result)
-        if result.get("replay"):  # a trial that had finished before a resume: logged already
-            self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}", result)
+        if result.get("replay"):  # a trial that had ended before a resume: logged already
+            self.say(trial_id, f"ended before the resume, at epoch {int(result.get('epoch', 0))}", result)
             return
         if isinstance(result.get("hardware"), str):
             self._send(

@@ -105,6 +105,29 @@ def end_cut_trials(sweep: Sweep, launch: str) -> int:
     return len(cut)
 
 
+def stopped_trials(sweep: Sweep, launch: str) -> dict[str, dict[str, Any]]:
+    """Tune trial id -> its last reported result, for each trial of `launch` the study holds as PRUNED.
+    The study is told at once, Tune's state at most a second later: a driver killed in between leaves a
+    trial Tune would run on while the study has it stopped. `resume` ends those where they stopped."""
+    import optuna
+    from optuna.trial import TrialState
+
+    s = sweep.search
+    if s.name != "optuna" or s.storage is None:
+        return {}
+    try:
+        study = optuna.load_study(study_name=s.study or launch, storage=s.storage)
+    except KeyError:  # no study yet (killed before its first trial)
+        return {}
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        if t.user_attrs.get(LAUNCH) == launch and TUNE_ID in t.user_attrs:
+            step = max(t.intermediate_values, default=0)
+            value = t.intermediate_values.get(step)
+            out[str(t.user_attrs[TUNE_ID])] = {"epoch": step, **({sweep.metric: value} if value is not None else {})}
+    return out
+
+
 def __getattr__(name: str) -> Any:
     """`StudySearch` and `GridSampler`, built on first use (PEP 562): Ray and Optuna are imported only
     after `cluster.environment`, yet `pickle` finds both classes here by name (Tune pickles the searcher)."""

@@ -33,12 +33,13 @@ _LISTENER: Listener | None = None  # the driver's listener; the (pickled) Tune c
 _KEEPER: launch_state.Keeper | None = None  # signs copies of Tune's state as the experiment goes
 
 
-def _trainable(sweep: Sweep, storage: str, launch: str) -> Any:
+def _trainable(sweep: Sweep, storage: str, launch: str, ended: dict[str, dict[str, Any]] | None = None) -> Any:
+    """`ended`: trials the searcher had stopped before Tune's saved state knew, by id (resume)."""
     from ray import tune
 
     r = sweep.resources
     if r.workers == 1:
-        fn = tune.with_parameters(train_trial, sweep=sweep)
+        fn = tune.with_parameters(train_trial, sweep=sweep, ended=ended or {})
         return tune.with_resources(fn, {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker})
     # The trial's own function only launches the TorchTrainer, whose workers hold the CPUs and GPUs.
     fn = tune.with_parameters(
@@ -190,9 +191,14 @@ def resume(
     _watch(listener, storage, launch)
     _reporter(tune_reporter)
     path = f"{storage.rstrip('/')}/{launch}"
+    ended: dict[str, dict[str, Any]] = {}
+    if sweep.search.name == "optuna":
+        from sweeplab.runner import optuna_study
+
+        ended = optuna_study.stopped_trials(sweep, launch)
     tuner = tune.Tuner.restore(
         path,
-        _trainable(sweep, storage, launch),
+        _trainable(sweep, storage, launch, ended),
         resume_unfinished=True,
         resume_errored=True,
         param_space=param_space(sweep),
@@ -219,8 +225,9 @@ def prepare_resume(storage: str, launch: str) -> tuple[list[str], list[str]]:
 # ---- the trial functions: they run in Ray's workers ----------------------------------------------
 
 
-def train_trial(config: dict[str, Any], sweep: Sweep) -> None:
-    """One-worker Tune trial: `engine.fit`, reporting each epoch with a checkpoint; resumes from one."""
+def train_trial(config: dict[str, Any], sweep: Sweep, ended: dict[str, dict[str, Any]] | None = None) -> None:
+    """One-worker Tune trial: `engine.fit`, reporting each epoch with a checkpoint; resumes from one.
+    A trial in `ended` (stopped by the searcher just before the driver died) ends where it stopped."""
     import ray
     from ray import tune
 
@@ -228,8 +235,10 @@ def train_trial(config: dict[str, Any], sweep: Sweep) -> None:
 
     conf = sweep.resolve(config["point"])
     state, last = worker.restore(tune.get_checkpoint())
-    if state is not None and state["epoch"] >= conf.train.epochs:
-        tune.report({**last, "replay": True})  # finished before the driver died: train nothing
+    stopped = (ended or {}).get(tune.get_context().get_trial_id())
+    if stopped is not None or (state is not None and state["epoch"] >= conf.train.epochs):
+        # ended before the driver died: train nothing; its checkpoint's result, else the study's last
+        tune.report({**(last if state is not None else stopped), "replay": True})
         return
     state = worker.adopt(state, conf) if state is not None else None
     # Each epoch's result says which Ray node ran it (Tune adds hostname and pid, which do not tell two
