@@ -132,8 +132,8 @@ def _drive(
                 file=sys.stderr,
                 flush=True,
             )
-        for note in relinked:
-            print(f"sweeplab: {note}", file=sys.stderr, flush=True)
+        for line in relinked:
+            print(f"sweeplab: {line}", file=sys.stderr, flush=True)
     else:
         _write_meta(storage, launch, meta)
     # A fresh SQLite store spends seconds on its schema migrations: do them while Ray starts.

@@ -238,7 +238,7 @@ def train_trial(config: dict[str, Any], sweep: Sweep, ended: dict[str, dict[str,
     stopped = (ended or {}).get(tune.get_context().get_trial_id())
     if stopped is not None or (state is not None and state["epoch"] >= conf.train.epochs):
         # ended before the driver died: train nothing; its checkpoint's result, else the study's last
-        tune.report({**(last if state is not None else stopped), "replay": True})
+        tune.report({**((last if state is not None else stopped) or {}), "replay": True})
         return
     state = worker.adopt(state, conf) if state is not None else None
     # Each epoch's result says which Ray node ran it (Tune adds hostname and pid, which do not tell two
