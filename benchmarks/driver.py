@@ -294,13 +294,14 @@ def summarise(rounds: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     head = (
         "| store | way | wall s | results | results/s (driver) | driver CPU ms/result | added ms/result "
-        "| added % | reached MLflow | results/s into MLflow | exactly once |"
+        "| added % | added CPU ms/result | reached MLflow | results/s into MLflow | exactly once |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         lines.append(
             f"| {r['store']} | {r['way']} | {r['wall_s']:.1f} | {r['results']} | {r['results_per_s']:.0f} "
             f"| {r['driver_cpu_ms_per_result']:.2f} | {r['added_ms_per_result']:+.2f} | {r['added_pct']:+.1f} "
+            f"| {r['added_cpu_ms_per_result']:+.2f} "
             f"| {r.get('reached_mlflow', '-')} | {r.get('mlflow_results_per_s', '-')} "
             f"| {str(r['exactly_once']).lower() if 'exactly_once' in r else '-'} |"
         )
