@@ -5,6 +5,9 @@ setup: .venv/.installed
 	test -d .venv || python3 -m venv .venv
 	.venv/bin/pip install -q -e '.[test]'
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -qq dataset-fashion-mnist || echo "could not install dataset-fashion-mnist")
+	@# PostgreSQL's server binaries for tests/test_mlflow_postgres.py, which starts its own throwaway cluster; the
+	@# package's default cluster (a server on port 5432 that nothing uses) is not created
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ( (mkdir -p /etc/postgresql-common/createcluster.d && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/sweeplab.conf) ; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql || echo "could not install postgresql")
 	touch $@
 # The main job: one real epoch of ResNet-preact-20 on the full Fashion-MNIST (no Ray), then the
 # quickstart sweep in smoke mode on a local Ray, ending with its best config and the smoke run's table

@@ -27,8 +27,16 @@ from sweeplab.schema import Config
 BASE = "configs/fashion_mnist/resnet_preact20.yaml"
 
 
-def plain_loop_images_per_s(conf: Config, data: datasets.Dataset, n: int) -> float:
-    """One timed pass of the textbook loop over the first n training images."""
+def plain_loop_images_per_s(
+    conf: Config,
+    data: datasets.Dataset,
+    n: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> float:
+    """One timed pass of the textbook loop over the first n training images: batches come from a CPU
+    DataLoader and are copied to `device` one by one; `precision` bf16 wraps the forward in autocast."""
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
     x = (data.train_x[:n].float() / 255 - mean) / std
@@ -36,36 +44,49 @@ def plain_loop_images_per_s(conf: Config, data: datasets.Dataset, n: int) -> flo
         TensorDataset(x, data.train_y[:n]), batch_size=conf.data.batch_size, shuffle=True, drop_last=True
     )
     torch.manual_seed(0)
-    model = models.build(
-        conf.model["name"], data.num_classes, data.shape[0], **{k: v for k, v in conf.model.items() if k != "name"}
-    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = models.build(conf.model.name, data.num_classes, data.shape[0], **conf.model.options)
+    model = model.to(device, memory_format=fmt)
     opt = torch.optim.SGD(
         model.parameters(), lr=conf.optim.lr, momentum=0.9, nesterov=True, weight_decay=conf.optim.weight_decay
     )
     model.train()
+    dev = torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def one_pass() -> float:
+        sync()
         seen, start = 0, time.perf_counter()
         for xb, yb in loader:
-            loss = F.cross_entropy(model(xb), yb)
+            xb, yb = xb.to(dev, memory_format=fmt), yb.to(dev)
+            with engine.autocast(dev, precision):
+                loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             seen += len(yb)
+        sync()
         return seen / (time.perf_counter() - start)
 
-    one_pass()  # warm-up: allocator, oneDNN kernel selection
+    one_pass()  # warm-up: allocator, oneDNN / cuDNN kernel selection
     return one_pass()
 
 
-def engine_images_per_s(conf: Config, data: datasets.Dataset) -> tuple[float, float]:
-    """(images/s of a timed pass, seconds of the warm-up pass, which includes any compilation)."""
+def engine_images_per_s(conf: Config, data: datasets.Dataset, passes: int = 1) -> tuple[float, float]:
+    """(images/s of the timed passes (their median), seconds of the warm-up pass, which includes any
+    compilation)."""
     trainer = engine.Trainer(conf, data)
     start = time.perf_counter()
     trainer.train_epoch()
     warmup = time.perf_counter() - start
-    trainer.epoch += 1
-    return trainer.train_epoch()["time/images_per_s"], warmup
+    rates = []
+    for _ in range(passes):
+        trainer.epoch += 1
+        rates.append(trainer.train_epoch()["time/images_per_s"])
+    return statistics.median(rates), warmup
 
 
 def main() -> None:
@@ -91,7 +112,7 @@ def main() -> None:
     e, p = statistics.median(ours), statistics.median(plain)
     print(
         f"\n{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
-        f"{conf.data.name} {conf.model['name']} depth {conf.model.get('depth')}, batch {conf.data.batch_size}, "
+        f"{conf.data.name} {conf.model.name} depth {conf.model.options.get('depth')}, batch {conf.data.batch_size}, "
         f"overrides {args.overrides or 'none'}"
     )
     print(

@@ -2,6 +2,9 @@
 
 - sweep_cli: drive `sweeplab` in a subprocess on tiny data (sweep file, argv, its processes, sockets, MLflow runs);
 - mlflow_store: a fresh, already-migrated SQLite MLflow store per test, and a sweep simulated through the Tracker.
+- mlflow_layout: what MLflow must hold of a finished launch (child runs, epochs, artifacts, parent), on any store;
+- pg_server: a throwaway PostgreSQL cluster on 127.0.0.1 and an `mlflow server` on it;
+- ray_head: a Ray head on 127.0.0.1 that several `sweeplab run --address` drivers join.
 
 They are modules rather than fixtures because most are plain functions of a folder, called from module-scoped
 fixtures and helpers as well as from tests. A test file imports them, never another test file, so that each

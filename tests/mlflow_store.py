@@ -92,6 +92,8 @@ def run_trial(
                 "train/error": err + 1,
                 "val/loss": 0.5,
                 "val/error": err,
+                "train/accuracy": 99 - err,
+                "val/accuracy": 100 - err,
                 "time/epoch_s": epoch_s,
                 "time/images_per_s": 1000.0,
                 "time/train_s": epoch_s * epoch,

@@ -37,8 +37,8 @@ def write_sweep(tmp_path: Path, **spec) -> Path:
     return path
 
 
-def cli(tmp_path: Path, *args: str) -> list[str]:
-    """argv of `sweeplab <args>` with its Ray storage and MLflow store inside tmp_path."""
+def cli(tmp_path: Path, *args: str, tracking_uri: str | None = None) -> list[str]:
+    """argv of `sweeplab <args>` with its Ray storage and MLflow store inside tmp_path (or `tracking_uri`)."""
     return [
         sys.executable,
         "-m",
@@ -47,7 +47,7 @@ def cli(tmp_path: Path, *args: str) -> list[str]:
         "--storage",
         str(tmp_path / "ray"),
         "--tracking-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]
 
 
@@ -81,11 +81,11 @@ def listening(pids: set[int]) -> list[tuple[str, str]]:
     return found
 
 
-def child_runs(tmp_path: Path, launch: str) -> tuple:
-    """(MLflow client, the child (trial) runs of `launch`) in tmp_path's store."""
+def child_runs(tmp_path: Path, launch: str, tracking_uri: str | None = None) -> tuple:
+    """(MLflow client, the child (trial) runs of `launch`) in tmp_path's store (or `tracking_uri`)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exps, f"tags.`sweeplab.launch` = '{launch}'")
     return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -416,6 +416,28 @@ real(
 )
 real("sweep-real-model-depth", sweep("space: {model.depth: {grid: [8, 21]}}\n"), "model.depth")
 
+# ---- sweep files written for other tools: exit 2 naming sweeplab's equivalent ---------------------------
+WANDB_FILE = (
+    "program: train.py\nmethod: bayes\nmetric: {goal: minimize, name: validation_loss}\n"
+    "parameters:\n  learning_rate: {min: 0.0001, max: 0.1}\n  batch_size: {values: [16, 32, 64]}\n"
+    "early_terminate: {type: hyperband, min_iter: 3}\nrun_cap: 20\n"
+)
+dry("sweep-wandb-file", WANDB_FILE, ("s.yaml", "'program'", "config:"))
+dry("sweep-wandb-method", sweep(OK_SPACE + "method: bayes\n"), ("'method'", "search: {name: optuna}"))
+dry("sweep-wandb-parameters", sweep("parameters: {lr: {values: [0.1]}}\n"), ("'parameters'", "space:"))
+dry("sweep-wandb-values", sweep("space: {optim.lr: {values: [0.1, 0.2]}}\n"), ("space.optim.lr", "{grid: [0.1, 0.2]}"))
+dry(
+    "sweep-wandb-distribution",
+    sweep("space: {optim.lr: {distribution: log_uniform_values, min: 1e-4, max: 1e-1}}\n"),
+    ("space.optim.lr", "{loguniform: [0.0001, 0.1]}"),
+)
+dry("sweep-wandb-metric", sweep(OK_SPACE + "metric: {name: val/error, goal: minimize}\n"), "mode: min")
+dry("sweep-wandb-goal", sweep(OK_SPACE + "goal: maximize\n"), ("'goal'", "mode: max"))
+dry("sweep-wandb-run-cap", sweep(OK_SPACE + "run_cap: 5\n"), ("'run_cap'", "search: {num_samples: 5}"))
+dry("sweep-quoted-bounds", sweep("space: {optim.lr: {loguniform: ['1e-3', 4e-1]}}\n"), ("space.optim.lr", "quotes"))
+dry("sweep-seed-1e3", sweep(OK_SPACE + "search: {name: random, seed: 1e3}\n"), ("search.seed", "1000"))
+dry("sweep-metric-typo", sweep(OK_SPACE + "metric: val/accuarcy\n"), ("'metric'", "val/accuracy"))
+
 # ---- command-line numbers and paths ----------------------------------------------------------------
 OK_SWEEP = sweep(OK_SPACE)
 for flag, value in [

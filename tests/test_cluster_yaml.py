@@ -6,6 +6,8 @@ Nothing is started: `prepare_config` fills the provider's defaults from Ray's pa
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +93,42 @@ def test_shared_folder_belongs_to_a_group_not_to_everyone(cluster: dict[str, Any
     assert "1777" not in init and "777" not in init  # a world-writable folder lets anyone plant state
     assert "chmod 2770 /shared" in init and "chgrp 2000 /shared" in init
     assert "--group-add 2000" in cluster["docker"]["run_options"]
+
+
+def _mlflow_server(cluster: dict[str, Any]) -> list[str]:
+    (line,) = [c for c in cluster["head_start_ray_commands"] if "mlflow server" in c]
+    return shlex.split(line.split(">", 1)[0])  # the command, before its redirections
+
+
+def test_run_database_lives_outside_the_head(cluster: dict[str, Any]) -> None:
+    """MLflow's runs are in PostgreSQL (a managed database), not in a file in the head's container,
+    which `ray down` or a replaced head would take with it."""
+    argv = _mlflow_server(cluster)
+    store = argv[argv.index("--backend-store-uri") + 1]
+    assert store.startswith(("postgresql://", "postgresql+psycopg://")), store
+    host = re.match(r"[a-z+]+://(?:[^@/]*@)?([^:/?]+)", store).group(1)
+    assert host not in ("localhost", "127.0.0.1", "::1"), "a database on the head dies with the head"
+    assert argv[argv.index("--artifacts-destination") + 1].startswith("/shared/")
+    head = commands(cluster, "head_setup_commands", "head_start_ray_commands")
+    assert "sqlite" not in head, "no run database inside the head's container"
+
+
+def test_no_password_in_cluster_yaml(cluster: dict[str, Any]) -> None:
+    """The database password comes from a libpq password file that `file_mounts` copies from outside
+    the repository: not in a URI (it would sit in git and on every command line), not in the environment."""
+    text = CLUSTER.read_text()
+    assert not re.search(r"://[^\s/@:]+:[^\s/@]+@", text), "a URI with a password"
+    assert not re.search(r"(?i)(PGPASSWORD|MLFLOW_TRACKING_PASSWORD|password\s*[:=])", text)
+    argv = _mlflow_server(cluster)
+    pgpass = next(a.split("=", 1)[1] for a in argv if a.startswith("PGPASSFILE="))
+    source = cluster["file_mounts"][pgpass]
+    assert source.startswith(("~/", "/")), f"{source}: a file of the user's, not of the repository"
+    assert not Path(source).expanduser().resolve().is_relative_to(ROOT), source
+    assert f"chmod 600 {pgpass}" in commands(cluster, "head_setup_commands"), "libpq ignores a readable file"
+
+
+def test_docs_show_the_run_database() -> None:
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    for needle in ("PostgreSQL", "mlflow.pgpass", "chmod 600", "postgresql+psycopg://", "mlflow db upgrade"):
+        assert needle in text, needle
+    assert "mlflow.db" not in text.split("## Stop", 1)[1], "the run database is not on the head any more"

@@ -196,7 +196,7 @@ def test_store_beyond_repair_is_bad_input(tmp_path: Path, tmp_path_factory) -> N
 class Flaky:
     """A stand-in tracker method that fails `fails` times, then works (isolates the retry loop)."""
 
-    def __init__(self, fails: int, name: str = "trial_result") -> None:
+    def __init__(self, fails: int, name: str = "trial_results") -> None:
         self.fails, self.calls = fails, 0
         self.__name__ = name
 
@@ -214,15 +214,17 @@ def _driver(tracker: object) -> Driver:
 
 def test_a_store_failing_twice_then_working_loses_nothing(capsys: pytest.CaptureFixture) -> None:
     flaky = Flaky(2)
-    d = _driver(SimpleNamespace(trial_result=flaky))
+    d = _driver(SimpleNamespace(trial_results=flaky))
     d.trial_result("t1", {"epoch": 1, "val/error": 3.0, "config": {"point": SWEEP.points()[0]}})
+    d.drain()  # the writer thread applies it
     assert flaky.calls == 3 and d.lost == [] and "tracking" not in capsys.readouterr().err
 
 
 def test_a_store_that_keeps_failing_is_recorded_and_said(capsys: pytest.CaptureFixture) -> None:
     flaky = Flaky(99)
-    d = _driver(SimpleNamespace(trial_result=flaky, close=Flaky(99, "close"), launch="qs-1"))
+    d = _driver(SimpleNamespace(trial_results=flaky, close=Flaky(99, "close"), launch="qs-1"))
     d.trial_result("t1", {"epoch": 2, "val/error": 3.0, "config": {"point": SWEEP.points()[0]}})
+    d.drain()
     assert flaky.calls == 4 and d.safe(d.tracker.close, "FINISHED") is False
     assert [(x.trial_id, x.what) for x in d.lost] == [("t1", "epoch 2 metrics"), ("", "parent run end (FINISHED)")]
     assert d.lost_trials() == ["t1", ""]
@@ -310,12 +312,14 @@ def test_full_mlflow_disk_is_recorded_then_reconciled(
     _replay(d, "t0", trials["t0"])  # logged whole before the disk fills
     d.trial_start("t1", points[1])
     d.trial_result("t1", trials["t1"][0])  # t1: start and epoch 1 logged
+    d.drain()
     assert d.lost == []
     _fill(tmpfs)
     for r in trials["t1"][1:]:
         d.trial_result("t1", r)
     d.trial_end("t1", trials["t1"][-1], None)
     _replay(d, "t2", trials["t2"])  # t2: nothing reaches MLflow
+    d.drain()
     err = capsys.readouterr().err
     assert d.lost_trials() == ["t1", "t2"]
     lost = {(x.trial_id, x.what) for x in d.lost}

@@ -50,6 +50,8 @@ def test_sweep_compiles_with_one_point_per_row(path: Path) -> None:
     sweep = compiled(path)
     trials = sweep.trials()
     assert trials, f"{path.name}: no trials"
+    if sweep.search.name == "optuna" and not sweep.tables:
+        return  # a search (its sampler picks the points as results come) fills no table row by row
     assert sweep.tables, f"{path.name}: fills no table"
     by_point: dict[tuple, list] = defaultdict(list)
     for trial in trials:

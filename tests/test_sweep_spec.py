@@ -153,9 +153,9 @@ def test_random_search_is_seeded_and_samples_in_range(tmp_path):
     assert a.epoch_budget() == sum(p["train.epochs"] for p in pa)
 
 
-def test_optuna_space_becomes_tune_domains(tmp_path):
+def test_optuna_space_becomes_optuna_distributions(tmp_path):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
     from ray import tune as ray_tune
-    from ray.tune.search.sample import Categorical, Float
 
     from sweeplab.runner import tune_space
 
@@ -163,14 +163,17 @@ def test_optuna_space_becomes_tune_domains(tmp_path):
         write(
             tmp_path,
             space={"optim.lr": {"loguniform": [1e-3, 1.0]}, "optim.name": {"choice": ["sgd", "adam"]}},
-            search={"name": "optuna", "num_samples": 5, "seed": 1},
+            search={"name": "optuna", "num_samples": 5, "seed": 1, "storage": f"sqlite:///{tmp_path / 'o.db'}"},
         )
     )
     assert len(sweep.trials()) == 5
-    space = tune_space.param_space(sweep)["point"]
-    assert isinstance(space["optim.lr"], Float) and isinstance(space["optim.name"], Categorical)
-    searcher = tune_space.searcher(sweep)
-    assert searcher.set_search_properties("val/error", "min", {"point": space})
+    assert tune_space.param_space(sweep) == {}  # the searcher suggests each trial's whole point
+    searcher = tune_space.searcher(sweep, "launch")
+    space = searcher._space
+    assert space["optim.lr"] == FloatDistribution(1e-3, 1.0, log=True)
+    assert isinstance(space["optim.name"], CategoricalDistribution)
+    point = searcher.suggest("t1")["point"]
+    assert set(point) == {"optim.lr", "optim.name"} and 1e-3 <= point["optim.lr"] <= 1.0
     grid = load(write(tmp_path, "g.yaml", space={"optim.lr": {"grid": [0.1, 0.2]}}, seeds=2))
     assert tune_space.param_space(grid)["point"] == ray_tune.grid_search([t.point for t in grid.trials()])
 

@@ -77,6 +77,16 @@ def _smoke(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        choices=("lines", "tune"),
+        default="lines",
+        help="lines (default): a line per trial event and a live status (counts, best, epochs, time left); "
+        "tune: Tune's own status table instead (MLflow logging the same)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="sweeplab", description="Hyperparameter sweeps of image classification training on Ray, tracked in MLflow."
@@ -131,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
         help="refuse sweeps of more than N trials (default: 10000), checked before any trial is compiled",
     )
     p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
+    _progress(p)
     _tracking_uri(p)
     p.set_defaults(fn=sweep.run)
 
@@ -139,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
     p.add_argument("--address", help="Ray cluster address; default: start a local Ray")
     p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
+    _progress(p)
     _tracking_uri(p)
     p.set_defaults(fn=sweep.resume)
 

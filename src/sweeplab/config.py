@@ -18,36 +18,9 @@ from typing import Any
 import yaml
 
 from sweeplab.core.errors import ConfigError, suggest
+from sweeplab.core.yamlio import DuplicateKey, load_text
 from sweeplab.schema import SECTIONS, Config, ModelConfig, valid_keys
 from sweeplab.validate import check
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(
-                            f"duplicate key '{key}' on line {line} (first on line {seen[key]}); "
-                            "YAML would silently keep only the last"
-                        )
-                    seen[key] = line
-                except TypeError:  # an unhashable key: SafeLoader's own error names it
-                    continue
-        return super().construct_mapping(node, deep)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    """A mapping with one key twice."""
-
 
 MAX_YAML_BYTES = 10_000_000  # a config or sweep file is a few KB; anything this big is not one
 MAX_YAML_VALUES = 100_000  # counted with aliases expanded: refuses "billion laughs" and self-references
@@ -72,8 +45,8 @@ def read_yaml(path: Path, kind: str) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{kind} file {path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
     try:
-        tree = yaml.load(text, Loader=_StrictLoader)
-    except _DuplicateKey as e:
+        tree = load_text(text)
+    except DuplicateKey as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed YAML in {path}: {_yaml_problem(e)}") from None
@@ -119,7 +92,7 @@ def check_tree(tree: Any, where: str, prefix: str = "") -> None:
 def parse_value(text: str) -> Any:
     """A command-line value, read as a YAML scalar or list ('0.1' -> 0.1, '[1,2]' -> [1, 2])."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        return load_text(text)
     except (yaml.YAMLError, RecursionError):
         return text
 
@@ -233,19 +206,28 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"'{key}'{where} must be a list of {item.__name__}, got {value!r}")
         return [_coerce(key, v, item, where) for v in value]
     if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-4' as a string; accept it as the float it means
+        try:  # a quoted number ('1e-4'): the key's type says it is one (unquoted, YAML reads a float)
             value = float(value)
         except ValueError:
             pass
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if abs(value) < 1e300 else math.inf
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"'{key}'{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"'{key}'{where} must be {hint.__name__}, got {type(value).__name__} {value!r}{integral_hint(value, hint)}"
+        )
     if hint is float and not math.isfinite(value):  # nan passes every range check; inf hangs or overflows
         raise ConfigError(f"'{key}'{where} must be a finite number, got {value}")
     if hint is int and abs(value) > MAX_INT:
         raise ConfigError(f"'{key}'{where} is out of range: {value}")
     return value
+
+
+def integral_hint(value: Any, want: Any) -> str:
+    """ "; write it as the integer 1000" when an int is wanted and `value` is a whole float (`1e3`), else ""."""
+    if want is int and isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
+        return f"; write it as the integer {int(value)}"
+    return ""
 
 
 MAX_INT = 2**63 - 1  # what a C long holds: torch, numpy and Ray take no bigger count

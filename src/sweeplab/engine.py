@@ -312,9 +312,11 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.compiled = True  # a one-step epoch cannot split compilation off; later epochs are not compiling
         self.last_lr = lr
+        error = 100.0 * wrong.item() / seen
         out = {
             "train/loss": loss_sum.item() / seen,
-            "train/error": 100.0 * wrong.item() / seen,
+            "train/error": error,
+            "train/accuracy": 100.0 - error,  # percent, like the error: a sweep may maximise either name
             "time/train_s": elapsed,
             "time/images_per_s": (seen - timed_from) / (elapsed - compile_s),
         }
@@ -324,7 +326,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and error (percent); with flip TTA the logits of image and mirror are averaged."""
+        """Test loss, error and accuracy (percent); with flip TTA the logits of image and mirror are averaged."""
         c, model = self.config, self.forward
         if self.world > 1:
             # Each rank scores its stride of the test set with rank 0's BatchNorm statistics, through
@@ -349,7 +351,8 @@ class Trainer:
             totals = torch.stack([loss_sum.double(), wrong.double()])
             dist.all_reduce(totals)
             loss_sum, wrong = totals[0], totals[1]
-        return {"val/loss": loss_sum.item() / n, "val/error": 100.0 * wrong.item() / n}
+        error = 100.0 * wrong.item() / n
+        return {"val/loss": loss_sum.item() / n, "val/error": error, "val/accuracy": 100.0 - error}
 
     def _forward_context(self) -> contextlib.ExitStack:
         """autocast (for fp16/bf16) and the activation swap (train.activation), around a forward pass."""

@@ -17,6 +17,7 @@ import yaml
 
 from sweeplab.core.errors import ConfigError, suggest
 from sweeplab.core.fmt import number
+from sweeplab.core.yamlio import load_text
 
 HERE = Path(__file__).resolve().parent
 FILES = ("hysts_tables.json", "other_tables.json")
@@ -53,7 +54,7 @@ def quickstart_table(sweeps: Path | None = None, smoke: bool = False) -> Table:
     """The quickstart table: one row per (lr, weight decay) of sweeps/quickstart.yaml's grid, or of its
     smoke grid (`smoke`): a table shows the grid that ran, never the union of both."""
     path = (sweeps or sweeps_dir()) / "quickstart.yaml"
-    doc = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    doc = (load_text(path.read_text()) or {}) if path.is_file() else {}  # the YAML `sweeplab run` reads
     space, smoke_space = doc.get("space") or {}, (doc.get("smoke") or {}).get("space") or {}
     grid = {k: _values(space.get(k)) or v for k, v in QUICKSTART_GRID.items()}
     if smoke:  # the smoke block overrides the keys it names; the others keep the full grid's values
@@ -120,7 +121,7 @@ def sweeps_by_table(sweeps: Path | None = None) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            doc = load_text(path.read_text()) or {}  # the YAML `sweeplab run` reads
         except yaml.YAMLError:
             continue  # a broken sweep file is `sweeplab run`'s error to report, not the listing's
         names = doc.get("tables") if isinstance(doc, dict) else None

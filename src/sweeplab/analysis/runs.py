@@ -14,7 +14,7 @@ import yaml
 
 from sweeplab.config import parse_value
 from sweeplab.core.errors import ConfigError
-from sweeplab.core.names import LAUNCH, PARENT, SWEEP, TABLES, TRIAL
+from sweeplab.core.names import LAUNCH, PARENT, SWEEP, TABLES, TRIAL, default_mode
 from sweeplab.tracking.store import client, quote, resolve_uri, search, sqlite_path
 
 if TYPE_CHECKING:
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 CHILD = f"tags.`{TRIAL}` IS NOT NULL"
 SMOKE = "sweeplab.smoke"  # "true" on the parent and child runs of a `sweeplab run --smoke` launch
-# metrics where bigger is better; everything else (errors, losses, times) is minimised
-_DESCENDING = ("acc", "images_per_s")
 LABEL, OUTCOME, STOPPED = "sweeplab.label", "sweeplab.outcome", "sweeplab.stopped_early"
 SEED_KEY = "train.seed"  # varies across seeds, not configs: the label carries it, no column does
 UI_URL = "http://127.0.0.1:5000"  # where `sweeplab ui` serves the MLflow UI
@@ -196,7 +194,7 @@ def trials(c: MlflowClient, target: str) -> list[LoggedTrial]:
 
 def order(metric: str) -> str:
     """The order_by clause that ranks best first (MLflow uses each run's last value of the metric)."""
-    direction = "DESC" if any(s in metric for s in _DESCENDING) else "ASC"
+    direction = "DESC" if default_mode(metric) == "max" else "ASC"  # the sweep file's default mode
     return f"metrics.`{metric}` {direction}"
 
 

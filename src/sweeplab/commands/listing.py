@@ -83,7 +83,15 @@ def print_trials(sweep: Sweep) -> None:
     for r in [header, *rows]:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
     if s.name == "optuna":
-        print(f"(optuna: TPE chooses the points as results arrive; shown are {len(trials)} draws from the prior)")
+        print(
+            f"(optuna: the {s.sampler} sampler chooses the points as results arrive; shown are {len(trials)} "
+            "draws from the prior)"
+        )
+    made_of = sweep.size()[1]
+    if "capped" in made_of:
+        print(f"({made_of})")
+    if s.time_budget_s is not None:
+        print(f"(search.time_budget_s {s.time_budget_s:g}: the sweep ends after {s.time_budget_s:g} s)")
     res = sweep.resources
     print(
         f"{len(trials)} trials, epoch budget {sweep.epoch_budget()} (if no trial is stopped early); "

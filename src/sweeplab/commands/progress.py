@@ -2,7 +2,8 @@
 
 Tune's own reporter prints a wide table every few seconds; a sweep of long trials reads better as
 one line per trial start, per epoch and per end, each naming the trial by its label (as its MLflow
-run is named). A tracking call that fails is retried; what MLflow
+run is named). Trial events reach MLflow through the tracking layer's writer thread, so Tune's loop
+never waits for the store; `Driver.drain` waits for it. A tracking call that fails is retried; what MLflow
 still did not take is recorded in `Driver.lost` (never just a warning), and `Driver.reconcile`
 logs it again from Tune's own per-trial results.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeplab.commands.live import Status
 from sweeplab.core.names import METRICS
 from sweeplab.runner.outcome import Outcome, ended_as
 from sweeplab.search_spaces import Sweep, label
@@ -40,39 +43,58 @@ class Driver:
     # in seconds; a full disk does not, and then costs the driver ~3 s per call before it gives up.
     RETRY_DELAYS: tuple[float, ...] = (0.25, 1.0, 2.0)
 
-    def __init__(self, sweep: Sweep, tracker: Any, out: Any = None) -> None:
+    def __init__(self, sweep: Sweep, tracker: Any, out: Any = None, progress: str = "lines") -> None:
         self.sweep, self.tracker, self.out = sweep, tracker, out or sys.stdout
         self.start = time.monotonic()
+        # `progress` "lines": these event lines and the live status (commands.live); "tune": Tune's own
+        # reporter prints instead, and the driver only tracks
+        self.status = (
+            Status(total(sweep), budget(sweep), sweep.metric, sweep.mode, self.out) if progress == "lines" else None
+        )
         self.epochs: dict[str, int] = {}
         self.labels: dict[str, str] = {}  # trial id -> label(point), the name of its run and progress lines
         self.lost: list[Lost] = []  # what MLflow still lacks; reconcile() removes what it logs again
+        self._lock = threading.Lock()  # `lost` grows from the writer thread too
+        from sweeplab.tracking.writer import Writer
+
+        # trial events go through the writer thread, in order; its delays are read at each call (tests set them)
+        self.writer = Writer(tracker, lambda: self.RETRY_DELAYS, self._lose)
+
+    def drain(self) -> None:
+        """Wait until every queued trial event is in MLflow (or in `lost`): before reading `lost` or MLflow."""
+        self.writer.drain()
 
     def safe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """Call the tracker (e.g. `tracker.close`) with retries; a failure is recorded in `lost`, never raised."""
+        """Call the tracker (e.g. `tracker.close`) with retries; a failure is recorded in `lost`, never raised.
+        The trial events queued before it are applied first."""
+        self.drain()
         name = getattr(fn, "__name__", str(fn))
         what = f"parent run end ({(args or ('FINISHED',))[0]})" if name == "close" else name
         return self._log("", what, fn, *args, **kwargs)
 
     def lost_trials(self) -> list[str]:
         """The trials MLflow still lacks something of, in order of their first loss ('' = the parent run)."""
-        return list(dict.fromkeys(x.trial_id for x in self.lost))
+        with self._lock:
+            return list(dict.fromkeys(x.trial_id for x in self.lost))
 
     def _log(self, trial_id: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """`fn(*args, **kwargs)`, tried again after each of RETRY_DELAYS; False (and one line) if it never worked."""
-        for delay in (*self.RETRY_DELAYS, None):
-            try:
-                fn(*args, **kwargs)
-                return True
-            except Exception as e:
-                if delay is None:
-                    self._lose(trial_id, what, e)
-                    return False
-                time.sleep(delay)
-        return False
+        """`fn(*args, **kwargs)` now, tried again after each of RETRY_DELAYS; False (and one line) if it never
+        worked."""
+        from sweeplab.tracking.writer import retry
+
+        error = retry(lambda: fn(*args, **kwargs), self.RETRY_DELAYS)
+        if error is not None:
+            self._lose(trial_id, what, error)
+        return error is None
+
+    def _send(self, trial_id: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """`_log` on the writer thread: queued, applied in order after the calls queued before it."""
+        self.writer.call(trial_id, what, fn, *args, **kwargs)
 
     def _lose(self, trial_id: str, what: str, e: BaseException) -> None:
         error = f"{type(e).__name__}: {_first_line(e)}"
-        self.lost.append(Lost(trial_id, what, error))
+        with self._lock:
+            self.lost.append(Lost(trial_id, what, error))
         whose = f"trial {trial_id}" if trial_id else f"launch {getattr(self.tracker, 'launch', '')}".rstrip()
         print(
             f"sweeplab: tracking lost {whose}: {what} (after {len(self.RETRY_DELAYS) + 1} tries: {error})",
@@ -80,15 +102,25 @@ class Driver:
             flush=True,
         )
 
-    def say(self, trial_id: str, text: str, result: dict[str, Any] | None = None) -> None:
+    def say(self, trial_id: str, text: str, result: dict[str, Any] | None = None, ended: bool = False) -> None:
+        if self.status is None:
+            return
         name = self._label(trial_id, result or {})
-        print(f"[{time.monotonic() - self.start:6.0f}s] {name}  {text}", file=self.out, flush=True)
+        self.status.line(f"[{time.monotonic() - self.start:6.0f}s] {name}  {text}", ended)
+
+    def seen(self, summaries: Iterable[Any]) -> None:
+        """`resume`: the trials as the earlier driver left them (runner.trials.TrialSummary), for the status."""
+        for t in summaries:
+            if self.status is not None and t.point:
+                self.status.seed(
+                    t.trial_id, label(t.point), self.sweep.resolve(t.point).train.epochs, t.outcome, t.result or {}
+                )
 
     def trial_start(self, trial_id: str, point: dict[str, Any]) -> None:
         trial = self.sweep.trial(point)
         self.epochs[trial_id] = trial.config.train.epochs
         self.labels[trial_id] = label(point)
-        self._log(
+        self._send(
             trial_id,
             "run (params, config.yaml, tags)",
             self.tracker.trial_start,
@@ -96,27 +128,24 @@ class Driver:
             trial.config.to_dict(),
             self._tags(trial_id, trial.config.train.seed, trial.rows, point),
         )
+        if self.status is not None:
+            self.status.start(trial_id, self.labels[trial_id], self.epochs[trial_id])
         self.say(trial_id, f"start  (trial {trial_id})")
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.status is not None:
+            self.status.result(trial_id, self._label(trial_id, result), self._epochs(trial_id, result), result)
         if result.get("replay"):  # a trial that had finished before a resume: logged already
             self.say(trial_id, f"finished before the resume, at epoch {int(result.get('epoch', 0))}", result)
             return
         if isinstance(result.get("hardware"), str):
-            self._log(
+            self._send(
                 trial_id, "hardware tag", self.tracker.trial_tags, trial_id, {"sweeplab.hardware": result["hardware"]}
             )
         if _dataset(result):
-            self._log(trial_id, "dataset input", self.tracker.trial_dataset, trial_id, result["dataset"])
+            self._send(trial_id, "dataset input", self.tracker.trial_dataset, trial_id, result["dataset"])
         metrics = _metrics(result)
-        self._log(
-            trial_id,
-            f"epoch {int(result.get('epoch', 0))} metrics",
-            self.tracker.trial_result,
-            trial_id,
-            metrics,
-            result.get("reported_at"),
-        )
+        self.writer.result(trial_id, metrics, result.get("reported_at"))  # batched with the run's next epochs
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics)
         self.say(trial_id, f"epoch {int(result.get('epoch', 0))}/{self._epochs(trial_id, result)}  {shown}", result)
 
@@ -124,7 +153,7 @@ class Driver:
         epoch, epochs = int(result.get("epoch", 0)), self._epochs(trial_id, result)
         outcome = ended_as(epoch, epochs, failed=error is not None)
         self._checkpoint(trial_id, result)
-        self._log(
+        self._send(
             trial_id,
             f"end ({run_status(outcome)})",
             self.tracker.trial_end,
@@ -134,12 +163,14 @@ class Driver:
             epoch=epoch,
         )
         metric = f"{self.sweep.metric} {result[self.sweep.metric]:.4g}" if self.sweep.metric in result else ""
+        if self.status is not None:
+            self.status.end(trial_id, self._label(trial_id, result), epochs, outcome, result)
         if error is not None:
-            self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}", result)
+            self.say(trial_id, f"FAILED at epoch {epoch}/{epochs}: {error}", result, ended=True)
         elif outcome is Outcome.STOPPED:
-            self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}", result)
+            self.say(trial_id, f"stopped early at epoch {epoch}/{epochs}  {metric}", result, ended=True)
         else:
-            self.say(trial_id, f"done  {metric}", result)
+            self.say(trial_id, f"done  {metric}", result, ended=True)
 
     def _checkpoint(self, trial_id: str, result: dict[str, Any]) -> None:
         """The ended trial's final checkpoint: its path as a tag, its files uploaded unless the sweep says
@@ -147,11 +178,13 @@ class Driver:
         path = result.get("checkpoint_path")
         if isinstance(path, str) and path:
             what = "checkpoint" if self.sweep.log_checkpoints else "checkpoint path tag"
-            self._log(trial_id, what, self.tracker.trial_checkpoint, trial_id, path, self.sweep.log_checkpoints)
+            self._send(trial_id, what, self.tracker.trial_checkpoint, trial_id, path, self.sweep.log_checkpoints)
 
     def trial_retry(self, trial_id: str, result: dict[str, Any], error: str) -> None:
         """Tune runs a failed trial again (FailureConfig) from its last checkpoint: its run stays open."""
         epoch = int(result.get("epoch", 0))
+        if self.status is not None:
+            self.status.retry(trial_id)
         self.say(
             trial_id,
             f"failed at epoch {epoch}/{self._epochs(trial_id, result)}: {error}; "
@@ -164,6 +197,7 @@ class Driver:
         tags), the epochs it has no metrics of (each exactly once) and the end of a finished or failed
         trial. Idempotent. `trials` are runner.trials.TrialSummary (trial_id, outcome, point, result, path).
         Returns one line per trial logged again; `lost` keeps only what still could not be logged."""
+        self.drain()  # what is still queued would be logged twice (this reads MLflow) or counted lost
         relogged: list[str] = []
         for t in trials:
             results = tune_results(getattr(t, "path", None))
@@ -172,7 +206,8 @@ class Driver:
                 continue  # not started yet (or no trace of it): Tune's trial_start logs it when it runs
             done: list[str] = []
             if self._log(t.trial_id, "reconcile from Tune's results", self._reconcile, t, point, results, done):
-                self.lost = [x for x in self.lost if x.trial_id != t.trial_id]
+                with self._lock:
+                    self.lost = [x for x in self.lost if x.trial_id != t.trial_id]
             if done:
                 line = f"{t.trial_id}: {', '.join(dict.fromkeys(done))}"
                 relogged.append(line)
@@ -232,6 +267,18 @@ class Driver:
             point = (result.get("config") or {}).get("point")
             self.epochs[trial_id] = self.sweep.resolve(point).train.epochs if point else 0
         return self.epochs[trial_id]
+
+
+def total(sweep: Sweep) -> int:
+    """How many trials the sweep has when it is complete: optuna runs num_samples, the others every point."""
+    return sweep.search.num_samples if sweep.search.name == "optuna" else len(sweep.points())
+
+
+def budget(sweep: Sweep) -> int:
+    """The sweep's epochs if no trial ends early (optuna's: num_samples x the mean of its prior's draws)."""
+    epochs = [t.config.train.epochs for t in sweep.trials()]
+    n = total(sweep)
+    return sum(epochs) if len(epochs) == n or not epochs else round(n * sum(epochs) / len(epochs))
 
 
 def tune_results(path: str | Path | None) -> list[dict[str, Any]]:

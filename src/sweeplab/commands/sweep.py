@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     uri = resolve_uri(args.tracking_uri)
     meta = {"sweep": sweep.snapshot(), "tracking_uri": uri, "launch": launch, "command": _command()}
+    if sweep.search.name == "optuna":  # where the study is, fixed at launch: `resume` continues the same one
+        sweep = with_study(sweep, uri, storage, launch)
+        meta["optuna"] = {"storage": sweep.search.storage, "study": sweep.search.study}
     n = len(sweep.trials())
     print(
         f"sweeplab: launch {launch}: {n} trials of {sweep.path}{' (smoke)' if sweep.smoke else ''}, "
@@ -76,6 +80,8 @@ def resume(args: argparse.Namespace) -> int:
             f"{'; launches: ' + ', '.join(known) if known else ''}"
         )
     sweep = from_snapshot(meta["sweep"])
+    if meta.get("optuna"):
+        sweep = replace(sweep, search=replace(sweep.search, **meta["optuna"]))
     if args.tracking_uri:
         from sweeplab.tracking import resolve_uri
 
@@ -84,6 +90,16 @@ def resume(args: argparse.Namespace) -> int:
         f"sweeplab: resuming {args.name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}", flush=True
     )
     return _drive(sweep, storage, args.name, meta, args, None, resuming=True)
+
+
+def with_study(sweep: Sweep, tracking_uri: str, storage: str, launch: str) -> Sweep:
+    """The sweep with its Optuna study's database and name filled in (the file's, else the defaults:
+    optuna.db beside the MLflow SQLite file, the launch's name)."""
+    from sweeplab.runner import optuna_study
+
+    s = sweep.search
+    url = optuna_study.absolute(s.storage) if s.storage else optuna_study.default_storage(tracking_uri, storage)
+    return replace(sweep, search=replace(s, storage=url, study=s.study or launch))
 
 
 def _drive(
@@ -135,25 +151,39 @@ def _drive(
         "sweeplab.smoke": str(sweep.smoke).lower(),
         "sweeplab.tables": ",".join(sweep.tables),
     }
-    tracker, status = None, "FAILED"
+    tracker, status, driver, out_of_time = None, "FAILED", None, False
+    reporter = getattr(args, "progress", "lines")  # "tune": Tune's own reporter instead of ours
     try:
         sweep, note = cluster.fit_resources(sweep, local=args.address is None)
         if note:  # e.g. a multi-GPU sweep's smoke run on a laptop
             print(f"sweeplab: {note}", flush=True)
         tracker = Tracker(meta["tracking_uri"], sweep.name, launch, tags, source=sweep.path)
-        driver = progress.Driver(sweep, tracker)
+        driver = progress.Driver(sweep, tracker, progress=reporter)
         driver.safe(tracker.launch_settings, settings(sweep, max_concurrent), launch_files(sweep))
+        started = time.monotonic()
         if resuming:  # what an earlier driver could not log (killed, full disk) comes from Tune's results
-            driver.reconcile(trials.trials(storage, launch, sweep))
-            summaries = ray_backend.resume(sweep, launch, storage, driver)
+            found = trials.trials(storage, launch, sweep)
+            driver.reconcile(found)
+            driver.seen(found)
+        if driver.status is not None:
+            driver.status.begin()
+        if resuming:
+            summaries = ray_backend.resume(sweep, launch, storage, driver, tune_reporter=reporter == "tune")
         else:
-            summaries = ray_backend.run(sweep, launch, storage, driver, max_concurrent)
+            summaries = ray_backend.run(
+                sweep, launch, storage, driver, max_concurrent, tune_reporter=reporter == "tune"
+            )
+        driver.drain()  # the trial events Tune sent last are in MLflow (or in driver.lost) before it is read
+        budget = sweep.search.time_budget_s
+        out_of_time = budget is not None and time.monotonic() - started >= budget
         if driver.lost:  # the store may be back by now: log again from Tune's results what failed
             driver.reconcile(summaries)
         missing = max(0, _expected(sweep) - len(summaries))  # never created: Ctrl-C came first
         failed = [s for s in summaries if s.outcome is Outcome.FAILED]
         # Ctrl-C or SIGTERM: Tune stops the experiment, saves its state and returns with trials unfinished
         unfinished = [s for s in summaries if not s.outcome.ended]
+        if out_of_time:  # Tune ended the sweep at search.time_budget_s: what it did not run is not owed
+            missing, unfinished = 0, []
         status = "KILLED" if unfinished or missing else "FAILED" if failed else "FINISHED"
         for t in unfinished:  # stopped by Ctrl-C or SIGTERM: KILLED in MLflow until `resume` re-opens them
             driver.safe(tracker.trial_interrupted, t.trial_id)
@@ -165,10 +195,26 @@ def _drive(
         status = "KILLED"
         raise
     finally:
-        if tracker is not None:
+        if driver is not None and driver.status is not None:
+            driver.status.close()  # the final status stays printed above the summary
+        if tracker is not None and driver is not None:
             driver.safe(tracker.close, status)
         cluster.shutdown()
     listing.print_summary(sweep, summaries)
+    if out_of_time:
+        print(
+            f"sweeplab: the time budget (search.time_budget_s {sweep.search.time_budget_s:g} s) ran out: "
+            f"{len(summaries)} of {_expected(sweep)} trials started; Tune stopped those still running",
+            flush=True,
+        )
+    if sweep.search.name == "optuna":
+        from sweeplab.runner.optuna_study import dashboard_hint, shown
+
+        print(
+            f"sweeplab: Optuna study {sweep.search.study!r} is in {shown(str(sweep.search.storage))}; to browse it: "
+            f"{dashboard_hint(str(sweep.search.storage))}",
+            flush=True,
+        )
     if driver.lost:  # never silent: the sweep ran, but its record in MLflow is incomplete
         who = ", ".join(t or "the parent run" for t in driver.lost_trials())
         print(
@@ -205,6 +251,9 @@ def settings(sweep: Sweep, max_concurrent: int | None) -> dict[str, Any]:
         "search.name": s.name,
         "search.num_samples": s.num_samples,
         "search.seed": s.seed,
+        **(_optuna_settings(s) if s.name == "optuna" else {}),
+        **({"search.trial_cap": s.trial_cap} if s.trial_cap is not None else {}),
+        **({"search.time_budget_s": s.time_budget_s} if s.time_budget_s is not None else {}),
         "scheduler.name": sweep.scheduler.name,
         **{f"scheduler.{k}": v for k, v in sweep.scheduler.options.items()},
         "metric": sweep.metric,
@@ -217,6 +266,12 @@ def settings(sweep: Sweep, max_concurrent: int | None) -> dict[str, Any]:
         "max_concurrent": max_concurrent or "unlimited",
         "mlflow.log_checkpoints": str(sweep.log_checkpoints).lower(),
     }
+
+
+def _optuna_settings(s: Any) -> dict[str, Any]:
+    from sweeplab.runner.optuna_study import shown
+
+    return {"search.sampler": s.sampler, "search.storage": shown(str(s.storage)), "search.study": s.study}
 
 
 def launch_files(sweep: Sweep) -> dict[str, str]:
@@ -243,7 +298,9 @@ def _log_report(tracker: Any, uri: str, launch: str) -> None:
 
 def _expected(sweep: Sweep) -> int:
     """How many trials the sweep has when it is complete."""
-    return sweep.search.num_samples if sweep.search.name == "optuna" else len(sweep.points())
+    from sweeplab.runner.ray_backend import expected_trials
+
+    return expected_trials(sweep)
 
 
 def status(args: argparse.Namespace) -> int:

@@ -18,11 +18,22 @@ METRICS = (
     "train/error",
     "val/loss",
     "val/error",
+    "train/accuracy",
+    "val/accuracy",
     "time/epoch_s",
     "time/images_per_s",
     "time/train_s",
     "time/compile_s",
 )
+
+# Metrics where higher is better: a sweep ranking by one maximises it unless its file says `mode: min`.
+MAXIMISED = ("train/accuracy", "val/accuracy", "time/images_per_s")
+
+
+def default_mode(metric: str) -> str:
+    """'max' for a metric where higher is better (accuracy, throughput), else 'min' (errors, losses, times)."""
+    return "max" if metric in MAXIMISED else "min"
+
 
 LAUNCH, TRIAL, SWEEP, TABLES = "sweeplab.launch", "sweeplab.trial_id", "sweeplab.sweep", "sweeplab.tables"
 PARENT = "mlflow.parentRunId"

@@ -7,6 +7,8 @@ trial states. Every Ray import is inside a function (see cluster.environment).
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -91,29 +93,39 @@ def _loggers() -> list[Any]:
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
-def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurrent: int | None) -> list[TrialSummary]:
-    """Run a sweep as a Tune experiment `storage/launch`; return its trials as Tune saved them at the end."""
+def run(
+    sweep: Sweep,
+    launch: str,
+    storage: str,
+    listener: Listener,
+    max_concurrent: int | None,
+    tune_reporter: bool = False,
+) -> list[TrialSummary]:
+    """Run a sweep as a Tune experiment `storage/launch`; return its trials as Tune saved them at the end.
+    `tune_reporter`: Tune prints its own status table (else the listener prints progress)."""
     from ray import tune
 
     _watch(listener, storage, launch)
+    _reporter(tune_reporter)
     tuner = tune.Tuner(
         _trainable(sweep, storage, launch),
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
-            search_alg=searcher(sweep),
+            search_alg=searcher(sweep, launch),
             scheduler=scheduler(sweep),
             max_concurrent_trials=max_concurrent,
             # a reused actor has torch imported and the dataset cached:
             # seconds saved on every trial after the first
             reuse_actors=True,
-            num_samples=sweep.search.num_samples if sweep.search.name == "optuna" else 1,
+            num_samples=expected_trials(sweep) if sweep.search.name == "optuna" else 1,
+            time_budget_s=sweep.search.time_budget_s,  # Tune stops the running trials and starts no more
         ),
         run_config=tune.RunConfig(
             name=launch,
             storage_path=storage,
-            verbose=0,
+            verbose=1 if tune_reporter else 0,
             callbacks=[_callback(), *_loggers()],
             # two: the older is the fallback when the newest is unreadable
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -121,6 +133,14 @@ def run(sweep: Sweep, launch: str, storage: str, listener: Listener, max_concurr
         ),
     )
     return _fit(tuner, sweep, storage, launch)
+
+
+def expected_trials(sweep: Sweep) -> int:
+    """How many trials the sweep has when it is complete (search.trial_cap included)."""
+    if sweep.search.name == "optuna":
+        cap = sweep.search.trial_cap
+        return min(sweep.search.num_samples, cap) if cap is not None else sweep.search.num_samples
+    return len(sweep.points())
 
 
 def _watch(listener: Listener, storage: str, launch: str) -> None:
@@ -135,24 +155,40 @@ def _fit(tuner: Any, sweep: Sweep, storage: str, launch: str) -> list[TrialSumma
     from. Tune's own view at the end is less exact: interrupted (Ctrl-C, SIGTERM), it calls the trials
     it stopped TERMINATED and leaves out those it had not started; its saved state says RUNNING or
     PENDING. That view is used only when the saved state cannot be read (e.g. a full disk)."""
+    started = time.monotonic()
     try:
         results = tuner.fit()
     finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`
         if _KEEPER:
             _KEEPER.maybe_copy(force=True)
+    budget = sweep.search.time_budget_s
+    if sweep.search.name == "optuna" and budget is not None and time.monotonic() - started >= budget:
+        from sweeplab.runner import optuna_study  # Tune stopped the running trials without telling the searcher
+
+        optuna_study.end_cut_trials(sweep, launch)
     try:
         return trials(storage, launch, sweep)
     except Exception:
         return from_results(results, sweep)
 
 
-def resume(sweep: Sweep, launch: str, storage: str, listener: Listener) -> list[TrialSummary]:
+def _reporter(on: bool) -> None:
+    """Tune's current reporter ('Trial status: ...', a table every 30 s and at each trial's end: see
+    docs.ray.io, Tune's "How to configure logging") when it is on; off, the legacy output engine at
+    verbose 0 prints nothing. Read by Tune when the run starts, not when Ray is imported."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if on else cluster.LOCAL_DEFAULTS["RAY_AIR_NEW_OUTPUT"]
+
+
+def resume(
+    sweep: Sweep, launch: str, storage: str, listener: Listener, tune_reporter: bool = False
+) -> list[TrialSummary]:
     """Continue `storage/launch`: unfinished and errored trials from their checkpoints, the searcher's
     state restored; finished trials are not run again. Tune reads only the state `prepare_resume`
     put back from a verified copy."""
     from ray import tune
 
     _watch(listener, storage, launch)
+    _reporter(tune_reporter)
     path = f"{storage.rstrip('/')}/{launch}"
     tuner = tune.Tuner.restore(
         path,
@@ -161,6 +197,11 @@ def resume(sweep: Sweep, launch: str, storage: str, listener: Listener) -> list[
         resume_errored=True,
         param_space=param_space(sweep),
     )
+    # The restored run config is the launch's, `verbose` included: this command's --progress decides.
+    # Tuner.restore takes no run config, so it is set on the restored one (a local Tuner's).
+    restored = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
+    if restored is not None:
+        restored.verbose = 1 if tune_reporter else 0
     return _fit(tuner, sweep, storage, launch)
 
 

@@ -29,22 +29,23 @@ def tune_domain(dom: Domain) -> Any:
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
     """Tune's param_space: grid and random search run the compiled points (so the dry-run is what
-    runs); TPE gets the distributions. Exprs are computed inside the trial from its point."""
+    runs); optuna's searcher holds the distributions itself (optuna_study.space) and suggests each
+    trial's whole point. Exprs are computed inside the trial from its point."""
     from ray import tune
 
     if sweep.search.name == "optuna":
-        return {"point": {k: tune_domain(d) for k, d in sweep.space.items() if d.sampled}}
+        return {}
     return {"point": tune.grid_search(sweep.points())}
 
 
-def searcher(sweep: Sweep) -> Any:
-    """Optuna TPE for `search: {name: optuna}`, else None: Tune's variant generator walks the compiled points."""
+def searcher(sweep: Sweep, launch: str) -> Any:
+    """Optuna over the launch's study for `search: {name: optuna}` (runner/optuna_study.py), else None:
+    Tune's variant generator walks the compiled points."""
     if sweep.search.name != "optuna":
-        return None  # Tune's variant generator walks the grid of compiled points
-    from optuna.samplers import TPESampler
-    from ray.tune.search.optuna import OptunaSearch
+        return None
+    from sweeplab.runner import optuna_study
 
-    return OptunaSearch(sampler=TPESampler(seed=sweep.search.seed))
+    return optuna_study.searcher(sweep, launch)
 
 
 def scheduler(sweep: Sweep) -> Any:

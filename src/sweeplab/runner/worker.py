@@ -40,7 +40,7 @@ class Reporter:
         # not with whenever the result reached it (seconds later on a busy driver).
         out = {**metrics, **(extra or {}), "reported_at": time.time()}
         if "val/error" in metrics:
-            self.val = {k: metrics[k] for k in ("val/loss", "val/error")}
+            self.val = {k: v for k, v in metrics.items() if k.startswith("val/")}  # whichever the sweep ranks by
         else:  # eval_every > 1: schedulers need the metric every epoch; flagged so tracking skips it
             out.update(self.val, val_stale=True)
         if self.hardware:

@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 
 from sweeplab.config import check_tree
 from sweeplab.core.errors import ConfigError, SweepError, suggest
+from sweeplab.core.yamlio import quoted_number
 from sweeplab.schema import SECTIONS, valid_keys
+from sweeplab.search_spaces import foreign
 from sweeplab.search_spaces.expr import FUNCTIONS, MAX_EXPR, evaluate
 
 
@@ -163,15 +165,32 @@ def is_config_key(key: str) -> bool:
     return key in valid_keys() or (key.startswith("model.") and key.count(".") == 1 and len(key) > 6)
 
 
+# Undotted names other tools' sweeps use for sweeplab's keys (besides each key's own last part).
+ALIASES = {"learning_rate": "optim.lr", "optimizer": "optim.name", "model": "model.name", "seed": "train.seed"}
+
+
 def check_key(key: str, where: str, path: str) -> None:
-    """Raise SweepError when `key` is not a config key, suggesting the nearest one."""
+    """Raise SweepError when `key` is not a config key, suggesting the nearest one (for an undotted name,
+    like W&B's `batch_size`, the config key it names: data.batch_size)."""
     if not isinstance(key, str) or not is_config_key(key):
-        raise SweepError(f"{path}: '{where}{key}' is not a config key{suggest(str(key), valid_keys())}")
+        raise SweepError(f"{path}: '{where}{key}' is not a config key{suggest_key(key)}")
+
+
+def suggest_key(key: object) -> str:
+    """ "; did you mean 'optim.lr'?" for a dotted key's typo or an undotted name (`lr`, `learning_rate`)."""
+    if isinstance(key, str) and "." not in key:
+        named = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == key] or ([ALIASES[key]] if key in ALIASES else [])
+        if named:
+            return f"; did you mean {', '.join(repr(k) for k in named)}? (config keys are dotted: section.key)"
+    return suggest(str(key), valid_keys())
 
 
 def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
     """A `space` entry ({grid: [...]}, {uniform: [lo, hi]}, {expr: "..."}, ...) as a Domain."""
     name = f"{where}{key}"
+    hint = foreign.entry_hint(spec)
+    if hint:  # {values: [...]}, {distribution: ..., min, max}, {grid_search: [...]}
+        raise SweepError(f"{path}: '{name}' is {hint}")
     if not isinstance(spec, dict) or len(spec) != 1:
         raise SweepError(
             f"{path}: '{name}' must be one sampler like {{grid: [...]}}; one of {', '.join(KINDS)} "
@@ -201,7 +220,11 @@ def parse(key: str, spec: Any, path: str, where: str = "space.") -> Domain:
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
     ):
         shape = "[lo, hi, q]" if n == 3 else "[lo, hi]"
-        raise SweepError(f"{path}: '{name}.{kind}' must be {shape} numbers, got {args!r}")
+        quoted = isinstance(args, list) and any(quoted_number(v) for v in args)
+        raise SweepError(
+            f"{path}: '{name}.{kind}' must be {shape} numbers, got {args!r}"
+            + ("; write numbers without quotes ('1e-3' in quotes is a string)" if quoted else "")
+        )
     if not all(math.isfinite(v) for v in args) or not math.isfinite(args[1] - args[0]):
         raise SweepError(f"{path}: '{name}.{kind}' needs finite bounds less than 1e308 apart, got {args!r}")
     if args[0] >= args[1]:

@@ -15,10 +15,21 @@ class Resources:
     gpus_per_worker: float = 0
 
 
+SAMPLERS = ("tpe", "cmaes", "random", "grid")  # optuna's samplers a sweep file may name (docs/sweeps.md)
+
+
 @dataclass(frozen=True)
 class Search:
-    """The searcher: grid, random or optuna (TPE), how many samples, and its seed."""
+    """The searcher: grid, random or optuna, how many samples, its seed, and the sweep's limits:
+    `trial_cap` runs at most that many trials (W&B's run_cap), `time_budget_s` ends the sweep after
+    that many seconds (Tune's time_budget_s). For optuna: the sampler, and the study's SQLAlchemy
+    `storage` URL and name (None: resolved at launch, beside the MLflow store and after the launch)."""
 
     name: str
     num_samples: int
     seed: int = 0
+    sampler: str = "tpe"
+    storage: str | None = None
+    study: str | None = None
+    trial_cap: int | None = None
+    time_budget_s: float | None = None

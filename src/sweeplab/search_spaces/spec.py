@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab import reference
-from sweeplab.config import load_yaml, read_yaml
+from sweeplab.config import integral_hint, load_yaml, read_yaml
 from sweeplab.core.errors import ConfigError, SweepError, suggest
-from sweeplab.core.names import METRICS
+from sweeplab.core.names import METRICS, check_name, default_mode
+from sweeplab.core.yamlio import quoted_number
+from sweeplab.search_spaces import foreign
 from sweeplab.search_spaces.domains import Domain, check_key, parse, parse_variants
 from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler
-from sweeplab.search_spaces.settings import Resources, Search
+from sweeplab.search_spaces.settings import SAMPLERS, Resources, Search
 
 TOP = (
     "name",
@@ -35,7 +37,17 @@ TOP = (
 )
 SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources", "mlflow")
 MLFLOW = {"log_checkpoints": bool}
-SEARCH = {"name": str, "num_samples": int, "seed": int}
+SEARCH = {
+    "name": str,
+    "num_samples": int,
+    "seed": int,
+    "sampler": str,
+    "storage": str,
+    "study": str,
+    "trial_cap": int,
+    "time_budget_s": float,
+}
+OPTUNA_ONLY = ("sampler", "storage", "study")
 SEARCHES = ("grid", "random", "optuna")
 RESOURCES = {"workers": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
 
@@ -71,9 +83,13 @@ def find_config(name: str, sweep_path: Path) -> Path:
 
 
 def unknown(section: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], where: str, path: Any) -> None:
-    """Raise on the first key of `section` not in `allowed`, suggesting the nearest."""
+    """Raise on the first key of `section` not in `allowed`: another tool's key (W&B's `method`, ...) gets
+    sweeplab's equivalent (`foreign.py`), any other key the nearest valid one."""
     for key in section:
         if key not in allowed:
+            hint = foreign.key_hint(where, key, section[key])
+            if hint:
+                raise SweepError(f"{path}: {hint}")
             full = [f"{where}{k}" for k in allowed]
             raise SweepError(
                 f"{path}: unknown key '{where}{key}'{suggest(f'{where}{key}', full)}; "
@@ -97,11 +113,18 @@ def typed(section: dict[str, Any], types: dict[str, Any], where: str, path: Any)
         want = types[key]
         want = (int, float) if want is float else want
         if isinstance(value, bool) or not isinstance(value, want):
-            raise SweepError(f"{path}: '{where}{key}' has the wrong type: {value!r}")
+            raise SweepError(f"{path}: '{where}{key}' has the wrong type: {value!r}{number_hint(value, want)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise SweepError(f"{path}: '{where}{key}' must be a finite number, got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise SweepError(f"{path}: '{where}{key}' must be >= 0, got {value!r}")
+
+
+def number_hint(value: Any, want: Any) -> str:
+    """Why a number was not one: `1e3` for an integer is a float, `'1e-3'` in quotes is a string."""
+    if quoted_number(value):
+        return " (a string: write the number without quotes)"
+    return integral_hint(value, int) if want is int else ""
 
 
 def overrides(section: dict[str, Any], where: str, path: Any) -> dict[str, Any]:
@@ -132,9 +155,33 @@ def search(section: dict[str, Any], path: Any) -> Search:
         raise SweepError(
             f"{path}: 'search.name' is {name!r}{suggest(str(name), list(SEARCHES))}; valid: {', '.join(SEARCHES)}"
         )
+    if name != "optuna":
+        for key in OPTUNA_ONLY:
+            if key in section:
+                raise SweepError(f"{path}: 'search.{key}' is an optuna setting; it needs search: {{name: optuna}}")
+    sampler = section.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise SweepError(
+            f"{path}: 'search.sampler' is {sampler!r}{suggest(str(sampler), list(SAMPLERS))}; "
+            f"valid: {', '.join(SAMPLERS)}"
+        )
+    if "storage" in section and "://" not in section["storage"]:
+        raise SweepError(
+            f"{path}: 'search.storage' must be an SQLAlchemy URL such as sqlite:///optuna.db, "
+            f"got {section['storage']!r}"
+        )
+    if "study" in section:
+        try:  # a study name is shown in optuna-dashboard's URLs and may name a folder: one plain name
+            check_name(section["study"], "'search.study'")
+        except ConfigError as e:
+            raise SweepError(f"{path}: {e}") from None
     out = Search(**{"name": name, "num_samples": 1 if name == "grid" else 10, **section})
     if out.num_samples < 1:
         raise SweepError(f"{path}: 'search.num_samples' must be >= 1")
+    if out.trial_cap is not None and out.trial_cap < 1:
+        raise SweepError(f"{path}: 'search.trial_cap' must be >= 1, got {out.trial_cap}")
+    if out.time_budget_s is not None and out.time_budget_s <= 0:
+        raise SweepError(f"{path}: 'search.time_budget_s' must be > 0, got {out.time_budget_s}")
     if out.seed > MAX_SEED:  # numpy's and optuna's seeds are 32-bit
         raise SweepError(f"{path}: 'search.seed' must be at most {MAX_SEED}, got {out.seed}")
     return out
@@ -198,14 +245,22 @@ def mlflow(section: dict[str, Any], path: Any, where: str = "mlflow.") -> dict[s
 
 
 def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:
-    """(metric, mode): a reported design metric, minimised unless `mode: max`."""
-    name, mode = spec.get("metric", "val/error"), spec.get("mode", "min")
+    """(metric, mode): any metric a trial reports each epoch (`names.METRICS`); `mode` defaults to the
+    metric's own direction (max for accuracy and throughput, min otherwise). An explicit `mode: min` on
+    an accuracy is obeyed: it is how to find the configs that fail, and the dry-run prints the pair."""
+    name = spec.get("metric", "val/error")
+    hint = foreign.metric_hint(name)
+    if hint:
+        raise SweepError(f"{path}: {hint}")
     if name not in METRICS:
         raise SweepError(
-            f"{path}: 'metric' is {name!r}{suggest(str(name), list(METRICS))}; valid: {', '.join(METRICS)}"
+            f"{path}: 'metric' is {name!r}{suggest(str(name), list(METRICS))}; "
+            f"valid (what a trial reports each epoch): {', '.join(METRICS)}"
         )
+    mode = spec.get("mode", default_mode(name))
     if mode not in ("min", "max"):
-        raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}")
+        other = foreign.GOALS.get(str(mode).lower())
+        raise SweepError(f"{path}: 'mode' must be min or max, got {mode!r}" + (f"; use mode: {other}" if other else ""))
     return name, mode
 
 

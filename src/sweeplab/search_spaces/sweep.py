@@ -22,7 +22,7 @@ from sweeplab.core.fmt import number
 from sweeplab.core.names import check_name
 from sweeplab.schema import Config, flatten
 from sweeplab.search_spaces import spec as S
-from sweeplab.search_spaces.domains import ChoiceVariant, Domain, Expr, Grid, GridVariant
+from sweeplab.search_spaces.domains import Choice, ChoiceVariant, Domain, Expr, Grid, GridVariant
 from sweeplab.search_spaces.schedulers import Scheduler
 from sweeplab.search_spaces.settings import Resources, Search
 
@@ -126,8 +126,13 @@ class Sweep:
     def size(self) -> tuple[int, str]:
         """(the number of trials, how it is made up), computed without enumerating them."""
         grids = [len(d.values) for d in self.space.values() if isinstance(d, Grid)]
+        if self.search.name == "optuna":  # the sampler picks num_samples points, a grid sampler's among its grid
+            grids = []
         n = math.prod(grids) * self.search.num_samples * self.seeds
         parts = f"grid {' x '.join(map(str, grids)) or 1} x num_samples {self.search.num_samples} x seeds {self.seeds}"
+        cap = self.search.trial_cap
+        if cap is not None and cap < n:
+            return cap, f"{parts} = {n}, capped by search.trial_cap {cap}"
         return n, parts
 
     def points(self) -> list[dict[str, Any]]:
@@ -135,6 +140,9 @@ class Sweep:
         dry-run's draws from the prior (TPE picks the real ones as results come in)."""
         rng = random.Random(self.search.seed)
         grid = {k: d for k, d in self.space.items() if isinstance(d, Grid)}
+        if self.search.name == "optuna":  # optuna's grid sampler draws from the grid: the dry-run does too
+            grid = {}
+        cap = self.search.trial_cap
         out: list[dict[str, Any]] = []
         for _ in range(self.search.num_samples):
             for combo in itertools.product(*(d.values for d in grid.values())):
@@ -146,7 +154,7 @@ class Sweep:
                     point[key] = chosen[key] if key in grid else dom.sample(rng)  # a variant's values are labels
                 for seed in range(self.seeds):
                     out.append({**point, SEED: seed} if self.seeds > 1 else dict(point))
-        return out
+        return out if cap is None else out[:cap]  # search.trial_cap: the first points, in the dry-run's order
 
     @cached_property
     def _trials(self) -> list[Trial]:
@@ -310,12 +318,10 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     if smoke:
         resources = smoke_resources
     if search.name == "optuna":
-        grids = [k for k, d in space.items() if isinstance(d, Grid)]
-        if grids:
-            raise SweepError(
-                f"{path}: 'space.{grids[0]}' is a grid, which optuna (TPE) cannot sample; "
-                "use {choice: [...]} or search: {name: grid}"
-            )
+        check_optuna_space(space, search, path)
+        if search.sampler == "grid" and "num_samples" not in search_spec:  # one trial per grid point
+            grid = [len(d.values) for d in space.values() if isinstance(d, (Grid, Choice))]
+            search = replace(search, num_samples=math.prod(grid))
         if seeds > 1:
             raise SweepError(f"{path}: 'seeds: {seeds}' needs search grid or random (TPE draws each point once)")
     if scheduler.name == "pbt":
@@ -357,6 +363,26 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
         matches,
         tracking["log_checkpoints"],
     )
+
+
+def check_optuna_space(space: dict[str, Domain], search: Search, path: str) -> None:
+    """Optuna's samplers and the space: TPE, CMA-ES and random sample distributions and refuse a grid;
+    the grid sampler (optuna.samplers.GridSampler) walks grids and choices, never a continuous range."""
+    if search.sampler == "grid":
+        ranges = [k for k, d in space.items() if d.sampled and not isinstance(d, (Grid, Choice))]
+        if ranges:
+            raise SweepError(
+                f"{path}: 'space.{ranges[0]}' is a continuous range, which optuna's grid sampler cannot walk; "
+                "give it as {grid: [...]} or use sampler: tpe"
+            )
+        return
+    grids = [k for k, d in space.items() if isinstance(d, Grid)]
+    if grids:
+        raise SweepError(
+            f"{path}: 'space.{grids[0]}' is a grid, which optuna's {search.sampler} sampler does not walk: "
+            "use {choice: [...]} to let it choose among the values, or search: {name: optuna, sampler: grid} "
+            "(or search: {name: grid}) to run every one"
+        )
 
 
 def load(path: str | Path, smoke: bool = False, max_trials: int | None = None) -> Sweep:

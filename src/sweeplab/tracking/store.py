@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from sweeplab.core.errors import ConfigError
 
@@ -25,6 +26,7 @@ for _key, _value in {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # a server's "View run at" lines, amid the progress lines
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -50,10 +52,30 @@ def resolve_uri(uri: str | None) -> str:
             f"tracking URI {uri!r} is not one MLflow can use here: give sqlite:///PATH/mlflow.db, "
             f"http(s)://HOST:PORT or a database URI ({', '.join(_SCHEMES)})"
         )
+    _refuse_password(uri, scheme)
     db = sqlite_path(uri)
     if db is not None and not db.is_absolute():  # so `resume` from another folder finds the same store
         return f"sqlite:///{Path.cwd().resolve() / db}"
     return uri
+
+
+def _refuse_password(uri: str, scheme: str) -> None:
+    """Bad input when `uri` carries a password: sweeplab prints the URI, keeps it in the launch's state
+    and tags it on every run (`sweeplab.command`), so the password belongs where the client reads it."""
+    parts = urlsplit(uri)
+    try:
+        password = parts.password
+    except ValueError:  # a malformed port: MLflow reports it
+        return
+    if not password:
+        return
+    where = (
+        "$MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD"
+        if scheme in ("http", "https")
+        else "the database client's password file (PostgreSQL: ~/.pgpass, or the file $PGPASSFILE names, mode 600)"
+    )
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
+    raise ConfigError(f"tracking URI {shown} carries a password; drop it from the URI and keep it in {where}")
 
 
 def sqlite_path(uri: str) -> Path | None:

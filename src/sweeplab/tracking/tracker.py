@@ -105,22 +105,38 @@ class Tracker:
     def trial_result(self, trial_id: str, metrics: dict[str, Any], at: float | None = None) -> None:
         """Log one epoch's design metrics at step=epoch, in one batch, timestamped `at` (unix seconds,
         when the trial measured them; default now); Ray's bookkeeping is dropped."""
+        self.trial_results(trial_id, [(metrics, at)])
+
+    def trial_results(self, trial_id: str, results: list[tuple[dict[str, Any], float | None]]) -> None:
+        """Log several epochs of a trial (each a (metrics, at) pair as `trial_result` takes them) in as few
+        `log_batch` calls as MLflow allows (1000 metrics each). An epoch MLflow holds already, or twice in
+        `results`, is logged once, as first logged; after a failure part-way, a call again logs the rest."""
         from mlflow.entities import Metric
 
-        if "epoch" not in metrics:
+        results = [(m, at) for m, at in results if "epoch" in m]
+        if not results:
             return
-        step, now = int(metrics["epoch"]), int((at or time.time()) * 1000)
         run_id = self._run_id(trial_id)
         if trial_id not in self._logged:  # a run re-opened after a resume may hold epochs already
             self._logged[trial_id] = self.logged_epochs(trial_id)
-        if step in self._logged[trial_id]:
-            # A trial resumed or retried from an older checkpoint trains some epochs again (bit for bit,
-            # bar the timings): each epoch is in MLflow once, as first logged.
-            return
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k in METRICS and _number(v)]
+        logged, batch, steps = self._logged[trial_id], list[Metric](), set[int]()
+        for metrics, at in results:
+            step, now = int(metrics["epoch"]), int((at or time.time()) * 1000)
+            if step in logged or step in steps:
+                # A trial resumed or retried from an older checkpoint trains some epochs again (bit for bit,
+                # bar the timings): each epoch is in MLflow once, as first logged.
+                continue
+            epoch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k in METRICS and _number(v)]
+            if len(batch) + len(epoch) > MAX_BATCH:
+                self.client.log_batch(run_id, metrics=batch)
+                logged |= steps
+                batch, steps = [], set()
+            if epoch:
+                batch += epoch
+                steps.add(step)
         if batch:
             self.client.log_batch(run_id, metrics=batch)
-            self._logged[trial_id].add(step)
+            logged |= steps
 
     def trial_end(self, trial_id: str, failed: bool, stopped_early: bool, epoch: int | None = None) -> None:
         """Close the trial's run: FAILED on error, else FINISHED (also when a scheduler stopped it, which
@@ -169,7 +185,8 @@ class Tracker:
         if copy:  # before the tag: a copy cut short is made again next time
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-            repo = get_artifact_repository(run.info.artifact_uri)
+            # a server's mlflow-artifacts:/ root resolves against the tracking URI: ours, not MLflow's global one
+            repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
             with _local(path) as folder:
                 files = sorted(p for p in folder.iterdir() if p.is_file())
                 if not files:
@@ -244,6 +261,7 @@ class Tracker:
 
 LABEL, OUTCOME, STOPPED_EARLY = "sweeplab.label", "sweeplab.outcome", "sweeplab.stopped_early"
 CHECKPOINT, UNFINISHED = "sweeplab.checkpoint_path", "unfinished"
+MAX_BATCH = 1000  # metrics in one log_batch: MLflow refuses more
 
 
 def outcome(failed: bool, stopped_early: bool, epoch: int | None = None) -> str:

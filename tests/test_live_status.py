@@ -1,0 +1,232 @@
+"""The live status of a sweep (commands/live.py): counts by state, best so far, epochs of the budget and
+time left, as one plain line on a pipe and as a block redrawn in place on a terminal; and the driver
+feeding it from Tune's trial events without changing its event lines."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+from sweeplab.commands.live import Status, duration
+from sweeplab.commands.progress import Driver, budget, total
+from sweeplab.runner.outcome import Outcome
+from sweeplab.search_spaces import label, load
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = load(ROOT / "sweeps" / "quickstart.yaml", smoke=True)  # 8 trials of 3 epochs, ASHA, val/error min
+STARTED = r"  start  \(trial (\S+_\d{5})\)"  # what test_faults finds a trial's id by
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _status(
+    mode: str = "min", tty: bool = False, total: int = 8, budget: int = 24
+) -> tuple[Status, Clock, io.StringIO]:
+    clock = Clock()
+    out = Tty() if tty else io.StringIO()
+    return Status(total, budget, "val/error", mode, out, clock=clock, width=200), clock, out
+
+
+def test_counts_by_state_and_pending_is_total_less_started() -> None:
+    s, _, _ = _status()
+    assert s.counts() == {"running": 0, "done": 0, "stopped early": 0, "failed": 0, "pending": 8}
+    for i in range(5):
+        s.start(f"t{i}", f"lr={i}", 3)
+    s.result("t0", "lr=0", 3, {"epoch": 3, "val/error": 20.0})
+    s.end("t0", "lr=0", 3, Outcome.FINISHED, {"epoch": 3, "val/error": 20.0})
+    s.end("t1", "lr=1", 3, Outcome.STOPPED, {"epoch": 1})
+    s.end("t2", "lr=2", 3, Outcome.FAILED, {"epoch": 2})
+    s.retry("t3")  # Tune runs it again: still running
+    assert s.counts() == {"running": 2, "done": 1, "stopped early": 1, "failed": 1, "pending": 3}
+
+
+def test_best_follows_the_metric_and_mode() -> None:
+    for mode, want in (("min", (12.5, "lr=b")), ("max", (40.0, "lr=c"))):
+        s, _, _ = _status(mode)
+        assert s.best() is None
+        s.result("a", "lr=a", 3, {"epoch": 1, "val/error": 30.0, "train/loss": 0.001})
+        s.result("b", "lr=b", 3, {"epoch": 1, "val/error": 12.5})
+        s.result("c", "lr=c", 3, {"epoch": 1, "val/error": 40.0})
+        assert s.best() == want
+    s, _, _ = _status("min")
+    s.result("a", "lr=a", 3, {"epoch": 1, "val/error": 10.0})
+    s.result("a", "lr=a", 3, {"epoch": 2, "val/error": 15.0})  # a trial counts by its latest value
+    s.result("b", "lr=b", 3, {"epoch": 1, "val/error": 12.0})
+    assert s.best() == (12.0, "lr=b")
+
+
+def test_time_left_from_the_epoch_rate_and_a_budget_that_stopped_trials_shrink() -> None:
+    s, clock, _ = _status(total=4, budget=12)  # 4 trials x 3 epochs
+    assert s.left() is None and "left ?" in s.plain()  # no epoch yet: no rate
+    for t in ("a", "b"):
+        s.start(t, f"lr={t}", 3)
+    clock.now += 30
+    s.result("a", "lr=a", 3, {"epoch": 1, "val/error": 50.0})
+    s.result("b", "lr=b", 3, {"epoch": 1, "val/error": 60.0})
+    # 2 epochs in 30 s; 10 of 12 left: 10 * 30 / 2 = 150 s
+    assert s.epochs() == (2, 12) and s.left() == 150.0
+    s.end("b", "lr=b", 3, Outcome.STOPPED, {"epoch": 1, "val/error": 60.0})  # its 2 unrun epochs leave the budget
+    clock.now += 10
+    s.result("a", "lr=a", 3, {"epoch": 2, "val/error": 40.0})
+    # 3 epochs in 40 s; budget 10, 3 done: 7 * 40 / 3
+    assert s.epochs() == (3, 10) and abs(s.left() - 7 * 40 / 3) < 1e-9
+    assert "epochs 3/10" in s.plain() and f"left ~{duration(7 * 40 / 3)}" in s.plain()
+    s.result("a", "lr=a", 3, {"epoch": 2, "val/error": 40.0})  # a repeated report is no new epoch
+    assert s.epochs() == (3, 10)
+
+
+def test_a_resumed_driver_counts_earlier_epochs_as_done_but_not_in_its_rate() -> None:
+    s, clock, _ = _status(total=2, budget=6)
+    s.seed("a", "lr=a", 3, Outcome.FINISHED, {"epoch": 3, "val/error": 9.0})
+    s.seed("b", "lr=b", 3, Outcome.RUNNING, {"epoch": 1})  # to be run again from its checkpoint
+    assert s.counts()["done"] == 1 and s.counts()["pending"] == 1 and s.best() == (9.0, "lr=a")
+    s.start("b", "lr=b", 3)
+    clock.now += 20
+    s.result("b", "lr=b", 3, {"epoch": 2})
+    assert s.epochs() == (5, 6) and s.left() == 1 * 20 / 1
+
+
+def test_a_pipe_gets_plain_status_lines_at_trial_ends_and_at_most_every_n_seconds() -> None:
+    s, clock, out = _status()
+    s.start("a", "lr=0.1", 3)
+    s.line("[     1s] lr=0.1  start  (trial x_00000)")
+    s.tick()
+    assert out.getvalue() == "[     1s] lr=0.1  start  (trial x_00000)\n"  # no status line yet
+    clock.now += 31
+    s.tick()
+    s.tick()  # again at once: nothing new
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[    31s] status  1 running, 0 done")
+    s.result("a", "lr=0.1", 3, {"epoch": 3, "val/error": 21.5})
+    s.end("a", "lr=0.1", 3, Outcome.FINISHED, {"epoch": 3, "val/error": 21.5})
+    s.line("[    40s] lr=0.1  done  val/error 21.5", ended=True)
+    last = out.getvalue().splitlines()[-1]
+    assert last == (
+        "[    31s] status  0 running, 1 done, 0 stopped early, 0 failed, 7 pending (of 8)  |  "
+        "best val/error 21.5 (lr=0.1)  |  epochs 3/24  |  left ~3m37s"
+    )  # 21 epochs left at 3 per 31 s: 21 * 31 / 3 = 217 s
+    s.close()
+    assert "\x1b" not in out.getvalue()
+
+
+def test_a_terminal_gets_a_block_redrawn_in_place_under_the_event_lines(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    s, clock, out = _status(tty=True)
+    s.start("a", "lr=0.1", 3)
+    s.line("[     1s] lr=0.1  start  (trial x_00000)")
+    first = out.getvalue()
+    assert first.startswith("[     1s] lr=0.1  start  (trial x_00000)\n") and "\x1b[" not in first.splitlines()[0]
+    block = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in first.splitlines()[1:]]
+    assert len(block) == 3 and block[0].startswith("-- trials 8: 1 running, 0 done")
+    assert "best   val/error -" in block[1] and "epochs 0/24" in block[2] and "left ?" in block[2]
+    clock.now += 3
+    s.tick()  # the timer: cursor up over the 3 lines, clear, draw again
+    assert out.getvalue()[len(first) :].startswith("\x1b[3A\r\x1b[J")
+    mark = len(out.getvalue())
+    s.line("[     5s] lr=0.1  epoch 1/3")  # an event line replaces the block, which is drawn under it
+    after = out.getvalue()[mark:]
+    assert after.startswith("\x1b[3A\r\x1b[J[     5s] lr=0.1  epoch 1/3\n") and after.count("\n") == 4
+    s.close()
+    end = len(out.getvalue())
+    s.tick()  # after close, what follows (the summary) prints under the block: nothing is cleared
+    assert "\x1b[3A" not in out.getvalue()[end:]
+
+
+def test_long_block_lines_are_cut_to_the_terminal_width(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    s, _, out = _status(tty=True)
+    s.width = 40
+    s.result("a", "x" * 100, 3, {"epoch": 1, "val/error": 1.0})
+    s.tick()
+    rows = [re.sub(r"\x1b\[[0-9;]*m", "", r) for r in out.getvalue().splitlines()]
+    assert len(rows) == 3 and all(len(r) <= 39 for r in rows)
+
+
+def _driver(progress: str = "lines") -> tuple[Driver, io.StringIO]:
+    tracker = SimpleNamespace(**{k: lambda *a, **kw: None for k in ("trial_start", "trial_result", "trial_end")})
+    out = io.StringIO()
+    return Driver(SWEEP, tracker, out=out, progress=progress), out
+
+
+def test_the_driver_feeds_the_status_and_keeps_its_event_lines() -> None:
+    assert total(SWEEP) == 8 and budget(SWEEP) == SWEEP.epoch_budget() == 24
+    d, out = _driver()
+    p0, p1 = SWEEP.points()[:2]
+    d.trial_start("q_00000", p0)
+    d.trial_start("q_00001", p1)
+    d.trial_result("q_00000", {"epoch": 1, "val/error": 40.0, "train/loss": 1.0})
+    d.trial_result("q_00001", {"epoch": 1, "val/error": 55.0, "train/loss": 1.2})
+    d.trial_end("q_00001", {"epoch": 1, "val/error": 55.0}, None)  # stopped at 1 of 3
+    lines = out.getvalue().splitlines()
+    assert re.findall(STARTED, out.getvalue()) == ["q_00000", "q_00001"]
+    assert lines[0] == f"[     0s] {label(p0)}  start  (trial q_00000)"
+    assert lines[2].endswith(f"{label(p0)}  epoch 1/3  train/loss 1  val/error 40")
+    assert lines[4].endswith(f"{label(p1)}  stopped early at epoch 1/3  val/error 55")
+    assert re.search(
+        rf"status  1 running, 0 done, 1 stopped early, 0 failed, 6 pending \(of 8\)  \|  "
+        rf"best val/error 40 \({re.escape(label(p0))}\)  \|  epochs 2/22  \|  left ",
+        lines[5],
+    ), lines
+
+
+def test_with_tune_progress_the_driver_prints_nothing() -> None:
+    d, out = _driver("tune")
+    d.trial_start("q_00000", SWEEP.points()[0])
+    d.trial_result("q_00000", {"epoch": 1, "val/error": 40.0})
+    d.trial_end("q_00000", {"epoch": 3, "val/error": 30.0}, None)
+    assert d.status is None and out.getvalue() == ""
+
+
+def test_durations() -> None:
+    assert [duration(x) for x in (0, 12.4, 73, 3600 * 2 + 600)] == ["0s", "12s", "1m13s", "2h10m"]
+
+
+def test_a_resumed_driver_starts_from_the_trials_the_earlier_one_left() -> None:
+    d, out = _driver()
+    p = SWEEP.points()
+    summaries = [
+        SimpleNamespace(
+            trial_id="q_00000", outcome=Outcome.FINISHED, point=p[0], result={"epoch": 3, "val/error": 30.0}
+        ),
+        SimpleNamespace(
+            trial_id="q_00001", outcome=Outcome.STOPPED, point=p[1], result={"epoch": 1, "val/error": 60.0}
+        ),
+        SimpleNamespace(
+            trial_id="q_00002", outcome=Outcome.RUNNING, point=p[2], result={"epoch": 2, "val/error": 45.0}
+        ),
+    ]
+    d.seen(summaries)
+    assert d.status is not None
+    assert d.status.counts() == {"running": 0, "done": 1, "stopped early": 1, "failed": 0, "pending": 6}
+    assert d.status.epochs() == (6, 22) and d.status.best() == (30.0, label(p[0])) and d.status.left() is None
+    d.trial_start("q_00002", p[2])  # Tune runs it again from its epoch 2 checkpoint
+    d.trial_result("q_00002", {"epoch": 3, "val/error": 25.0, "config": {"point": p[2]}})
+    assert d.status.epochs() == (7, 22) and d.status.run_epochs == 1 and d.status.best() == (25.0, label(p[2]))
+
+
+def test_a_dumb_terminal_gets_plain_lines_and_no_color_drops_the_dimming(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    s, _, out = _status(tty=True)  # a tty-like stream, but TERM=dumb: no cursor movement
+    s.line("x", ended=True)
+    assert not s.tty and "\x1b" not in out.getvalue() and "] status  " in out.getvalue()
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("NO_COLOR", "1")
+    s, _, out = _status(tty=True)
+    s.tick()
+    s.tick()
+    assert s.tty and "\x1b[2m" not in out.getvalue() and "\x1b[3A" in out.getvalue()
