@@ -49,7 +49,8 @@ from sweeplab.tracking import Tracker, warm_store
 ROOT = Path(__file__).resolve().parents[1]
 WAYS = ("tune", "sweeplab", "ray")
 STORES = ("sqlite", "http")
-REPORTED = METRICS[:8]  # what a trial reports every epoch (time/train_s and time/compile_s are optional)
+# what the fake trial reports every epoch, as the engine does (time/train_s and time/compile_s are optional)
+REPORTED = tuple(m for m in METRICS if m not in ("time/train_s", "time/compile_s"))
 
 
 def fake_trial(config: dict[str, Any], epochs: int, epoch_s: float) -> None:
@@ -72,14 +73,18 @@ def fake_trial(config: dict[str, Any], epochs: int, epoch_s: float) -> None:
             time.sleep(epoch_s)
         progress_ = epoch / epochs
         loss = 2.3 * math.exp(-3 * progress_) + 0.1 + 0.02 * rng.random()
+        train_error = 100 * (0.9 * math.exp(-3 * progress_) + 0.03 * rng.random())
+        val_error = 100 * (0.9 * math.exp(-3 * progress_) + 0.05 + 0.03 * rng.random())
         tune.report(
             {
                 "epoch": epoch,
                 "lr": lr0 * 0.5 * (1 + math.cos(math.pi * progress_)),
                 "train/loss": loss,
-                "train/error": 100 * (0.9 * math.exp(-3 * progress_) + 0.03 * rng.random()),
+                "train/error": train_error,
+                "train/accuracy": 100 - train_error,
                 "val/loss": loss * 1.1,
-                "val/error": 100 * (0.9 * math.exp(-3 * progress_) + 0.05 + 0.03 * rng.random()),
+                "val/error": val_error,
+                "val/accuracy": 100 - val_error,
                 "time/epoch_s": 12.0 + rng.random(),
                 "time/images_per_s": 5000.0 + 100 * rng.random(),
                 "reported_at": time.time(),
@@ -191,34 +196,39 @@ def one_way(way: str, store: str, uri: str, sweep: Sweep, storage: str, args: ar
         "lost": len(driver.lost) if driver is not None else 0,
     }
     if way != "tune":
-        reached, once = check(uri, experiment, way, args.trials, args.epochs)
+        reached, once, problems = check(uri, experiment, way, args.trials, args.epochs)
         row.update(
             reached_mlflow=reached,
             exactly_once=once,
+            not_once=problems[:20],
             mlflow_results_per_s=round(reached / (fit_s + drain_s), 1),
         )
     return row
 
 
-def check(uri: str, experiment: str, way: str, trials: int, epochs: int) -> tuple[int, bool]:
-    """(results in MLflow, each exactly once): one run per trial, whose history of every reported metric
-    holds steps 1..epochs once each. Results counted by the `epoch` metric's history."""
+def check(uri: str, experiment: str, way: str, trials: int, epochs: int) -> tuple[int, bool, list[str]]:
+    """(results in MLflow, each exactly once, what is not): one run per trial, whose history of every
+    reported metric holds steps 1..epochs once each. Results counted by the `epoch` metric's history."""
     from mlflow import MlflowClient
 
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        return 0, False
+        return 0, False, [f"no experiment {experiment}"]
     where = f"tags.`{PARENT}` IS NOT NULL and tags.`{LAUNCH}` IS NOT NULL" if way == "sweeplab" else ""
     runs = c.search_runs([exp.experiment_id], where, max_results=50_000)
-    want, reached, once = list(range(1, epochs + 1)), 0, len(runs) == trials
+    want, reached = list(range(1, epochs + 1)), 0
+    problems = [] if len(runs) == trials else [f"{len(runs)} runs for {trials} trials"]
     for r in runs:
         for key in REPORTED:
             steps = Counter(m.step for m in c.get_metric_history(r.info.run_id, key))
             if key == "epoch":
                 reached += sum(steps.values())
-            once = once and sorted(steps) == want and set(steps.values()) == {1}
-    return reached, once
+            if sorted(steps) != want or set(steps.values()) != {1}:
+                twice = sorted(k for k, v in steps.items() if v > 1)
+                missing = sorted(set(want) - set(steps))
+                problems.append(f"run {r.info.run_name} {key}: steps twice {twice[:5]}, missing {missing[:5]}")
+    return reached, not problems, problems
 
 
 def _cpu() -> float:
