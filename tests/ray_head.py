@@ -16,17 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sweep_cli import descendants
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from sweep_cli import descendants, free_ports
 
 
 @contextmanager
@@ -44,7 +34,7 @@ def ray_head(log: Path, num_cpus: int) -> Iterator[tuple[str, dict[str, str]]]:
         "RAY_AUTH_TOKEN_PATH": str(token),
     }
     env.pop("RAY_ADDRESS", None)  # nothing but --address may point a driver at a cluster
-    port, dashboard, client = _free_ports(3)
+    port, dashboard, client = free_ports(3)
     cmd = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",

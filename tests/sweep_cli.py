@@ -7,6 +7,7 @@ Shared by test_sweeps_ray, test_faults and test_multinode.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ TINY = {
     "train.threads": 1,
 }
 LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+
+
+def free_ports(n: int) -> list[int]:
+    """n free TCP ports on 127.0.0.1 (held together while chosen, so all differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def write_sweep(tmp_path: Path, **spec) -> Path:

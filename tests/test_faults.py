@@ -392,26 +392,28 @@ def test_torn_tune_state_resumes_the_same_trials(tmp_path, drivers):
 # ---- 3. corrupt newest checkpoint ---------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
-    # enough epochs, each long enough (~2 s) for the signed state (saved every second) to catch up with a
-    # trial's newest checkpoint before the next one replaces it; at ~0.7 s an epoch it sometimes never did
-    EPOCHS = 8
+# enough epochs, each long enough (~2 s) for the signed state (saved every second) to catch up with a
+# trial's newest checkpoint before the next one replaces it; at ~0.7 s an epoch it sometimes never did
+CKPT_EPOCHS = 8
+
+
+def killed_with_a_resumable_trial(tmp_path: Path, drivers: list, name: str) -> tuple[str, Path, int]:
+    """A 2-trial launch killed once Tune's signed state names an unfinished trial's newest checkpoint
+    (an older one beside it): (the first trial's id, that trial's folder, the checkpoint's index)."""
     env = keyed(tmp_path)
     path = write_sweep(
         tmp_path,
-        name="ckpt",
-        overrides={"train.epochs": EPOCHS, **SLOW, "data.synthetic_train": 3072},
+        name=name,
+        overrides={"train.epochs": CKPT_EPOCHS, **SLOW, "data.synthetic_train": 3072},
         space={"optim.lr": {"grid": [0.01, 0.1]}},
         max_concurrent=2,
     )
-    d = Driver(cli(tmp_path, "run", str(path), "--name", "ckpt", "--num-cpus", "2"), env, tmp_path / "err")
+    d = Driver(cli(tmp_path, "run", str(path), "--name", name, "--num-cpus", "2"), env, tmp_path / "err")
     drivers.append(d)
     first = d.until(STARTED)
     assert first is not None, d.out
-    assert d.until(rf" epoch 2/{EPOCHS} ") is not None, d.out
-    launch = tmp_path / "ray" / "ckpt"
-
+    assert d.until(rf" epoch 2/{CKPT_EPOCHS} ") is not None, d.out
+    launch = tmp_path / "ray" / name
     deadline = time.monotonic() + 60
     while resumable(launch) is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -420,18 +422,30 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
     assert found is not None, "no unfinished trial whose saved state names its newest checkpoint\n" + d.out
     victim, index = found
     (folder,) = launch.glob(f"train_trial_{victim}_*")
-    newest = folder / f"checkpoint_{index:06d}" / "state.pt"
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a write cut short
+    return first.group(1), folder, index
 
-    r = sweeplab(cli(tmp_path, "resume", "ckpt", "--num-cpus", "2"), env)
+
+def assert_resumed_whole(tmp_path: Path, name: str, first: str) -> subprocess.CompletedProcess:
+    """`resume` ends both trials, every epoch in MLflow once and in Tune each trial once."""
+    env = keyed(tmp_path)
+    r = sweeplab(cli(tmp_path, "resume", name, "--num-cpus", "2"), env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 trials: 2 finished" in r.stdout, r.stdout + r.stderr
+    ids = trial_ids(first, 2)
+    assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", name, ids, CKPT_EPOCHS)
+    assert_tune_finished_once(tmp_path / "ray", name, ids, env)
+    return r
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, drivers):
+    first, folder, index = killed_with_a_resumable_trial(tmp_path, drivers, "ckpt")
+    newest = folder / f"checkpoint_{index:06d}" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a write cut short
+    assert_resumed_whole(tmp_path, "ckpt", first)
     # the corrupted epoch was trained again, from the older checkpoint
     epochs = [json.loads(line)["epoch"] for line in (folder / "result.json").read_text().splitlines()]
-    assert epochs.count(index + 1) >= 2 and epochs[-1] == EPOCHS, (newest, epochs)
-    ids = trial_ids(first.group(1), 2)
-    assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "ckpt", ids, EPOCHS)
-    assert_tune_finished_once(tmp_path / "ray", "ckpt", ids, env)
+    assert epochs.count(index + 1) >= 2 and epochs[-1] == CKPT_EPOCHS, (newest, epochs)
 
 
 @pytest.mark.slow
@@ -439,44 +453,16 @@ def test_a_checkpoint_deleted_after_the_last_saved_state_is_replaced_by_the_newe
     """Tune deletes a trial's older checkpoints as newer ones come, but saves its state at most every
     second: a driver killed in between leaves a state that names a deleted checkpoint. `resume` puts the
     newer one in its place (runner/relink.py) instead of failing the trial on every try."""
-    EPOCHS = 8
-    env = keyed(tmp_path)
-    path = write_sweep(
-        tmp_path,
-        name="gone",
-        overrides={"train.epochs": EPOCHS, **SLOW, "data.synthetic_train": 3072},
-        space={"optim.lr": {"grid": [0.01, 0.1]}},
-        max_concurrent=2,
-    )
-    d = Driver(cli(tmp_path, "run", str(path), "--name", "gone", "--num-cpus", "2"), env, tmp_path / "err")
-    drivers.append(d)
-    first = d.until(STARTED)
-    assert first is not None, d.out
-    assert d.until(rf" epoch 2/{EPOCHS} ") is not None, d.out
-    launch = tmp_path / "ray" / "gone"
-    deadline = time.monotonic() + 60
-    while resumable(launch) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    d.kill()
-    found = resumable(launch)
-    assert found is not None, "no unfinished trial whose saved state names its newest checkpoint\n" + d.out
-    victim, index = found
-    (folder,) = launch.glob(f"train_trial_{victim}_*")
+    first, folder, index = killed_with_a_resumable_trial(tmp_path, drivers, "gone")
     # what the race leaves: the named checkpoint deleted, a newer one (registered after the save) beside it
     named, newer = folder / f"checkpoint_{index:06d}", folder / f"checkpoint_{index + 1:06d}"
     assert not newer.exists()
     named.rename(newer)
-
-    r = sweeplab(cli(tmp_path, "resume", "gone", "--num-cpus", "2"), env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 trials: 2 finished" in r.stdout, r.stdout + r.stderr
+    r = assert_resumed_whole(tmp_path, "gone", first)
     assert f"{named.name} deleted after Tune's last saved state; resuming from {newer.name}" in r.stderr, r.stderr
     assert "does not exist on storage" not in r.stdout + r.stderr, r.stdout + r.stderr
     epochs = [json.loads(line)["epoch"] for line in (folder / "result.json").read_text().splitlines()]
-    assert epochs[-1] == EPOCHS, epochs
-    ids = trial_ids(first.group(1), 2)
-    assert_logged_once(f"sqlite:///{tmp_path / 'mlflow.db'}", "gone", ids, EPOCHS)
-    assert_tune_finished_once(tmp_path / "ray", "gone", ids, env)
+    assert epochs[-1] == CKPT_EPOCHS, epochs
 
 
 # ---- 4. SIGTERM ---------------------------------------------------------------------------------

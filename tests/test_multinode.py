@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep_cli import BASE, LOOPBACK, TINY, child_runs, descendants, listening
+from sweep_cli import BASE, LOOPBACK, TINY, child_runs, descendants, free_ports, listening
 
 EPOCHS = 5
 TRIALS = 3
@@ -53,16 +53,6 @@ print(json.dumps({"node_id": node.node_id}), flush=True)
 while True:
     time.sleep(3600)
 """
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
