@@ -40,9 +40,10 @@ def trials(storage: str, launch: str, sweep: Sweep | None = None) -> list[TrialS
         copy = launch_state.verified(path)
         if launch_state.differing(path, copy):  # a running sweep's newer state, or not its own: the copy
             source = str(copy)
-            # read from the copy's folder, Tune looks for each trial's result files there: they are not
-            # needed (the state holds each trial's last result), nor is its warning
-            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Tune warns of each trial without result files: read from the copy's folder, and a trial stopped
+    # before its first epoch (Ctrl-C, then `resume`) has none. None are needed (the state holds each
+    # trial's last result), nor is the warning.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     return from_tune(ExperimentAnalysis(source).trials, sweep)
 
 
