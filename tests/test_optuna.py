@@ -192,8 +192,7 @@ def test_the_study_draws_in_optuna_visualization(tmp_path):
     assert loaded.metric_names == ["val/error"]  # optuna-dashboard labels its axes with it
     frame = loaded.trials_dataframe()
     assert list(frame["value_val/error"]) == [50.0, 49.0, 48.0] and "params_optim.lr" in frame
-    pytest.importorskip("plotly")
-    import optuna.visualization
+    import optuna.visualization  # plotly comes with the `test` extra
 
     figure = optuna.visualization.plot_optimization_history(loaded)
     assert list(figure.data[0].y) == [50.0, 49.0, 48.0]
