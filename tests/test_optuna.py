@@ -158,25 +158,30 @@ def test_a_trial_asked_before_the_driver_died_is_taken_over_not_repeated(tmp_pat
     assert [t.user_attrs["tune_trial_id"] for t in found] == ["a", "c", "d"]  # trial 1 is c's, none left RUNNING
 
 
-def test_trials_the_study_stopped_are_ended_by_resume_not_run_on(tmp_path):
-    """The study is told at once, Tune's state up to a second later: on resume, the trials the study
-    holds as PRUNED (of this launch, none of another) are the ones that end at their checkpoint."""
+def test_trials_the_study_has_ended_are_ended_by_resume_as_it_has_them(tmp_path):
+    """The study is told at once, Tune's state up to a second or two later: on resume, the trials the
+    study holds as COMPLETE or PRUNED (of this launch, none of another) end with the study's epoch and
+    value instead of being trained again; a RUNNING or FAILED one runs on."""
     from sweeplab.runner import optuna_study, tune_space
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
-    assert optuna_study.stopped_trials(sweep, "L") == {}  # no study yet
+    assert optuna_study.finished_trials(sweep, "L") == {}  # no study yet
     searcher = tune_space.searcher(sweep, "L")
-    for tid in "abc":
+    for tid in "abcd":
         searcher.suggest(tid)
+    searcher.on_trial_result("b", {"val/error": 50.0, "epoch": 1})
     searcher.on_trial_complete("a", {"val/error": 60.0, "epoch": 1})  # a scheduler stopped it
     searcher.on_trial_complete("b", {"val/error": 40.0, "epoch": 3})  # ran its 3 epochs
+    searcher.on_trial_complete("c", None, error=True)  # failed: `resume` retries it
     other = tune_space.searcher(sweep, "M")  # another launch sharing the study
     other.suggest("x")
     other.on_trial_complete("x", {"val/error": 70.0, "epoch": 1})
-    # by id, the result it was stopped on: what the trial reports when it has no checkpoint to end at
-    assert optuna_study.stopped_trials(sweep, "L") == {"a": {"epoch": 1, "val/error": 60.0}}
-    assert optuna_study.stopped_trials(sweep, "M") == {"x": {"epoch": 1, "val/error": 70.0}}
+    assert optuna_study.finished_trials(sweep, "L") == {
+        "a": {"epoch": 1, "val/error": 60.0},
+        "b": {"epoch": 3, "val/error": 40.0},
+    }
+    assert optuna_study.finished_trials(sweep, "M") == {"x": {"epoch": 1, "val/error": 70.0}}
 
 
 def test_the_study_draws_in_optuna_visualization(tmp_path):

@@ -105,10 +105,12 @@ def end_cut_trials(sweep: Sweep, launch: str) -> int:
     return len(cut)
 
 
-def stopped_trials(sweep: Sweep, launch: str) -> dict[str, dict[str, Any]]:
-    """Tune trial id -> its last reported result, for each trial of `launch` the study holds as PRUNED.
-    The study is told at once, Tune's state at most a second later: a driver killed in between leaves a
-    trial Tune would run on while the study has it stopped. `resume` ends those where they stopped."""
+def finished_trials(sweep: Sweep, launch: str) -> dict[str, dict[str, Any]]:
+    """Tune trial id -> its epoch and value as the study has them, for each trial of `launch` the study
+    holds as COMPLETE or PRUNED. The study is told at once, Tune's state up to a second or two later: a
+    driver killed in between leaves a trial Tune would run again (from an older checkpoint, or from its
+    start, where a scheduler may decide otherwise) while the study has its outcome. `resume` ends those
+    trials as the study has them, so the two records agree."""
     import optuna
     from optuna.trial import TrialState
 
@@ -120,10 +122,10 @@ def stopped_trials(sweep: Sweep, launch: str) -> dict[str, dict[str, Any]]:
     except KeyError:  # no study yet (killed before its first trial)
         return {}
     out = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED, TrialState.COMPLETE)):
         if t.user_attrs.get(LAUNCH) == launch and TUNE_ID in t.user_attrs:
             step = max(t.intermediate_values, default=0)
-            value = t.intermediate_values.get(step)
+            value = t.value if t.state is TrialState.COMPLETE else t.intermediate_values.get(step)
             out[str(t.user_attrs[TUNE_ID])] = {"epoch": step, **({sweep.metric: value} if value is not None else {})}
     return out
 

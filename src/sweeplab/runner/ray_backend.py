@@ -34,7 +34,7 @@ _KEEPER: launch_state.Keeper | None = None  # signs copies of Tune's state as th
 
 
 def _trainable(sweep: Sweep, storage: str, launch: str, ended: dict[str, dict[str, Any]] | None = None) -> Any:
-    """`ended`: trials the searcher had stopped before Tune's saved state knew, by id (resume)."""
+    """`ended`: by id, trials whose outcome the searcher had before Tune's saved state did (resume)."""
     from ray import tune
 
     r = sweep.resources
@@ -195,7 +195,7 @@ def resume(
     if sweep.search.name == "optuna":
         from sweeplab.runner import optuna_study
 
-        ended = optuna_study.stopped_trials(sweep, launch)
+        ended = optuna_study.finished_trials(sweep, launch)
     tuner = tune.Tuner.restore(
         path,
         _trainable(sweep, storage, launch, ended),
@@ -227,7 +227,7 @@ def prepare_resume(storage: str, launch: str) -> tuple[list[str], list[str]]:
 
 def train_trial(config: dict[str, Any], sweep: Sweep, ended: dict[str, dict[str, Any]] | None = None) -> None:
     """One-worker Tune trial: `engine.fit`, reporting each epoch with a checkpoint; resumes from one.
-    A trial in `ended` (stopped by the searcher just before the driver died) ends where it stopped."""
+    A trial in `ended` (its outcome in the searcher's study, not in Tune's saved state) ends as it did."""
     import ray
     from ray import tune
 
@@ -235,10 +235,12 @@ def train_trial(config: dict[str, Any], sweep: Sweep, ended: dict[str, dict[str,
 
     conf = sweep.resolve(config["point"])
     state, last = worker.restore(tune.get_checkpoint())
-    stopped = (ended or {}).get(tune.get_context().get_trial_id())
-    if stopped is not None or (state is not None and state["epoch"] >= conf.train.epochs):
-        # ended before the driver died: train nothing; its checkpoint's result, else the study's last
-        tune.report({**((last if state is not None else stopped) or {}), "replay": True})
+    known = (ended or {}).get(tune.get_context().get_trial_id())
+    if known is not None or (state is not None and state["epoch"] >= conf.train.epochs):
+        # ended before the driver died: train nothing; the checkpoint's result where it is the outcome
+        # the searcher has (or there is no searcher's), else the searcher's epoch and value
+        mine = state is not None and (known is None or int(last.get("epoch", -1)) == known["epoch"])
+        tune.report({**((last if mine else known) or {}), "replay": True})
         return
     state = worker.adopt(state, conf) if state is not None else None
     # Each epoch's result says which Ray node ran it (Tune adds hostname and pid, which do not tell two
