@@ -184,6 +184,41 @@ def test_trials_the_study_has_ended_are_ended_by_resume_as_it_has_them(tmp_path)
     assert optuna_study.finished_trials(sweep, "M") == {"x": {"epoch": 1, "val/error": 70.0}}
 
 
+def test_outcomes_wait_for_a_kept_tune_state_that_has_the_trial_ended(tmp_path, monkeypatch):
+    """With signed state copies (a local launch), the study learns an outcome only once a kept copy of
+    Tune's state has that trial ended; one saved in the searcher's state is told when it is restored."""
+    from optuna.trial import TrialState
+
+    from sweeplab.runner import optuna_study, tune_space
+
+    monkeypatch.setattr(optuna_study, "DEFER", True)
+    monkeypatch.setattr(optuna_study, "ACTIVE", [])
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
+    searcher = tune_space.searcher(sweep, "L")
+    for tid in "ab":
+        searcher.suggest(tid)
+        searcher.on_trial_complete(tid, {"val/error": 40.0, "epoch": 3})
+
+    def states() -> dict[str, TrialState]:
+        return {t.user_attrs["tune_trial_id"]: t.state for t in study(url, "s").trials}
+
+    assert states() == {"a": TrialState.RUNNING, "b": TrialState.RUNNING}  # no kept state has them ended yet
+    kept = tmp_path / "copy"
+    kept.mkdir()
+    ended = (("a", "TERMINATED"), ("b", "RUNNING"))
+    trial_data = [[json.dumps({"trial_id": t, "status": st}), "{}"] for t, st in ended]
+    (kept / "experiment_state-1.json").write_text(json.dumps({"trial_data": trial_data}))
+    optuna_study.tell_kept(kept)
+    assert states() == {"a": TrialState.COMPLETE, "b": TrialState.RUNNING}
+    searcher.save(str(tmp_path / "searcher-state-1.pkl"))  # b's outcome waits in the saved searcher...
+    again = tune_space.searcher(sweep, "L")
+    trial_data[1][0] = json.dumps({"trial_id": "b", "status": "TERMINATED"})
+    (tmp_path / "experiment_state-1.json").write_text(json.dumps({"trial_data": trial_data}))
+    again.restore_from_dir(str(tmp_path))  # ...and a restored state that has b ended tells it
+    assert states() == {"a": TrialState.COMPLETE, "b": TrialState.COMPLETE}
+
+
 def test_the_study_draws_in_optuna_visualization(tmp_path):
     from sweeplab.runner import tune_space
 

@@ -118,6 +118,11 @@ class Keeper:
         self._seen = stamp
         return True
 
+    def newest(self) -> Path | None:
+        """The newest copy this keeper made (None before its first)."""
+        copy = self.dir / STATE_DIR / f"{self._seq:06d}"
+        return copy if copy.is_dir() else None
+
     def _copy(self, files: list[Path]) -> bool:
         assert self.key is not None
         root = self.dir / STATE_DIR
@@ -138,6 +143,20 @@ class Keeper:
         for old in sorted(root.glob("[0-9]*"))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
         return True
+
+
+def ended_trials(folder: str | Path) -> set[str]:
+    """Ids of the trials that a folder's newest experiment state (a launch or one of its copies) holds as
+    ended, TERMINATED or ERROR. JSON only: the pickled parts are not read."""
+    states = sorted(Path(folder).glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    out = set()
+    for trial, _ in json.loads(states[-1].read_text())["trial_data"]:
+        t = json.loads(trial)
+        if t.get("status") in ("TERMINATED", "ERROR"):
+            out.add(str(t["trial_id"]))
+    return out
 
 
 def _whole(path: Path) -> bool:

@@ -17,6 +17,10 @@ from typing import Any
 from sweeplab.search_spaces import Choice, Domain, Grid, LogUniform, QUniform, RandInt, Sweep, Uniform, label
 
 DB = "optuna.db"
+# Set by ray_backend while a launch with signed state copies runs: the study learns a trial's outcome only
+# once a kept copy of Tune's state has the trial ended (see StudySearch.on_trial_complete).
+DEFER = False
+ACTIVE: list[Any] = []  # the driver's StudySearch, once it has an outcome to tell
 TUNE_ID, LABEL, LAUNCH = "tune_trial_id", "label", "launch"  # the study trial's user attributes
 
 
@@ -130,6 +134,20 @@ def finished_trials(sweep: Sweep, launch: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def tell_all() -> None:
+    """The sweep ended and Tune saved its final state: every outcome still waiting goes to the study."""
+    for search in ACTIVE:
+        search.tell_kept(None)
+
+
+def tell_kept(copy: Path) -> None:
+    """A new kept copy of Tune's state: the outcomes of the trials it has ended go to the study."""
+    if ACTIVE:
+        from sweeplab.runner import launch_state
+
+        ACTIVE[0].tell_kept(launch_state.ended_trials(copy))
+
+
 def __getattr__(name: str) -> Any:
     """`StudySearch` and `GridSampler`, built on first use (PEP 562): Ray and Optuna are imported only
     after `cluster.environment`, yet `pickle` finds both classes here by name (Tune pickles the searcher)."""
@@ -206,6 +224,10 @@ def _study_search() -> type:
                 pass  # finished in the study before the driver died: told again at its end, and skipped there
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            """The trial's outcome, told to the study once Tune's state that `resume` reads has it ended
+            (DEFER; at once otherwise): told earlier, a driver killed within the second or two before
+            Tune's next saved state left a study that knew an outcome Tune's restored state did not,
+            and `resume` ran that trial again or a new one in its place."""
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return
@@ -218,7 +240,28 @@ def _study_search() -> type:
                 planned = self._sweep.resolve(ot.params).train.epochs
                 if int((result or {}).get("epoch", planned)) < planned:
                     state = TrialState.PRUNED
-            self._ot_study.tell(ot, value if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+            self.__dict__.setdefault("_untold", {})[trial_id] = (value, state.name)
+            ACTIVE[:] = [self]
+            if not DEFER:
+                self.tell_kept(None)
+
+        def tell_kept(self, ended: set[str] | None) -> None:
+            """Tell the study the outcomes waiting for a kept state whose trials `ended` (None: all)."""
+            untold = self.__dict__.setdefault("_untold", {})
+            for trial_id in [t for t in untold if ended is None or t in ended]:
+                value, name = untold.pop(trial_id)
+                state = TrialState[name]
+                told = value if state is TrialState.COMPLETE else None
+                self._ot_study.tell(self._ot_trials[trial_id], told, state=state, skip_if_finished=True)
+
+        def restore_from_dir(self, checkpoint_dir: str) -> None:
+            """Tune's restore; outcomes waiting in the saved searcher whose trials the restored state has
+            ended are told now (that state is the verified copy `resume` put back)."""
+            super().restore_from_dir(checkpoint_dir)
+            ACTIVE[:] = [self]
+            from sweeplab.runner import launch_state  # the state was synced into this folder to be read
+
+            self.tell_kept(launch_state.ended_trials(checkpoint_dir))
 
     return StudySearch
 

@@ -31,6 +31,7 @@ class Listener(Protocol):
 
 _LISTENER: Listener | None = None  # the driver's listener; the (pickled) Tune callback looks it up here
 _KEEPER: launch_state.Keeper | None = None  # signs copies of Tune's state as the experiment goes
+_ON_COPY: Callable[[Any], None] | None = None  # told each new kept copy (an Optuna study's waiting outcomes)
 
 
 def _trainable(sweep: Sweep, storage: str, launch: str, ended: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -81,8 +82,10 @@ def _callback() -> Any:
                 _LISTENER.trial_end(trial.trial_id, ended_result(trial), error_of(trial))
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            if _KEEPER:  # Tune saves its state every TUNE_GLOBAL_CHECKPOINT_S; copy it when it changed
-                _KEEPER.maybe_copy()
+            if _KEEPER and _KEEPER.maybe_copy():  # Tune saves its state every TUNE_GLOBAL_CHECKPOINT_S
+                copy = _KEEPER.newest()
+                if _ON_COPY is not None and copy is not None:
+                    _ON_COPY(copy)
 
     return Forward()
 
@@ -156,17 +159,25 @@ def _fit(tuner: Any, sweep: Sweep, storage: str, launch: str) -> list[TrialSumma
     from. Tune's own view at the end is less exact: interrupted (Ctrl-C, SIGTERM), it calls the trials
     it stopped TERMINATED and leaves out those it had not started; its saved state says RUNNING or
     PENDING. That view is used only when the saved state cannot be read (e.g. a full disk)."""
+    global _ON_COPY
     started = time.monotonic()
+    optuna = sweep.search.name == "optuna"
+    if optuna:
+        from sweeplab.runner import optuna_study
+
+        optuna_study.DEFER = _KEEPER is not None  # the study waits for the state `resume` reads
+        _ON_COPY = optuna_study.tell_kept
     try:
         results = tuner.fit()
     finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`
         if _KEEPER:
             _KEEPER.maybe_copy(force=True)
+        _ON_COPY = None
     budget = sweep.search.time_budget_s
-    if sweep.search.name == "optuna" and budget is not None and time.monotonic() - started >= budget:
-        from sweeplab.runner import optuna_study  # Tune stopped the running trials without telling the searcher
-
-        optuna_study.end_cut_trials(sweep, launch)
+    if optuna:
+        optuna_study.tell_all()
+        if budget is not None and time.monotonic() - started >= budget:
+            optuna_study.end_cut_trials(sweep, launch)  # Tune stopped the running trials without telling the searcher
     try:
         return trials(storage, launch, sweep)
     except Exception:
