@@ -13,7 +13,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sweeplab.runner import cluster, launch_state, ray_ddp, relink, worker
-from sweeplab.runner.trials import TrialSummary, ended_result, error_of, from_results, no_pickled_errors, trials
+from sweeplab.runner.trials import (
+    TrialSummary,
+    ended_result,
+    error_of,
+    from_results,
+    no_pickled_errors,
+    quiet_analysis,
+    trials,
+)
 from sweeplab.runner.tune_space import param_space, scheduler, searcher
 from sweeplab.search_spaces import Sweep
 
@@ -167,6 +175,7 @@ def _fit(tuner: Any, sweep: Sweep, storage: str, launch: str) -> list[TrialSumma
 
         optuna_study.DEFER = _KEEPER is not None  # the study waits for the state `resume` reads
         _ON_COPY = optuna_study.tell_kept
+    quiet_analysis()
     try:
         results = tuner.fit()
     finally:  # the final state (Tune saves it as the experiment ends), signed for `resume` and `status`

@@ -28,6 +28,13 @@ class TrialSummary:
     path: str | None = None  # the trial's folder (Tune's result.json), when it is local
 
 
+def quiet_analysis() -> None:
+    """Tune warns of each trial without result files when it reads a launch (our reads, and the result
+    grid `fit` returns): read from a state copy's folder, and a trial stopped before its first epoch
+    (Ctrl-C) has none. None are needed (the state holds each trial's last result), nor is the warning."""
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
 def trials(storage: str, launch: str, sweep: Sweep | None = None) -> list[TrialSummary]:
     """The trials of a launch as last saved (its newest verified copy), read without starting Ray.
     `sweep` (the launch's) tells a trial that ran all its epochs from one stopped early."""
@@ -40,10 +47,7 @@ def trials(storage: str, launch: str, sweep: Sweep | None = None) -> list[TrialS
         copy = launch_state.verified(path)
         if launch_state.differing(path, copy):  # a running sweep's newer state, or not its own: the copy
             source = str(copy)
-    # Tune warns of each trial without result files: read from the copy's folder, and a trial stopped
-    # before its first epoch (Ctrl-C, then `resume`) has none. None are needed (the state holds each
-    # trial's last result), nor is the warning.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    quiet_analysis()
     return from_tune(ExperimentAnalysis(source).trials, sweep)
 
 
