@@ -142,7 +142,7 @@ def tell_all() -> None:
 
 def tell_kept(copy: Path) -> None:
     """A new kept copy of Tune's state: the outcomes of the trials it has ended go to the study."""
-    if ACTIVE:
+    if ACTIVE and ACTIVE[0].__dict__.get("_untold"):  # nothing waiting: the copy's JSON is not read
         from sweeplab.runner import launch_state
 
         ACTIVE[0].tell_kept(launch_state.ended_trials(copy))
