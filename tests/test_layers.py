@@ -1,4 +1,5 @@
-"""The package's layers (docs/architecture.md), checked statically: every import points down, none in a cycle.
+"""The package's layers (docs/architecture.md), checked statically: every import points down, none in a cycle,
+and no private name of Ray, Optuna or MLflow is used.
 
 The walk reads the source with `ast`, so it sees imports inside functions (the lazy ones that keep
 torch and Ray out of the driver) as well as module-level ones: a lazy import is still a dependency.
@@ -26,10 +27,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sweeplab.schedules",
             "sweeplab.ghost_bn",
             "sweeplab.engine",
+            "sweeplab.checkpoints",
         ),
     ),
     ("config loading and validation", ("sweeplab.config", "sweeplab.validate")),
     ("sweep compiler", ("sweeplab.search_spaces",)),
+    ("ledger", ("sweeplab.ledger",)),
     ("tracking (MLflow)", ("sweeplab.tracking",)),
     ("runner (Ray)", ("sweeplab.runner",)),
     ("analysis", ("sweeplab.analysis",)),
@@ -155,3 +158,78 @@ def test_the_check_catches_a_cycle(tmp_path, monkeypatch):
     monkeypatch.setitem(MODULES, "sweeplab.validate", tmp_path / "validate.py")
     with pytest.raises(AssertionError, match="import cycle: sweeplab.config -> sweeplab.validate -> sweeplab.config"):
         test_no_import_cycle()
+
+
+# ---- public APIs only ---------------------------------------------------------------------------
+
+LIBRARIES = ("ray", "optuna", "mlflow")
+
+
+def private_uses(source: str) -> list[str]:
+    """Uses of a private name of Ray, Optuna or MLflow in `source`: `from ray.x import _y`, an attribute
+    `_y` reached from a name bound to one of those packages' modules (`ray._private`, `tune._x`,
+    `optuna.samplers._base`), and a keyword argument `_y=` passed to one of their functions. Dunders
+    (`__version__`) are public."""
+    tree = ast.parse(source)
+    bound: set[str] = set()  # local names that refer to a module or object of the libraries
+    found = []
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in LIBRARIES:
+                    bound.add((a.asname or a.name).split(".")[0])
+                    found += [f"import {a.name}" for part in a.name.split(".") if private(part)]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in LIBRARIES:
+            module = node.module or ""
+            for a in node.names:
+                bound.add(a.asname or a.name)
+                if private(a.name) or any(private(p) for p in module.split(".")):
+                    found.append(f"from {module} import {a.name}")
+
+    def rooted(expr: ast.expr) -> bool:
+        while isinstance(expr, (ast.Attribute, ast.Call, ast.Subscript)):
+            expr = expr.func if isinstance(expr, ast.Call) else expr.value
+        return isinstance(expr, ast.Name) and expr.id in bound
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr) and rooted(node.value):
+            found.append(f"{ast.unparse(node)} (line {node.lineno})")
+        if isinstance(node, ast.Call) and rooted(node.func):
+            found += [
+                f"{ast.unparse(node.func)}({k.arg}=...) (line {node.lineno})"
+                for k in node.keywords
+                if k.arg and private(k.arg)
+            ]
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_only_public_names_of_ray_optuna_and_mlflow(name):
+    """A minor release may rename anything private: sweeplab uses the libraries' public API only."""
+    assert private_uses(MODULES[name].read_text()) == [], name
+
+
+def test_the_check_catches_private_names():
+    source = """
+import ray
+from ray import tune
+from ray.train.torch.config import _TorchBackend
+from mlflow.store.db.utils import _upgrade_db
+import optuna
+
+def f(study, tuner):
+    ray.init(_temp_dir="/tmp/x")
+    tune.Tuner._local_tuner
+    optuna.samplers._base.x
+    ray.__version__
+    study._ot_trials  # not rooted at a library name: the layer's docs cover attributes of objects
+"""
+    found = private_uses(source)
+    assert len(found) == 5, found
+    assert any("_TorchBackend" in f for f in found) and any("_upgrade_db" in f for f in found)
+    assert any("_temp_dir" in f for f in found) and any("_local_tuner" in f for f in found)
+    assert any("_base" in f for f in found)

@@ -185,6 +185,13 @@ def target_filter(c: MlflowClient, target: str) -> tuple[list[str], str]:
     )
 
 
+def parent_run(c: MlflowClient, launch: str) -> Run | None:
+    """The parent run of a launch (None when MLflow has none)."""
+    ids = list(_experiments(c))
+    found = search(c, ids, f"tags.`{LAUNCH}` = {quote(launch)} and tags.`{PARENT}` IS NULL", limit=1) if ids else []
+    return found[0] if found else None
+
+
 def trials(c: MlflowClient, target: str) -> list[LoggedTrial]:
     """Every trial of a sweep or launch, oldest first."""
     ids, where = target_filter(c, target)

@@ -6,56 +6,57 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sweeplab.commands.progress import is_number
 from sweeplab.config import from_dict
 from sweeplab.core.fmt import number
-from sweeplab.runner.outcome import Outcome
+from sweeplab.ledger import Outcome, Record, TrialRecord
+from sweeplab.runner.driver import best_trial
 from sweeplab.schema import flatten
 from sweeplab.search_spaces import Sweep, label
 
 
-def print_summary(sweep: Sweep, summaries: list[Any]) -> None:
-    """Counts of trial outcomes and the best finished trial with a command that reproduces it."""
-    counts = _counts(summaries)
+def print_summary(sweep: Sweep, record: Record) -> None:
+    """Counts of trial outcomes (the same the status block ended with) and the best finished trial with a
+    command that reproduces it."""
+    counts = _counts(record.trials.values())
+    unfinished = sum(n for o, n in counts.items() if not o.ended)
     print(
-        f"sweeplab: {len(summaries)} trials: {counts.get(Outcome.FINISHED, 0)} finished, "
+        f"sweeplab: {len(record.trials)} trials: {counts.get(Outcome.FINISHED, 0)} finished, "
         f"{counts.get(Outcome.STOPPED, 0)} stopped early, {counts.get(Outcome.FAILED, 0)} failed"
+        + (f", {unfinished} unfinished" if unfinished else "")
     )
-    best = best_trial(sweep, summaries)
+    best = best_trial(sweep, record)
     if best is None:
         return
-    print(f"best: {best.trial_id}  {sweep.metric} {best.result[sweep.metric]:.4g}  {label(best.point)}")
+    print(f"best: trial {best.key}  {sweep.metric} {best.last[sweep.metric]:.4g}  {best.label}")
     print(f"best config: {best_command(sweep, best.point)}")
 
 
-def best_trial(sweep: Sweep, summaries: list[Any]) -> Any:
-    """The best trial that ran all its epochs by the sweep's metric and mode (None when none did)."""
-    full = [s for s in summaries if s.outcome is Outcome.FINISHED and is_number(s.result.get(sweep.metric))]
-    if not full:
-        return None
-    sign = 1 if sweep.mode == "min" else -1
-    return min(full, key=lambda s: sign * s.result[sweep.metric])
-
-
-def _counts(trials: Iterable[Any]) -> dict[Outcome, int]:
+def _counts(trials: Iterable[TrialRecord]) -> dict[Outcome, int]:
     counts: dict[Outcome, int] = {}
     for t in trials:
-        counts[t.outcome] = counts.get(t.outcome, 0) + 1
+        counts[t.status] = counts.get(t.status, 0) + 1
     return counts
 
 
-def print_status(name: str, meta: dict[str, Any], trials: list[Any], detail: bool) -> None:
-    """One line per launch; with `detail`, one line per trial. A trial a scheduler stopped is 'stopped'."""
+def print_status(name: str, meta: dict[str, Any], record: Record, detail: bool, running: bool = False) -> None:
+    """One line per launch; with `detail`, one line per trial. A trial a scheduler stopped is 'stopped'.
+    A trial left RUNNING by a driver that is gone is 'unfinished'."""
     sweep = meta.get("sweep", {})
-    counts = _counts(trials)
-    states = ", ".join(f"{n} {o.lower()}" for o, n in sorted(counts.items())) or "no saved state"
-    print(f"{name}  {sweep.get('path', '?')}{' (smoke)' if sweep.get('smoke') else ''}  {len(trials)} trials: {states}")
+    counts = _counts(record.trials.values())
+    shown = {o: ("unfinished" if o is Outcome.RUNNING and not running else o.lower()) for o in counts}
+    states = ", ".join(f"{n} {shown[o]}" for o, n in sorted(counts.items())) or "no trial started"
+    now = "  (running now)" if running else ""
+    smoke = " (smoke)" if sweep.get("smoke") else ""
+    print(f"{name}  {sweep.get('path', '?')}{smoke}  {len(record.trials)} trials: {states}{now}")
     if not detail:
         return
-    for t in sorted(trials, key=lambda t: t.trial_id):
-        r = t.result
-        shown = "  ".join(f"{k} {r[k]:.4g}" for k in ("epoch", "val/error") if isinstance(r.get(k), (int, float)))
-        print(f"  {t.trial_id}  {t.outcome:10s}  {shown:28s}  {label(t.point)}{'  ' + t.error if t.error else ''}")
+    for t in record.ordered():
+        r = t.last
+        vals = "  ".join(f"{k} {r[k]:.4g}" for k in ("val/error",) if isinstance(r.get(k), (int, float)))
+        vals = f"epoch {t.epoch}  {vals}".strip()
+        state = shown.get(t.status, t.status.lower()) if t.status is Outcome.RUNNING else str(t.status)
+        error = f"  {t.error}" if t.error and t.status is Outcome.FAILED else ""
+        print(f"  {t.key:>5}  {state:10s}  {vals:28s}  {t.label}{error}")
 
 
 def print_trials(sweep: Sweep) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from sweeplab.runner.outcome import Outcome
+from sweeplab.ledger import Outcome
 
 REDRAW_S = 2.0  # a terminal's block is redrawn this often
 PLAIN_EVERY = 30.0  # elsewhere, at most one status line this often between trial ends

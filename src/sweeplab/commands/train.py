@@ -27,7 +27,7 @@ from sweeplab import config as cfg
 from sweeplab.core.errors import ConfigError
 from sweeplab.schema import Config, flatten
 
-CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"  # as sweeplab.checkpoints names them
 
 
 class _Pause(Exception):
@@ -123,10 +123,9 @@ def _train(
     if seed is not None:
         checkpoint = seed[0]
 
-    import torch  # heavy imports after validation, so bad input fails in well under a second
-    from tqdm import tqdm
+    from tqdm import tqdm  # heavy imports after validation, so bad input fails in well under a second
 
-    from sweeplab import engine
+    from sweeplab import checkpoints, engine
     from sweeplab.data import datasets
 
     data = datasets.load(conf.data)  # a missing dataset fails here, before the folder is written
@@ -136,15 +135,8 @@ def _train(
         nonlocal saved
         with _writing(metrics_path), metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
-        tmp = ckpt_path.with_suffix(".tmp")
-        with _writing(ckpt_path, tmp):
-            with tmp.open("wb") as f:  # through a Python file: a full disk raises OSError, not torch's RuntimeError
-                torch.save(state(), f)
-                f.flush()
-                os.fsync(f.fileno())  # on disk before it replaces anything
-            if ckpt_path.exists():
-                os.replace(ckpt_path, prev_path)  # the last two are kept: one may be unreadable later
-            os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a torn checkpoint
+        with _writing(ckpt_path):
+            checkpoints.save(out, state())  # the last two kept, atomically (sweeplab/checkpoints.py)
         saved = int(metrics["epoch"])
         shown = {k: metrics[k] for k in ("train/loss", "val/error", "time/images_per_s") if k in metrics}
         if bar is not None:
@@ -243,21 +235,14 @@ def _lines(path: Path) -> list[str]:
 def _resume_state(out: Path, conf: Config) -> tuple[dict[str, Any], Path]:
     """The newest checkpoint of OUTPUT that loads (checkpoint.pt, else checkpoint.prev.pt) and its path,
     refusing one trained with a different config (bar the epoch count)."""
-    paths = [out / CHECKPOINT, out / PREVIOUS]
-    if not any(p.exists() for p in paths):
-        raise ConfigError(f"--resume: no checkpoint at {paths[0]}")
-    from sweeplab import engine
+    from sweeplab import checkpoints, engine
 
-    problems = []
-    for path in paths:
-        try:
-            state = engine.load_checkpoint(path)
-        except engine.CheckpointError as e:
-            problems.append(str(e))
-            continue
-        break
-    else:
-        raise ConfigError(f"--resume: no checkpoint of {out} can be used: {'; '.join(problems)}")
+    if not checkpoints.exists(out):
+        raise ConfigError(f"--resume: no checkpoint at {out / CHECKPOINT}")
+    try:
+        state, path, problems = checkpoints.newest(out)
+    except engine.CheckpointError as e:
+        raise ConfigError(f"--resume: no checkpoint of {out} can be used: {e}") from None
     _same_config(state, conf, str(path))
     if problems:  # e.g. a crash between the two renames leaves no checkpoint.pt: the older one is whole
         print(f"sweeplab: warning: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)

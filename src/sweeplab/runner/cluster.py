@@ -68,6 +68,7 @@ def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bo
     tune_import.start()
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     if address is None:
+        os.environ["RAY_TMPDIR"] = private_temp_dir()
         # DDP trials need the dashboard (on loopback): Train V2 cleans up after a stopped trial through
         # it. Other sweeps skip its modules: ~2 CPU-seconds that a 2-core laptop would spend while Ray
         # starts, right before the first trial's start-up (BENCHMARKS.md, "command -> first step").
@@ -75,7 +76,6 @@ def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bo
             address="local",
             num_cpus=num_cpus,
             object_store_memory=100_000_000,
-            _temp_dir=private_temp_dir(),
             dashboard_host="127.0.0.1",
             include_dashboard=dashboard,
             **quiet,
@@ -96,7 +96,7 @@ def private_temp_dir() -> str:
     if st.st_uid != os.getuid() or not path.is_dir() or path.is_symlink():
         raise RuntimeError(f"{path} is not a folder of this user: remove it, or set TMPDIR elsewhere")
     os.chmod(path, 0o700)
-    return str(path / "ray")  # Ray chmods its own folder to 0777: the one above it stays private
+    return str(path)  # Ray makes its own `ray` folder in it, mode 0777: the one above it stays private
 
 
 def shutdown() -> None:

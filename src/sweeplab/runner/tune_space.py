@@ -1,4 +1,4 @@
-"""A compiled Sweep in Tune's terms: the param_space, the searcher and the trial scheduler."""
+"""A compiled Sweep in Tune's terms: search-space objects and the trial scheduler (PBT's mutations)."""
 
 from __future__ import annotations
 
@@ -27,35 +27,25 @@ def tune_domain(dom: Domain) -> Any:
     raise TypeError(f"{type(dom).__name__} has no Tune search-space object")  # Expr: computed in the trial
 
 
-def param_space(sweep: Sweep) -> dict[str, Any]:
-    """Tune's param_space: grid and random search run the compiled points (so the dry-run is what
-    runs); optuna's searcher holds the distributions itself (optuna_study.space) and suggests each
-    trial's whole point. Exprs are computed inside the trial from its point."""
-    from ray import tune
-
-    if sweep.search.name == "optuna":
-        return {}
-    return {"point": tune.grid_search(sweep.points())}
-
-
-def searcher(sweep: Sweep, launch: str) -> Any:
-    """Optuna over the launch's study for `search: {name: optuna}` (runner/optuna_study.py), else None:
-    Tune's variant generator walks the compiled points."""
-    if sweep.search.name != "optuna":
+def mutations(sweep: Sweep, prefix: tuple[str, ...]) -> dict[str, Any] | None:
+    """PBT's `hyperparam_mutations` for the point's keys, nested under `prefix` as the trial config holds
+    the point: a grid entry as its list of values, a sampler as its Tune domain. None for other schedulers."""
+    s = sweep.scheduler
+    if s.mutate is None:
         return None
-    from sweeplab.runner import optuna_study
+    doms = {k: sweep.space[k] for k in s.mutate}
+    out: dict[str, Any] = {k: list(d.values) if isinstance(d, Grid) else tune_domain(d) for k, d in doms.items()}
+    for part in reversed(prefix):
+        out = {part: out}
+    return out
 
-    return optuna_study.searcher(sweep, launch)
 
-
-def scheduler(sweep: Sweep) -> Any:
-    """The Tune scheduler named in search_spaces.SCHEDULERS, with that table's defaults."""
+def scheduler(sweep: Sweep, mutations: dict[str, Any] | None = None) -> Any:
+    """The Tune scheduler named in search_spaces.SCHEDULERS, with that table's defaults (PBT: `mutations`)."""
     s = sweep.scheduler
     module, name = s.kind.tune_class.split(":")
     cls = getattr(importlib.import_module(module), name)
     kwargs = s.tune_kwargs(sweep.max_epochs())
-    if s.mutate is not None:  # PBT perturbs the point's keys: a grid as its list, a sampler as its Tune domain
-        doms = {k: sweep.space[k] for k in s.mutate}
-        mutations = {k: list(d.values) if isinstance(d, Grid) else tune_domain(d) for k, d in doms.items()}
-        kwargs["hyperparam_mutations"] = {"point": mutations}
+    if mutations is not None:
+        kwargs["hyperparam_mutations"] = mutations
     return cls(**kwargs)

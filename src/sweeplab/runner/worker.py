@@ -1,123 +1,245 @@
-"""What runs inside a trial, without Ray: reports with checkpoints, restoring, DDP replica checks.
+"""What runs inside a trial, without Ray: its folder, its reports, restoring it, PBT's exploit.
 
-`ray_backend` passes in Tune's or Ray Train's `report` and `Checkpoint`, so this module works with
-either and is tested without a cluster.
+A trial's folder, `STORAGE/LAUNCH/trials/<key>/`, is laid out like a `sweeplab train` run folder
+and is sweeplab's own: `config.yaml`, `metrics.jsonl` (one line per epoch, written before the
+epoch's checkpoint), the newest two checkpoints (`sweeplab/checkpoints.py`) and, after a failure,
+`error.log`. `resume` reads only this folder, never Tune's state. The executor passes in its
+`report(metrics, checkpoint_folder)`; the checkpoint folder it is handed (`state.pt` plus
+`origin.json`: whose weights, at which epoch) is what Tune keeps for its own retries and for PBT.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
+import os
+import shutil
 import tempfile
-import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import yaml
+
+from sweeplab.search_spaces import Sweep, label
+
+ORIGIN, ERROR_LOG, METRICS = "origin.json", "error.log", "metrics.jsonl"
+TUNE_DIR = "tune"  # Tune's own experiments, one per session, inside the launch folder; never read back
+Report = Callable[[dict[str, Any], Path | None], None]
 
 
-class Reporter:
-    """Turns the engine's on_epoch into reports with a checkpoint (the engine's state) per epoch."""
+@dataclass
+class TrialJob:
+    """One trial as its executor starts it: the ledger's key, point and last epoch, and its folder."""
 
-    def __init__(
-        self,
-        report: Callable[..., None],
-        checkpoint_cls: Any,
-        rank: int,
-        hardware: str,
-        dataset: dict[str, Any] | None = None,
-    ) -> None:
-        self.report, self.checkpoint_cls, self.rank, self.hardware = report, checkpoint_cls, rank, hardware
-        self.dataset = dataset or {}
-        self.val: dict[str, float] = {}
+    key: str
+    point: dict[str, Any]
+    folder: Path  # STORAGE/LAUNCH/trials/<key>
+    known_epoch: int = 0  # the last epoch the ledger has of it: later ones in metrics.jsonl are reported again
+    rank: int = 0  # a DDP rank; rank 0 alone writes the folder
 
-    def __call__(
-        self, metrics: dict[str, float], state: Callable[[], dict[str, Any]], extra: dict[str, Any] | None = None
-    ) -> None:
-        import torch
 
-        # When the epoch was measured, on this worker: the driver logs it to MLflow with this time,
-        # not with whenever the result reached it (seconds later on a busy driver).
-        out = {**metrics, **(extra or {}), "reported_at": time.time()}
-        if "val/error" in metrics:
-            self.val = {k: v for k, v in metrics.items() if k.startswith("val/")}  # whichever the sweep ranks by
-        else:  # eval_every > 1: schedulers need the metric every epoch; flagged so tracking skips it
-            out.update(self.val, val_stale=True)
-        if self.hardware:
-            out["hardware"], self.hardware = self.hardware, ""
-        if self.dataset:  # the first result only, like hardware: the driver logs it as the run's dataset input
-            out["dataset"], self.dataset = self.dataset, {}
-        if self.rank != 0:  # every rank reports (Train's barrier); rank 0 alone writes the checkpoint
-            self.report(out)
-            return
-        with tempfile.TemporaryDirectory(prefix="sweeplab-ckpt-") as d:
-            torch.save(state(), Path(d) / "state.pt")
-            (Path(d) / "metrics.json").write_text(json.dumps(metrics))
-            self.report(out, checkpoint=self.checkpoint_cls.from_directory(d))
+class Trainer(Protocol):
+    """The engine as a trial uses it (tests give a fake one that trains in microseconds)."""
+
+    def fit(self, conf: Any, on_epoch: Callable[..., None], checkpoint: dict[str, Any] | None) -> Any: ...
+    def save(self, folder: Path, state: dict[str, Any]) -> Path: ...
+    def newest(self, folder: Path) -> tuple[dict[str, Any], Path, list[str]]: ...
+    def load(self, path: Path) -> dict[str, Any]: ...
+
+
+class Engine:
+    """The real engine: `engine.fit` and the checkpoints of `sweeplab/checkpoints.py`."""
+
+    def fit(self, conf: Any, on_epoch: Callable[..., None], checkpoint: dict[str, Any] | None) -> Any:
+        from sweeplab import engine
+
+        return engine.fit(conf, on_epoch, checkpoint=checkpoint)
+
+    def save(self, folder: Path, state: dict[str, Any]) -> Path:
+        from sweeplab import checkpoints
+
+        return checkpoints.save(folder, state)
+
+    def newest(self, folder: Path) -> tuple[dict[str, Any], Path, list[str]]:
+        from sweeplab import checkpoints
+
+        return checkpoints.newest(folder)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        from sweeplab.engine import load_checkpoint
+
+        return load_checkpoint(path)
 
 
 class Unrecoverable(RuntimeError):
     """No checkpoint of a trial loads: `resume` would fail the same way, so the trial must be rerun."""
 
 
-def restore(checkpoint: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """(engine state, last metrics) of a checkpoint, or (None, {}). When the latest one cannot be read,
-    the newest older checkpoint folder beside it that can (Tune and Train keep two) is used instead."""
-    if checkpoint is None:
-        return None, {}
+def run_trial(
+    job: TrialJob,
+    sweep: Sweep,
+    report: Report,
+    given: Path | None = None,
+    trainer: Trainer | None = None,
+    extras: Callable[[Any], dict[str, Any]] | None = None,
+) -> None:
+    """Train one trial, reporting each epoch. It starts from `given` (the checkpoint folder Tune hands
+    a retried trial, or another trial's under PBT), else from its own folder's newest checkpoint,
+    else from scratch. A failure's traceback goes to `error.log`; the exception raised names it."""
+    trainer = trainer or Engine()
+    try:
+        _run(job, sweep, report, given, trainer, extras)
+    except Exception as e:
+        if job.rank == 0:
+            job.folder.mkdir(parents=True, exist_ok=True)
+            (job.folder / ERROR_LOG).write_text(traceback.format_exc())
+        raise TrialFailed(f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+class TrialFailed(RuntimeError):
+    """A trial's one-line failure; its traceback is in the trial's error.log."""
+
+
+def _run(
+    job: TrialJob,
+    sweep: Sweep,
+    report: Report,
+    given: Path | None,
+    trainer: Trainer,
+    extras: Callable[[Any], dict[str, Any]] | None,
+) -> None:
+    conf = sweep.resolve(job.point)
+    state, origin = _start_state(job, given, trainer)
+    if state is not None and origin is not None:
+        state = adopt(state, conf)
+    saved = int(state["epoch"]) if state is not None else 0
+    lines = _kept_lines(job, saved) if origin is None else []
+    if job.rank == 0:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        (job.folder / ERROR_LOG).unlink(missing_ok=True)  # an earlier attempt's
+        (job.folder / "config.yaml").write_text(yaml.safe_dump(conf.to_dict(), sort_keys=False))
+        _rewrite(job.folder / METRICS, lines)
+    # epochs the checkpoint holds that the ledger lacks (the driver died before their reports reached it)
+    replay = [m for m in lines if job.known_epoch < int(m["epoch"]) <= saved]
+    if saved >= conf.train.epochs:  # over before the driver died: end it where it ended
+        for m in replay or lines[-1:]:
+            report(m, None)
+        return
+    for m in replay:
+        report(m, None)
+    reporter = Reporter(job, report, trainer, {**(extras(conf) if extras else {}), **_origin_report(origin, job)})
+    trainer.fit(conf, reporter, state)
+
+
+def _start_state(job: TrialJob, given: Path | None, trainer: Trainer) -> tuple[dict[str, Any] | None, dict | None]:
+    """(engine state to continue from, the origin when it is another trial's checkpoint: PBT's exploit)."""
+    if given is not None:
+        origin = json.loads((given / ORIGIN).read_text()) if (given / ORIGIN).is_file() else {}
+        if str(origin.get("key", job.key)) != job.key:
+            return trainer.load(given / "state.pt"), origin
     from sweeplab.engine import CheckpointError
 
-    problems = []
+    if not _has_checkpoint(job.folder):
+        return None, None
     try:
-        with checkpoint.as_directory() as d:
-            return _load(Path(d))
+        state, path, problems = trainer.newest(job.folder)
     except CheckpointError as e:
-        problems.append(str(e))
-    for folder in _older(checkpoint):
+        raise Unrecoverable(f"this trial cannot be resumed from its checkpoints and must be rerun: {e}") from None
+    if problems:
+        import sys
+
+        print(f"sweeplab: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
+    return state, None
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return (folder / "checkpoint.pt").exists() or (folder / "checkpoint.prev.pt").exists()
+
+
+def _origin_report(origin: dict[str, Any] | None, job: TrialJob) -> dict[str, Any]:
+    """What the first report of a trial that took another's checkpoint says about it (the ledger's `origin`)."""
+    if origin is None:
+        return {}
+    return {"origin": origin, "point": dict(job.point), "label": label(job.point)}
+
+
+def _kept_lines(job: TrialJob, saved: int) -> list[dict[str, Any]]:
+    """The metrics lines of the folder up to the checkpoint's epoch (the first of each epoch); a torn
+    line or one past the checkpoint (trained after it, lost with the kill) is dropped."""
+    path, out = job.folder / METRICS, dict[int, dict[str, Any]]()
+    for line in path.read_text().splitlines() if path.exists() else []:
         try:
-            state, metrics = _load(folder)
-        except CheckpointError as e:
-            problems.append(str(e))
+            m = json.loads(line)
+        except ValueError:
             continue
-        print(f"sweeplab: {problems[0]}; continuing from {folder} (epoch {state['epoch']})", file=sys.stderr)
-        return state, metrics
-    raise Unrecoverable(f"this trial cannot be resumed from its checkpoints and must be rerun: {'; '.join(problems)}")
+        if isinstance(m, dict) and isinstance(m.get("epoch"), int) and m["epoch"] <= saved:
+            out.setdefault(m["epoch"], m)
+    return [out[e] for e in sorted(out)]
 
 
-def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The engine state and metrics of one checkpoint folder, read as tensors and plain data only."""
-    from sweeplab.engine import CheckpointError, load_checkpoint
+def _rewrite(path: Path, lines: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    os.replace(tmp, path)
 
-    state = load_checkpoint(folder / "state.pt")
+
+class Reporter:
+    """The engine's on_epoch for a trial: the epoch's line in metrics.jsonl, then its checkpoint in the
+    folder, then the report (rank 0; other DDP ranks only report, as Train's barrier needs)."""
+
+    def __init__(self, job: TrialJob, report: Report, trainer: Trainer, first: dict[str, Any]) -> None:
+        self.job, self.report, self.trainer, self.first = job, report, trainer, first
+        self.val: dict[str, float] = {}
+
+    def __call__(
+        self, metrics: dict[str, float], state: Callable[[], dict[str, Any]], extra: dict[str, Any] | None = None
+    ) -> None:
+        import time
+
+        # when the epoch was measured, on this worker: MLflow logs it with this time
+        out = {**metrics, **(extra or {}), "reported_at": time.time()}
+        if "val/error" in metrics:
+            self.val = {k: v for k, v in metrics.items() if k.startswith("val/")}  # whichever the sweep ranks by
+        else:  # eval_every > 1: schedulers need the metric every epoch; flagged so tracking skips it
+            out.update(self.val, val_stale=True)
+        out.update(self.first)
+        self.first = {}
+        if self.job.rank != 0:
+            self.report(out, None)
+            return
+        folder = self.job.folder
+        with (folder / METRICS).open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        newest = self.trainer.save(folder, state())
+        handed = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
+        try:  # Tune copies the folder into its own storage for retries and PBT; a hard link costs nothing
+            _link_or_copy(newest, handed / "state.pt")
+            origin = {"key": self.job.key, "epoch": int(metrics["epoch"]), "checkpoint": str(newest)}
+            (handed / ORIGIN).write_text(json.dumps(origin))
+            self.report({**out, "checkpoint": str(newest)}, handed)
+        finally:
+            shutil.rmtree(handed, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
     try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder / 'metrics.json'}: unreadable ({e.__class__.__name__})") from None
-    if not isinstance(metrics, dict):
-        raise CheckpointError(f"{folder / 'metrics.json'}: not a JSON object")
-    return state, metrics
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
-def _older(checkpoint: Any) -> list[Path]:
-    """The checkpoint folders beside a local one that are older (Tune's checkpoint_000003 before
-    checkpoint_000004, Train's dated names likewise), newest first; none for remote storage."""
-    fs = getattr(checkpoint, "filesystem", None)
-    if fs is not None and type(fs).__name__ != "LocalFileSystem":
-        return []
-    latest = Path(str(getattr(checkpoint, "path", "") or ""))
-    if not latest.name.startswith("checkpoint_") or not latest.parent.is_dir():
-        return []
-
-    def order(p: Path) -> tuple[int, str]:  # numbers compare as numbers past checkpoint_999999
-        suffix = p.name[len("checkpoint_") :]
-        return (int(suffix), "") if suffix.isdigit() else (-1, suffix)
-
-    siblings = [
-        p
-        for p in latest.parent.iterdir()
-        if p.name.startswith("checkpoint_") and p.is_dir() and order(p) < order(latest)
-    ]
-    return sorted(siblings, key=order, reverse=True)
+def own_key(launch_dir: Path, tune_id: str, configured: str) -> str:
+    """The ledger key of the Tune trial `tune_id`: the one its config named when it first started. PBT's
+    exploit hands a trial a copy of another trial's config, key included, so the first is kept on disk."""
+    path = launch_dir / TUNE_DIR / "keys" / tune_id
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(configured)
+        return configured
 
 
 def adopt(state: dict[str, Any], conf: Any) -> dict[str, Any]:
@@ -134,57 +256,16 @@ def adopt(state: dict[str, Any], conf: Any) -> dict[str, Any]:
     return state
 
 
-def hardware(device: str, workers: int = 1) -> str:
-    """What a trial trains on, for the run's tags: 'NVIDIA H100 80GB HBM3', '2 x cpu x1 threads'."""
-    import torch
-
-    from sweeplab.engine import resolve_device
-
-    dev = resolve_device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-    return f"{workers} x {name}" if workers > 1 else name
-
-
-_DATASETS: dict[tuple[Any, ...], dict[str, Any]] = {}  # per process: a reused actor digests its data once
+def error_of(folder: Path) -> tuple[str, str | None]:
+    """A failed trial's one-line cause and the log that holds its traceback (None when it left none:
+    its worker process died, e.g. killed for memory)."""
+    log = folder / ERROR_LOG
+    try:
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    except OSError:
+        return "its worker process died (killed, out of memory, or its node was lost)", None
+    return (lines[-1] if lines else "failed"), str(log)
 
 
-def dataset_info(data: Any) -> dict[str, Any]:
-    """The dataset a trial trains on, for its MLflow dataset input: name, split sizes and a 16-hex digest
-    of the labels and of up to 256 evenly spaced images per split (milliseconds; another copy or version
-    of the data changes it). `data` is the trial's DataConfig; its load is the one the engine reuses."""
-    synthetic = (data.synthetic_shape, data.synthetic_classes, data.synthetic_train, data.synthetic_test)
-    # what picks the examples (the folder does not: the digest reads them); not batch size or device
-    key = (data.name, data.root, *(synthetic if data.name == "synthetic" else ()), data.train_subset, data.test_subset)
-    key = tuple(tuple(k) if isinstance(k, list) else k for k in key)
-    if key not in _DATASETS:
-        from sweeplab.data import datasets
-
-        full = datasets.load(data)
-        h = hashlib.sha256(repr(key[:1] + key[2:]).encode())
-        for x, y in ((full.train_x, full.train_y), (full.test_x, full.test_y)):
-            h.update(y.numpy().tobytes())
-            h.update(x[:: max(1, len(x) // 256)].contiguous().numpy().tobytes())
-        sizes = len(full.train_y), len(full.test_y)
-        train, test = (min(n, size) if n else size for n, size in zip((data.train_subset, data.test_subset), sizes))
-        _DATASETS[key] = {"name": data.name, "train": train, "test": test, "digest": h.hexdigest()[:16]}
-    return dict(_DATASETS[key])
-
-
-def weight_spread(model_state: dict[str, Any], device: str = "cpu") -> float:
-    """Largest difference between ranks of any parameter tensor's sum or L1 norm (0.0 when DDP keeps
-    the replicas identical). BatchNorm running statistics are left out: each rank updates its own
-    in the forward pass and DDP re-broadcasts rank 0's at the next one."""
-    import torch
-    import torch.distributed as dist
-
-    stats = [
-        s
-        for k, t in model_state.items()
-        if t.is_floating_point() and "running_" not in k
-        for s in (t.double().sum(), t.double().abs().sum())
-    ]
-    hi = torch.stack(stats).to(device if dist.get_backend() == "nccl" else "cpu")
-    lo = hi.clone()
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    return float((hi - lo).max())
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
 import subprocess
-import sys
 import time
-import warnings
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -111,11 +108,9 @@ def warm_store(uri: str) -> None:
         pass
 
 
-# ---- a sqlite store: created once under a lock, half-migrated ones repaired ---------------------------
+# ---- a sqlite store: created and migrated once, under a lock ------------------------------------------
 
 LOCK_WAIT_S = 600  # a migration takes seconds; a holder this slow is stuck, and waiting longer helps no one
-_TMP = "_alembic_tmp_"  # alembic's copy of a table during a SQLite migration; left over when one broke
-_BOOKKEEPING = {"alembic_version", "experiments", "experiment_tags", "workspaces"}  # rows a new store has
 
 
 @contextmanager
@@ -146,128 +141,28 @@ def _locked(db: Path) -> Iterator[None]:
 
 
 def _open_sqlite(uri: str, db: Path) -> MlflowClient:
-    """Under the lock: drop what an interrupted migration left, let MLflow create or check the schema
-    (its client does, when made), and repair a store MLflow cannot open because a migration broke."""
+    """Under the lock: MLflow's client creates, migrates or checks the schema. Two first sweeps on one
+    new file would otherwise both migrate it and leave it half-migrated; with the lock only a kill in
+    the middle of a migration can, and then MLflow's own `mlflow db upgrade` is the fix, named here."""
     from mlflow import MlflowClient
 
-    def opened() -> MlflowClient:
+    try:
         c = MlflowClient(tracking_uri=uri)
         c.search_experiments(max_results=1)
-        return c
-
-    dropped = _drop_leftovers(db, _tables(db))
-    why = "leftover " + ", ".join(dropped) if dropped else ""
-    note = ""
-    try:
-        if any(t.startswith(_TMP) for t in _tables(db)):  # a copy whose table is gone: keep MLflow off it
-            raise RuntimeError("half-migrated")
-        c = opened()  # MLflow creates, migrates or verifies the schema here
-    except Exception:
-        tables = _tables(db)
-        problem = _broken(tables) or _behind(db)
-        if not problem:
+    except Exception as e:
+        if not _schema_error(e):
             raise  # not the schema: e.g. a full disk or a locked file, reported as it is
-        why = ", ".join(w for w in (why, problem) if w)
-        try:
-            with warnings.catch_warnings():  # alembic's notes on old constraints, not the user's business
-                warnings.simplefilter("ignore")
-                note = _repair(db, tables)
-                c = opened()
-        except Exception as e:
-            raise ConfigError(
-                f"MLflow store {db} is half-migrated ({why}) and could not be repaired "
-                f"({type(e).__name__}: {_line(e)}); move it aside (the next sweep makes a new "
-                f"one) or restore it from a copy"
-            ) from None
-    if why:
-        print(f"sweeplab: repaired the half-migrated MLflow store {db} ({why}){note}", file=sys.stderr, flush=True)
+        raise ConfigError(
+            f"MLflow store {db} cannot be opened ({type(e).__name__}: {_line(e)}); if a migration was cut "
+            f"short, run `mlflow db upgrade {uri}`, or move the file aside (the next sweep makes a new one)"
+        ) from None
     return c
 
 
-def _tables(db: Path) -> set[str]:
-    """The tables of the database (none for a file not created yet)."""
-    if not db.is_file() or db.stat().st_size == 0:
-        return set()
-    with _sqlite(db) as con:
-        return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-@contextmanager
-def _sqlite(db: Path) -> Iterator[sqlite3.Connection]:
-    con = sqlite3.connect(db, timeout=30, isolation_level=None)  # autocommit: DDL as it runs
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-def _broken(tables: set[str]) -> str:
-    """Why a store is half-migrated, as far as its table names tell ('' when they do not)."""
-    if not tables:
-        return ""
-    leftovers = sorted(t for t in tables if t.startswith(_TMP))
-    if leftovers:
-        return "leftover " + ", ".join(leftovers)
-    from mlflow.store.db.base_sql_model import Base
-
-    missing = set(Base.metadata.tables) - tables
-    return f"{len(missing)} of MLflow's tables missing" if missing else ""
-
-
-def _behind(db: Path) -> str:
-    """'schema version X, not MLflow's Y' when alembic_version is not the head ('' when it is)."""
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    with _sqlite(db) as con:
-        try:
-            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.Error:
-            row = None
-    version, head = row[0] if row else None, _get_latest_schema_revision()
-    return "" if version == head else f"schema version {version}, not MLflow's {head}"
-
-
-def _drop_leftovers(db: Path, tables: set[str]) -> list[str]:
-    """Drop alembic's temporary copies whose table still exists (its data is in the table itself)."""
-    leftovers = sorted(t for t in tables if t.startswith(_TMP) and t[len(_TMP) :] in tables)
-    if leftovers:
-        with _sqlite(db) as con:
-            for t in leftovers:
-                con.execute(f'DROP TABLE IF EXISTS "{t}"')
-    return leftovers
-
-
-def _repair(db: Path, tables: set[str]) -> str:
-    """Make the schema whole: a store without runs (a new one whose creation was cut short) is rebuilt
-    from nothing by MLflow; one with data is migrated to MLflow's head, and put back as it was if that
-    fails. Returns a note for the user."""
-    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
-
-    with _sqlite(db) as con:
-        if not any(
-            con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone()
-            for t in tables - _BOOKKEEPING
-            if not t.startswith(_TMP)
-        ):
-            for kind, name in con.execute(
-                "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
-            ).fetchall():
-                con.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
-            return ""
-        backup = Path(f"{db}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-        with closing(sqlite3.connect(backup)) as dst:
-            con.backup(dst)
-    engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{db}")
-    try:
-        _upgrade_db(engine)
-    except Exception:
-        engine.dispose()
-        with closing(sqlite3.connect(backup)) as src, _sqlite(db) as con:
-            src.backup(con)  # the store as it was: a failed repair changes nothing
-        backup.unlink()
-        raise
-    engine.dispose()
-    return f"; its state before the repair is in {backup}"
+def _schema_error(e: BaseException) -> bool:
+    """Whether MLflow failed on the database's schema (tables missing, a migration not applied)."""
+    text = f"{type(e).__name__} {e}".lower()
+    return any(w in text for w in ("no such table", "no such column", "alembic", "migrat", "schema", "already exists"))
 
 
 def _line(e: BaseException) -> str:

@@ -15,8 +15,6 @@ import numbers
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +172,10 @@ class Tracker:
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
         return True
 
-    def trial_checkpoint(self, trial_id: str, path: str, upload: bool = True) -> bool:
-        """Tag the trial's final Tune checkpoint (`sweeplab.checkpoint_path`) and, with `upload`, copy its
-        files to the run's `checkpoint/` artifacts, once per checkpoint (True when copied now): a re-sent
-        end of the same checkpoint (a resume) neither copies nor doubles them."""
+    def trial_checkpoint(self, trial_id: str, path: str, metrics: dict[str, Any], upload: bool = True) -> bool:
+        """Tag the trial's final checkpoint file (`sweeplab.checkpoint_path`) and, with `upload`, copy it to
+        the run's `checkpoint/` artifacts as `state.pt` beside its last epoch's `metrics.json`, once per
+        checkpoint (True when copied now): a re-sent end of the same checkpoint (a resume) copies nothing."""
         run_id = self._run_id(trial_id)
         run = self.client.get_run(run_id)
         same = run.data.tags.get(CHECKPOINT) == path
@@ -187,15 +185,20 @@ class Tracker:
 
             # a server's mlflow-artifacts:/ root resolves against the tracking URI: ours, not MLflow's global one
             repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
-            with _local(path) as folder:
-                files = sorted(p for p in folder.iterdir() if p.is_file())
-                if not files:
-                    raise FileNotFoundError(f"checkpoint folder {path} holds no files")
-                for f in files:  # the folder's own files (state.pt, metrics.json), nothing Tune adds below
-                    repo.log_artifact(str(f), "checkpoint")
+            with tempfile.TemporaryDirectory(prefix="sweeplab-ckpt-") as d:
+                shutil.copyfile(path, Path(d) / "state.pt")
+                (Path(d) / "metrics.json").write_text(json.dumps(metrics))
+                repo.log_artifacts(d, "checkpoint")
         if not same:
             self._set_tags(run_id, {CHECKPOINT: path})
         return copy
+
+    def trial_run(self, trial_id: str) -> Any:
+        """The trial's MLflow run (mlflow.entities.Run); KeyError when it has none."""
+        run_id = self._find(trial_id)
+        if run_id is None:
+            raise KeyError(trial_id)
+        return self.client.get_run(run_id)
 
     def launch_settings(self, params: dict[str, Any], files: dict[str, str]) -> None:
         """The parent run's params (the sweep's settings) and text artifacts (e.g. sweep.yaml), each
@@ -283,23 +286,6 @@ def standard_tags(source: str, commit: str) -> dict[str, str]:
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
     return {k: v for k, v in tags.items() if v}
-
-
-@contextmanager
-def _local(path: str) -> Iterator[Path]:
-    """A checkpoint folder on this machine: `path` itself, or a temporary copy of a storage URI's."""
-    if "://" not in path:
-        yield Path(path)
-        return
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    with tempfile.TemporaryDirectory(prefix="sweeplab-ckpt-") as d:
-        for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
-            if info.type == pyarrow.fs.FileType.File:
-                with fs.open_input_stream(info.path) as src, open(Path(d) / info.base_name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        yield Path(d)
 
 
 def _param(value: Any) -> str:
