@@ -170,10 +170,15 @@ class Plan:
             yield key, point
 
     def remaining(self) -> int:
-        """How many trials this session still owes."""
+        """How many trials a session starting now would run (failed ones again)."""
         trials = self.driver.record.trials
         owed = sum(1 for t in trials.values() if self.owed(t))
         return owed + max(0, self.total - len(trials))
+
+    def unfinished(self) -> int:
+        """How many trials have not ended (never started ones included): what `resume` continues."""
+        trials = self.driver.record.trials
+        return sum(1 for t in trials.values() if not t.status.ended) + max(0, self.total - len(trials))
 
 
 def best_trial(sweep: Sweep, record: Record) -> TrialRecord | None:

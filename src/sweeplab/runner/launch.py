@@ -99,11 +99,11 @@ def session(
         executor(Session(sweep, launch_dir, record.sessions, max_concurrent, tune_reporter), driver, plan)
         budget = sweep.search.time_budget_s
         out_of_time = budget is not None and time.monotonic() - started >= budget
-        owed = 0 if out_of_time else plan.remaining()
+        owed = 0 if out_of_time else plan.unfinished()
         failed = any(t.status is Outcome.FAILED for t in record.trials.values())
         status = "KILLED" if owed else "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
-        out_of_time, owed = False, plan.remaining()
+        out_of_time, owed = False, plan.unfinished()
     finally:
         signal.signal(signal.SIGTERM, previous)
         best = best_trial(sweep, record)
