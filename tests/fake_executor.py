@@ -87,30 +87,30 @@ class FakeExecutor:
                 if nxt is None:
                     break
                 key, point, known = nxt
-                self._event(driver, lambda: driver.start(key, point))
+                self._event(driver, driver.start, key, point)
                 running[key] = _Running(session, key, point, known, self.fail)
             if not running:
                 return
             for key, r in list(running.items()):
                 kind, payload = r.out.get()
                 if kind == "result":
-                    self._event(driver, lambda: driver.result(key, payload))
+                    self._event(driver, driver.result, key, payload)
                     if self.stop.get(key) == int(payload["epoch"]):
                         r.cancel()
                         del running[key]
-                        self._event(driver, lambda: driver.end(key, {}, None))
+                        self._event(driver, driver.end, key, {}, None)
                     else:
                         r.go.put(True)
                 elif kind == "error":
                     del running[key]
                     error, log = worker.error_of(r.job.folder)
-                    self._event(driver, lambda: driver.end(key, {}, error, log))
+                    self._event(driver, driver.end, key, {}, error, log)
                 else:
                     del running[key]
-                    self._event(driver, lambda: driver.end(key, {}, None))
+                    self._event(driver, driver.end, key, {}, None)
 
-    def _event(self, driver: Any, call: Callable[[], None]) -> None:
-        call()
+    def _event(self, driver: Any, call: Callable[..., None], *args: Any) -> None:
+        call(*args)
         self.events += 1
         killed = self.kill_after is not None and self.events >= self.kill_after
         if killed and not self.synced:
