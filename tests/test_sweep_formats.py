@@ -325,8 +325,8 @@ def test_mode_given_is_obeyed_even_against_the_metric_s_direction(tmp_path):
     assert "'mode' must be min or max" in error(tmp_path, body + "mode: best\n")
 
 
-def test_the_optuna_searcher_takes_val_accuracy_to_maximise(tmp_path):
-    from sweeplab.runner import tune_space
+def test_the_optuna_study_takes_val_accuracy_to_maximise(tmp_path):
+    from sweeplab.runner.study import Study
 
     sweep = compile_text(
         tmp_path,
@@ -334,9 +334,9 @@ def test_the_optuna_searcher_takes_val_accuracy_to_maximise(tmp_path):
         f"search: {{name: optuna, num_samples: 3, storage: 'sqlite:///{tmp_path}/optuna.db'}}\n"
         "metric: val/accuracy\n",
     )
-    searcher = tune_space.searcher(sweep, "launch-1")
-    assert (searcher.metric, searcher.mode) == ("val/accuracy", "max")
-    assert searcher._ot_study.direction.name == "MAXIMIZE"
+    assert (sweep.metric, sweep.mode) == ("val/accuracy", "max")
+    study = Study(sweep, "launch-1").study
+    assert study.direction.name == "MAXIMIZE" and study.metric_names == ["val/accuracy"]
 
 
 def test_analysis_ranks_accuracy_highest_first():
@@ -376,14 +376,16 @@ def test_the_engine_reports_accuracy_as_100_minus_the_error():
         assert m["train/accuracy"] == pytest.approx(100.0 - m["train/error"]) and 0 <= m["train/accuracy"] <= 100
 
 
-def test_a_trial_carries_val_accuracy_forward_for_the_scheduler():
+def test_a_trial_carries_val_accuracy_forward_for_the_scheduler(tmp_path):
     from sweeplab.runner import worker
 
     reports: list[dict] = []
-    r = worker.Reporter(lambda m, checkpoint=None: reports.append(m), object, rank=1, hardware="")
+    job = worker.TrialJob("0", {}, tmp_path / "trials" / "0", rank=1)  # a DDP rank: reports only, writes nothing
+    r = worker.Reporter(job, lambda m, folder: reports.append(m), worker.Engine(), {})
     r({"epoch": 1, "val/error": 30.0, "val/accuracy": 70.0, "val/loss": 1.0}, dict)
     r({"epoch": 2, "train/error": 20.0}, dict)  # eval_every 2: no evaluation this epoch
     assert reports[1]["val/accuracy"] == 70.0 and reports[1]["val_stale"] is True
+    assert "val_stale" not in reports[0]
 
 
 @pytest.mark.slow

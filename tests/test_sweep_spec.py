@@ -154,28 +154,42 @@ def test_random_search_is_seeded_and_samples_in_range(tmp_path):
 
 
 def test_optuna_space_becomes_optuna_distributions(tmp_path):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-    from ray import tune as ray_tune
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from sweeplab.runner import tune_space
+    from sweeplab.runner import study
 
     sweep = load(
         write(
             tmp_path,
-            space={"optim.lr": {"loguniform": [1e-3, 1.0]}, "optim.name": {"choice": ["sgd", "adam"]}},
+            space={
+                "optim.lr": {"loguniform": [1e-3, 1.0]},
+                "optim.name": {"choice": ["sgd", "adam"]},
+                "train.epochs": {"randint": [1, 4]},
+            },
             search={"name": "optuna", "num_samples": 5, "seed": 1, "storage": f"sqlite:///{tmp_path / 'o.db'}"},
         )
     )
-    assert len(sweep.trials()) == 5
-    assert tune_space.param_space(sweep) == {}  # the searcher suggests each trial's whole point
-    searcher = tune_space.searcher(sweep, "launch")
-    space = searcher._space
+    assert len(sweep.trials()) == 5 and sweep.size()[0] == 5
+    space = study.space(sweep)
     assert space["optim.lr"] == FloatDistribution(1e-3, 1.0, log=True)
     assert isinstance(space["optim.name"], CategoricalDistribution)
-    point = searcher.suggest("t1")["point"]
-    assert set(point) == {"optim.lr", "optim.name"} and 1e-3 <= point["optim.lr"] <= 1.0
+    assert space["train.epochs"] == IntDistribution(1, 3)  # sweeplab's high is exclusive, Optuna's inclusive
+    key, point = study.Study(sweep, "launch").ask()  # the study suggests each trial's whole point
+    assert key == "0" and set(point) == {"optim.lr", "optim.name", "train.epochs"} and 1e-3 <= point["optim.lr"] <= 1.0
+
+
+def test_a_grid_session_runs_every_compiled_trial_keyed_by_its_index(tmp_path):
+    from sweeplab import ledger
+    from sweeplab.runner.driver import Driver, Plan
+
     grid = load(write(tmp_path, "g.yaml", space={"optim.lr": {"grid": [0.1, 0.2]}}, seeds=2))
-    assert tune_space.param_space(grid)["point"] == ray_tune.grid_search([t.point for t in grid.trials()])
+    writer = ledger.Writer(tmp_path / "launch")
+    try:
+        plan = Plan(grid, Driver(grid, writer, ledger.Record()))
+        assert plan.grid() == [(str(t.index), t.point) for t in grid.trials()]
+        assert plan.total == plan.remaining() == len(grid.trials()) == 4
+    finally:
+        writer.close()
 
 
 def test_smoke_block_shrinks_the_sweep(tmp_path):
@@ -337,6 +351,8 @@ def test_dry_run_prints_trials_count_and_budget(tmp_path):
 def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
     from sweeplab.runner import tune_space
 
+    prefix = ("trial", "point")  # where a trial's Tune config holds its point (runner/tune_exec.py)
+
     sweep = load(
         write(
             tmp_path,
@@ -345,14 +361,16 @@ def test_schedulers_count_time_in_epochs(tmp_path, scheduler, cls):
             scheduler=scheduler,
         )
     )
-    s = tune_space.scheduler(sweep)
+    s = tune_space.scheduler(sweep, tune_space.mutations(sweep, prefix))
     assert type(s).__name__ == cls
     if cls != "FIFOScheduler":
         assert s._time_attr == "epoch"
     if cls == "AsyncHyperBandScheduler":
         assert s._max_t == 6 and s._brackets[0]._rungs[-1][0] == 2  # max_t = train.epochs, first rung = grace
     if cls == "PopulationBasedTraining":
-        assert set(s._hyperparam_mutations["point"]) == {"optim.lr", "optim.weight_decay"}
+        assert set(s._hyperparam_mutations["trial"]["point"]) == {"optim.lr", "optim.weight_decay"}
+    else:
+        assert tune_space.mutations(sweep, prefix) is None
 
 
 def test_pbt_rejects_ddp_trials(tmp_path):
