@@ -276,7 +276,8 @@ class Writer:
         Returns how many were written."""
         if not self.buffer:
             return 0
-        data, n = b"".join(self.buffer), len(self.buffer)
+        data = b"".join(self.buffer)
+        n = data.count(b"\n")  # events: after a failed write the buffer is one chunk of the rest
         while data:  # a short write is continued; an OSError (full disk) keeps what is unwritten for the next try
             data = data[os.write(self.fd, data) :]
             self.buffer = [data] if data else []
