@@ -1,5 +1,6 @@
-"""Checkpoints: loaded as tensors and plain data only (a planted payload never runs), the last two
-kept with a fallback to the older when the newest is unreadable, and a full disk during `train`."""
+"""Checkpoints: loaded as tensors and plain data only (a planted payload never runs, in `train` or in a
+sweep's trial), the last two kept with a fallback to the older when the newest is unreadable (for a
+sweep's trial: tests/test_trial_worker.py), and a full disk during `train`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import pickle
 import shlex
-import shutil
 import subprocess
 import zipfile
 from contextlib import contextmanager
@@ -136,16 +136,30 @@ def test_train_resume_refuses_a_payload_checkpoint(tmp_path, capsys, how):
 
 
 @pytest.mark.parametrize("how", ["torch", "pickle2"])
-def test_worker_restore_refuses_a_payload_state(tmp_path, how):
-    marker = tmp_path / "MARKER"
-    folder = tmp_path / "trial" / "checkpoint_000000"
-    folder.mkdir(parents=True)
-    plant(folder / "state.pt", marker, how)
-    (folder / "metrics.json").write_text('{"epoch": 1}')
-    with pytest.raises(worker.Unrecoverable, match="cannot be resumed") as e:
-        worker.restore(FakeCheckpoint(folder))
+@pytest.mark.parametrize("where", ["own", "given"])
+def test_a_sweep_trial_refuses_a_payload_checkpoint(tmp_path, how, where):
+    """A trial starts from its own folder's checkpoint, or from one Tune hands it (a retry, PBT's exploit):
+    a payload planted in either is refused, never run, and the trial fails with one line."""
+    from sweeplab.search_spaces import load
+
+    sweep = load(Path(__file__).parents[1] / "sweeps" / "quickstart.yaml", smoke=True)
+    marker, folder = tmp_path / "MARKER", tmp_path / "trials" / "0"
+    given = None
+    if where == "own":
+        folder.mkdir(parents=True)
+        plant(folder / "checkpoint.pt", marker, how)
+    else:
+        given = tmp_path / "handed"
+        given.mkdir()
+        plant(given / "state.pt", marker, how)
+        (given / worker.ORIGIN).write_text(json.dumps({"key": "1", "epoch": 1}))  # another trial's weights
+    job = worker.TrialJob("0", sweep.points()[0], folder, known_epoch=1)
+    with pytest.raises(worker.TrialFailed) as e:
+        worker.run_trial(job, sweep, lambda metrics, handed: None, given)
     assert not marker.exists()
-    assert f"{folder / 'state.pt'}: refused" in str(e.value) and "\n" not in str(e.value)
+    assert "refused" in str(e.value) and "\n" not in str(e.value)
+    if where == "own":
+        assert str(e.value).startswith("Unrecoverable: this trial cannot be resumed")
 
 
 # ---- train: the last two checkpoints --------------------------------------------------------------
@@ -208,83 +222,6 @@ def test_train_resume_after_a_crash_between_the_renames(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0
     assert "checkpoint.pt: missing" in err_lines(capsys)[0]
     assert _epochs(out) == [1, 2]
-
-
-# ---- worker.restore: Tune's checkpoint folders ----------------------------------------------------
-
-
-class FakeCheckpoint:
-    """ray.tune.Checkpoint as the worker uses it: a local folder `.path`, `as_directory()`."""
-
-    def __init__(self, path: Path, filesystem: object = None) -> None:
-        self.path, self.filesystem = str(path), filesystem
-
-    @classmethod
-    def from_directory(cls, path: str) -> FakeCheckpoint:
-        return cls(Path(path))
-
-    @contextmanager
-    def as_directory(self):
-        yield self.path
-
-
-def tune_trial(root: Path, names: list[str]) -> list[FakeCheckpoint]:
-    """A trial folder laid out like Tune's, one checkpoint folder per epoch, written by the real Reporter."""
-    kept = []
-
-    def report(metrics, checkpoint=None):  # Tune persists the reported folder under the trial folder
-        kept.append(FakeCheckpoint(Path(shutil.copytree(checkpoint.path, root / names[len(kept)]))))
-
-    reporter = worker.Reporter(report, FakeCheckpoint, rank=0, hardware="")
-    for epoch in range(1, len(names) + 1):
-        reporter({"epoch": epoch, "val/error": 10.0 * epoch, "val/loss": 1.0}, lambda epoch=epoch: real_state(epoch))
-    return kept
-
-
-@pytest.mark.parametrize(
-    "names",
-    [
-        ["checkpoint_000001", "checkpoint_000002", "checkpoint_000003"],
-        [
-            "checkpoint_2026-11-28_10-00-00.000001",
-            "checkpoint_2026-11-28_10-00-09.5",
-            "checkpoint_2026-11-28_10-01-00.000002",
-        ],
-    ],
-    ids=["tune", "train"],
-)
-def test_worker_restore_falls_back_to_the_newest_older_checkpoint(tmp_path, capsys, names):
-    c1, c2, c3 = tune_trial(tmp_path, names)
-    corrupt(Path(c2.path) / "state.pt", "truncated")
-    (Path(c3.path) / "metrics.json").write_text('{"epoch": 3, "val/')  # torn
-    state, last = worker.restore(c3)
-    assert state["epoch"] == 1 and last["epoch"] == 1 and last["val/error"] == 10.0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{c3.path}/metrics.json" in err[0] and f"continuing from {c1.path} (epoch 1)" in err[0]
-    # restoring the middle one never takes a newer folder
-    assert worker.restore(c2)[0]["epoch"] == 1
-    assert worker.restore(c1)[0]["epoch"] == 1  # the newest that loads is used as is, silently
-    assert capsys.readouterr().err.count("sweeplab:") == 1
-
-
-def test_worker_restore_with_no_loadable_checkpoint_cannot_be_resumed(tmp_path):
-    c1, c2 = tune_trial(tmp_path / "trial", ["checkpoint_000004", "checkpoint_000005"])
-    corrupt(Path(c2.path) / "state.pt", "bitflip")
-    corrupt(Path(c1.path) / "state.pt", "missing")
-    with pytest.raises(worker.Unrecoverable, match="cannot be resumed from its checkpoints and must be rerun") as e:
-        worker.restore(c2)
-    assert f"{c2.path}/state.pt: corrupt" in str(e.value) and f"{c1.path}/state.pt: missing" in str(e.value)
-
-
-def test_worker_restore_of_remote_storage_uses_the_latest_only(tmp_path):
-    class S3FileSystem:  # a pyarrow filesystem that is not the local one
-        pass
-
-    c1, c2 = tune_trial(tmp_path / "trial", ["checkpoint_000001", "checkpoint_000002"])
-    corrupt(Path(c2.path) / "state.pt", "empty")
-    with pytest.raises(worker.Unrecoverable, match="cannot be resumed") as e:
-        worker.restore(FakeCheckpoint(Path(c2.path), filesystem=S3FileSystem()))
-    assert "checkpoint_000001" not in str(e.value)
 
 
 # ---- a full disk ----------------------------------------------------------------------------------
