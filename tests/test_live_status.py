@@ -1,22 +1,25 @@
 """The live status of a sweep (commands/live.py): counts by state, best so far, epochs of the budget and
-time left, as one plain line on a pipe and as a block redrawn in place on a terminal; and the driver
-feeding it from Tune's trial events without changing its event lines."""
+time left, as one plain line on a pipe and as a block redrawn in place on a terminal; and the view
+(commands/progress.py) that the runner's Driver tells of each trial event, after the ledger has it:
+an event line per start, epoch and end, with the status under them."""
 
 from __future__ import annotations
 
 import io
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
+from sweep_cli import write_sweep
+from sweeplab import ledger
 from sweeplab.commands.live import Status, duration
-from sweeplab.commands.progress import Driver, budget, total
-from sweeplab.runner.outcome import Outcome
+from sweeplab.commands.progress import View, budget
+from sweeplab.ledger import Outcome, Record, TrialRecord
+from sweeplab.runner.driver import Driver
 from sweeplab.search_spaces import label, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = load(ROOT / "sweeps" / "quickstart.yaml", smoke=True)  # 8 trials of 3 epochs, ASHA, val/error min
-STARTED = r"  start  \(trial (\S+_\d{5})\)"  # what test_faults finds a trial's id by
+STARTED = r"  start  \(trial (\d+)\)"  # a trial's start line names its ledger key
 
 
 class Clock:
@@ -157,66 +160,147 @@ def test_long_block_lines_are_cut_to_the_terminal_width(monkeypatch) -> None:
     assert len(rows) == 3 and all(len(r) <= 39 for r in rows)
 
 
-def _driver(progress: str = "lines") -> tuple[Driver, io.StringIO]:
-    tracker = SimpleNamespace(**{k: lambda *a, **kw: None for k in ("trial_start", "trial_result", "trial_end")})
+def _view() -> tuple[View, io.StringIO]:
     out = io.StringIO()
-    return Driver(SWEEP, tracker, out=out, progress=progress), out
+    return View(SWEEP, out=out), out
 
 
-def test_the_driver_feeds_the_status_and_keeps_its_event_lines() -> None:
-    assert total(SWEEP) == 8 and budget(SWEEP) == SWEEP.epoch_budget() == 24
-    d, out = _driver()
-    p0, p1 = SWEEP.points()[:2]
-    d.trial_start("q_00000", p0)
-    d.trial_start("q_00001", p1)
-    d.trial_result("q_00000", {"epoch": 1, "val/error": 40.0, "train/loss": 1.0})
-    d.trial_result("q_00001", {"epoch": 1, "val/error": 55.0, "train/loss": 1.2})
-    d.trial_end("q_00001", {"epoch": 1, "val/error": 55.0}, None)  # stopped at 1 of 3
+def _trial(key: str) -> TrialRecord:
+    point = SWEEP.points()[int(key)]
+    return TrialRecord(key, point, label(point), status=Outcome.RUNNING)
+
+
+def _report(v: View, t: TrialRecord, result: dict) -> None:
+    """An epoch, as the Driver passes it: folded into the trial's record first, then shown."""
+    t.results.setdefault(int(result["epoch"]), result)
+    v.result(t, 3, result)
+
+
+def _end(v: View, t: TrialRecord, outcome: Outcome, error: str | None = None, log: str | None = None) -> None:
+    t.status, t.error, t.log = outcome, error, log
+    v.end(t, 3)
+
+
+def test_the_view_feeds_the_status_and_keeps_its_event_lines() -> None:
+    assert SWEEP.size()[0] == 8 and budget(SWEEP) == SWEEP.epoch_budget() == 24
+    v, out = _view()
+    t0, t1 = _trial("0"), _trial("1")
+    v.start(t0, 3)
+    v.start(t1, 3)
+    _report(v, t0, {"epoch": 1, "val/error": 40.0, "train/loss": 1.0})
+    _report(v, t1, {"epoch": 1, "val/error": 55.0, "train/loss": 1.2})
+    _end(v, t1, Outcome.STOPPED)  # stopped at 1 of 3
     lines = out.getvalue().splitlines()
-    assert re.findall(STARTED, out.getvalue()) == ["q_00000", "q_00001"]
-    assert lines[0] == f"[     0s] {label(p0)}  start  (trial q_00000)"
-    assert lines[2].endswith(f"{label(p0)}  epoch 1/3  train/loss 1  val/error 40")
-    assert lines[4].endswith(f"{label(p1)}  stopped early at epoch 1/3  val/error 55")
+    assert re.findall(STARTED, out.getvalue()) == ["0", "1"]
+    assert lines[0] == f"[     0s] {t0.label}  start  (trial 0)"
+    assert lines[2].endswith(f"{t0.label}  epoch 1/3  train/loss 1  val/error 40")
+    assert lines[4].endswith(f"{t1.label}  stopped early at epoch 1/3  val/error 55")
     assert re.search(
         rf"status  1 running, 0 done, 1 stopped early, 0 failed, 6 pending \(of 8\)  \|  "
-        rf"best val/error 40 \({re.escape(label(p0))}\)  \|  epochs 2/22  \|  left ",
+        rf"best val/error 40 \({re.escape(t0.label)}\)  \|  epochs 2/22  \|  left ",
         lines[5],
     ), lines
 
 
-def test_with_tune_progress_the_driver_prints_nothing() -> None:
-    d, out = _driver("tune")
-    d.trial_start("q_00000", SWEEP.points()[0])
-    d.trial_result("q_00000", {"epoch": 1, "val/error": 40.0})
-    d.trial_end("q_00000", {"epoch": 3, "val/error": 30.0}, None)
-    assert d.status is None and out.getvalue() == ""
+def test_the_view_says_how_each_trial_ended_and_each_retry() -> None:
+    v, out = _view()
+    done, failed, lost, early = (_trial(k) for k in "0123")
+    for t in (done, failed, lost, early):
+        v.start(t, 3)
+    for e in (1, 2, 3):
+        _report(v, done, {"epoch": e, "val/error": 40.0 - e})
+    _end(v, done, Outcome.FINISHED)
+    _report(v, failed, {"epoch": 1, "val/error": 50.0})
+    v.retry(failed, 3, "RuntimeError: node lost")  # the executor runs it again from its checkpoint
+    v.retry(early, 3, "RuntimeError: OOM")  # before its first epoch
+    _report(v, failed, {"epoch": 2, "val/error": 45.0})
+    _end(v, failed, Outcome.FAILED, "ValueError: loss is nan", "/launch/trials/1/error.log")
+    _end(v, lost, Outcome.FAILED, "its worker process died")  # no traceback to point at
+    text = out.getvalue()
+    assert f"{done.label}  done  val/error 37\n" in text
+    assert f"{failed.label}  failed at epoch 1/3: RuntimeError: node lost; retrying from its epoch 1 checkpoint" in text
+    assert f"{early.label}  failed at epoch 0/3: RuntimeError: OOM; retrying from the start" in text
+    assert (
+        f"{failed.label}  FAILED at epoch 2/3: ValueError: loss is nan (traceback: /launch/trials/1/error.log)\n"
+        in text
+    )
+    assert f"{lost.label}  FAILED at epoch 0/3: its worker process died\n" in text
+    assert v.status.counts() == {"running": 1, "done": 1, "stopped early": 0, "failed": 2, "pending": 4}
+
+
+def test_the_view_counts_a_capped_optuna_sweep_by_its_cap(tmp_path) -> None:
+    """The status's total is Sweep.size(): an Optuna sweep's num_samples, capped by trial_cap."""
+    path = write_sweep(
+        tmp_path,
+        overrides={"train.epochs": 2},
+        space={"optim.lr": {"loguniform": [0.01, 0.1]}},
+        search={"name": "optuna", "num_samples": 10, "trial_cap": 3},
+    )
+    sweep = load(path)
+    v = View(sweep, out=io.StringIO())
+    assert v.status.total == sweep.size()[0] == 3 and v.status.budget == budget(sweep) == 6
+
+
+def test_the_driver_tells_the_view_after_the_ledger_has_the_event(tmp_path) -> None:
+    """The runner's Driver writes each event into the ledger's record, then shows it."""
+    seen: list[tuple[str, str, Outcome, int]] = []
+
+    class Watch(View):
+        def start(self, t: TrialRecord, epochs: int) -> None:
+            seen.append(("start", t.key, t.status, t.epoch))
+            super().start(t, epochs)
+
+        def result(self, t: TrialRecord, epochs: int, result: dict) -> None:
+            seen.append(("result", t.key, t.status, t.epoch))
+            super().result(t, epochs, result)
+
+        def end(self, t: TrialRecord, epochs: int) -> None:
+            seen.append(("end", t.key, t.status, t.epoch))
+            super().end(t, epochs)
+
+    out = io.StringIO()
+    writer = ledger.Writer(tmp_path)
+    try:
+        d = Driver(SWEEP, writer, Record(), view=Watch(SWEEP, out=out))
+        point = SWEEP.points()[0]
+        d.start("0", point)
+        d.result("0", {"epoch": 1, "val/error": 40.0, "train/loss": 1.0})
+        d.end("0", {"epoch": 2, "val/error": 35.0}, None)  # a scheduler's last word comes with its result
+        d.step()
+    finally:
+        writer.close()
+    assert seen == [
+        ("start", "0", Outcome.RUNNING, 0),
+        ("result", "0", Outcome.RUNNING, 1),
+        ("result", "0", Outcome.RUNNING, 2),
+        ("end", "0", Outcome.STOPPED, 2),
+    ]
+    assert out.getvalue().splitlines()[-2].endswith(f"{label(point)}  stopped early at epoch 2/3  val/error 35")
+    assert ledger.read(tmp_path)[0].trials["0"].status is Outcome.STOPPED
 
 
 def test_durations() -> None:
     assert [duration(x) for x in (0, 12.4, 73, 3600 * 2 + 600)] == ["0s", "12s", "1m13s", "2h10m"]
 
 
-def test_a_resumed_driver_starts_from_the_trials_the_earlier_one_left() -> None:
-    d, out = _driver()
+def test_a_resumed_view_starts_from_the_trials_the_earlier_driver_left() -> None:
+    v, out = _view()
     p = SWEEP.points()
-    summaries = [
-        SimpleNamespace(
-            trial_id="q_00000", outcome=Outcome.FINISHED, point=p[0], result={"epoch": 3, "val/error": 30.0}
-        ),
-        SimpleNamespace(
-            trial_id="q_00001", outcome=Outcome.STOPPED, point=p[1], result={"epoch": 1, "val/error": 60.0}
-        ),
-        SimpleNamespace(
-            trial_id="q_00002", outcome=Outcome.RUNNING, point=p[2], result={"epoch": 2, "val/error": 45.0}
-        ),
-    ]
-    d.seen(summaries)
-    assert d.status is not None
-    assert d.status.counts() == {"running": 0, "done": 1, "stopped early": 1, "failed": 0, "pending": 6}
-    assert d.status.epochs() == (6, 22) and d.status.best() == (30.0, label(p[0])) and d.status.left() is None
-    d.trial_start("q_00002", p[2])  # Tune runs it again from its epoch 2 checkpoint
-    d.trial_result("q_00002", {"epoch": 3, "val/error": 25.0, "config": {"point": p[2]}})
-    assert d.status.epochs() == (7, 22) and d.status.run_epochs == 1 and d.status.best() == (25.0, label(p[2]))
+    record = Record()
+    for i, (outcome, epoch, err) in enumerate(
+        [(Outcome.FINISHED, 3, 30.0), (Outcome.STOPPED, 1, 60.0), (Outcome.RUNNING, 2, 45.0)]
+    ):
+        t = TrialRecord(str(i), p[i], label(p[i]), status=outcome)
+        t.results = {e: {"epoch": e, "val/error": err} for e in range(1, epoch + 1)}
+        record.trials[t.key] = t
+    v.seen(record)
+    assert v.status.counts() == {"running": 0, "done": 1, "stopped early": 1, "failed": 0, "pending": 6}
+    assert v.status.epochs() == (6, 22) and v.status.best() == (30.0, label(p[0])) and v.status.left() is None
+    t2 = record.trials["2"]
+    v.start(t2, 3)  # run again from its epoch 2 checkpoint
+    _report(v, t2, {"epoch": 3, "val/error": 25.0})
+    assert v.status.epochs() == (7, 22) and v.status.run_epochs == 1 and v.status.best() == (25.0, label(p[2]))
+    assert out.getvalue().splitlines()[0].endswith(f"{label(p[2])}  start  (trial 2)")
 
 
 def test_a_dumb_terminal_gets_plain_lines_and_no_color_drops_the_dimming(monkeypatch) -> None:
