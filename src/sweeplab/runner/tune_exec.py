@@ -90,7 +90,8 @@ def execute(session: Session, driver: Driver, plan: Plan) -> None:
             storage_path=str(session.launch_dir / worker.TUNE_DIR),
             verbose=1 if session.tune_reporter else 0,
             callbacks=[forward(driver, session.launch_dir)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT clones another trial's checkpoint some epochs after choosing it: Tune must keep them all
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if sweep.scheduler.name == "pbt" else 2),
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
@@ -169,6 +170,20 @@ def ask(pairs: Iterator[tuple[str, dict[str, Any]]]) -> Any:
     return AskPlan()
 
 
+def error_of(trial: Any, folder: Path) -> tuple[str, str | None]:
+    """A failed trial's one-line cause and where its traceback is: the trial's own error.log when its code
+    raised, else Tune's text of the failure (a restore, a dead worker), as `Trial.get_error` gives it."""
+    error, log = worker.error_of(folder)
+    if log is not None:
+        return error, log
+    try:
+        text = trial.get_error()
+    except Exception:
+        text = None
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return (lines[-1], trial.error_file) if lines else (error, None)
+
+
 def _dirname(trial: Any) -> str:
     """Tune's folder of a trial: its id (the default spells out the whole config)."""
     return str(trial.trial_id)
@@ -202,12 +217,11 @@ def forward(driver: Driver, launch_dir: Path) -> Any:
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             key = key_of(trial)  # failed (e.g. its node died); runs again from its checkpoint
-            driver.retry(key, worker.error_of(launch_dir / "trials" / key)[0])
+            driver.retry(key, error_of(trial, launch_dir / "trials" / key)[0])
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             key = key_of(trial)
-            error, log = worker.error_of(launch_dir / "trials" / key)
-            driver.end(key, {}, error, log)
+            driver.end(key, {}, *error_of(trial, launch_dir / "trials" / key))
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             driver.step()

@@ -123,8 +123,11 @@ def _run(
         _rewrite(job.folder / METRICS, lines)
     # epochs the checkpoint holds that the ledger lacks (the driver died before their reports reached it)
     replay = [m for m in lines if job.known_epoch < int(m["epoch"]) <= saved]
-    if saved >= conf.train.epochs:  # over before the driver died: end it where it ended
-        for m in replay or lines[-1:]:
+    if saved >= conf.train.epochs:  # over before the driver died (or PBT handed it a finished trial's weights)
+        ending = (
+            replay or lines[-1:] or ([{**origin.pop("metrics", {}), **_origin_report(origin, job)}] if origin else [])
+        )
+        for m in ending:
             report(m, None)
         return
     for m in replay:
@@ -162,7 +165,11 @@ def _origin_report(origin: dict[str, Any] | None, job: TrialJob) -> dict[str, An
     """What the first report of a trial that took another's checkpoint says about it (the ledger's `origin`)."""
     if origin is None:
         return {}
-    return {"origin": origin, "point": dict(job.point), "label": label(job.point)}
+    return {
+        "origin": {k: v for k, v in origin.items() if k != "metrics"},
+        "point": dict(job.point),
+        "label": label(job.point),
+    }
 
 
 def _kept_lines(job: TrialJob, saved: int) -> list[dict[str, Any]]:
@@ -216,7 +223,8 @@ class Reporter:
         handed = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
         try:  # Tune copies the folder into its own storage for retries and PBT; a hard link costs nothing
             _link_or_copy(newest, handed / "state.pt")
-            origin = {"key": self.job.key, "epoch": int(metrics["epoch"]), "checkpoint": str(newest)}
+            # whose weights, after which epoch, measured how (PBT's exploit reads it)
+            origin = {"key": self.job.key, "epoch": int(metrics["epoch"]), "metrics": metrics}
             (handed / ORIGIN).write_text(json.dumps(origin))
             self.report({**out, "checkpoint": str(newest)}, handed)
         finally:
@@ -263,7 +271,7 @@ def error_of(folder: Path) -> tuple[str, str | None]:
     try:
         lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
     except OSError:
-        return "its worker process died (killed, out of memory, or its node was lost)", None
+        return "it failed outside its training code (its worker process died, or Ray could not start it)", None
     return (lines[-1] if lines else "failed"), str(log)
 
 
