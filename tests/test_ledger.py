@@ -361,9 +361,10 @@ def test_status_of_a_launch_without_trials(capsys) -> None:
 def test_sweeplab_status_reads_the_ledger_alone(tmp_path: Path, capsys) -> None:
     """No Ray, no MLflow: the launch folder's sweeplab.json and ledger.jsonl are all `status` reads."""
     storage = tmp_path / "ray"
-    launch.write_meta(storage / "qs-1", {"sweep": SWEEP.snapshot(), "launch": "qs-1"})
+    uri = f"sqlite:///{tmp_path / 'never-opened.db'}"
+    for name in ("qs-1", "qs-2"):  # qs-2: not started yet
+        launch.write_meta(storage / name, {"sweep": SWEEP.snapshot(), "launch": name, "tracking_uri": uri})
     _five(storage / "qs-1")
-    launch.write_meta(storage / "qs-2", {"sweep": SWEEP.snapshot(), "launch": "qs-2"})  # not started yet
     assert main(["status", "--storage", str(storage)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[0].startswith("qs-1  ") and "5 trials: 1 failed" in out[0]
@@ -372,6 +373,7 @@ def test_sweeplab_status_reads_the_ledger_alone(tmp_path: Path, capsys) -> None:
     assert len(capsys.readouterr().out.splitlines()) == 6
     assert main(["status", "qs-3", "--storage", str(storage)]) == 2
     assert "no launch 'qs-3'" in capsys.readouterr().err
+    assert not (tmp_path / "never-opened.db").exists()
 
 
 def test_a_trial_record_before_its_first_report() -> None:

@@ -213,13 +213,15 @@ def test_the_view_says_how_each_trial_ended_and_each_retry() -> None:
     _report(v, failed, {"epoch": 1, "val/error": 50.0})
     v.retry(failed, 3, "RuntimeError: node lost")  # the executor runs it again from its checkpoint
     v.retry(early, 3, "RuntimeError: OOM")  # before its first epoch
-    _report(v, failed, {"epoch": 2, "val/error": 45.0})
+    notice = "trials/1/checkpoint.pt: truncated; continuing from trials/1/checkpoint.prev.pt (epoch 1)"
+    _report(v, failed, {"epoch": 2, "val/error": 45.0, "notice": notice})  # its newest checkpoint did not load
     _end(v, failed, Outcome.FAILED, "ValueError: loss is nan", "/launch/trials/1/error.log")
     _end(v, lost, Outcome.FAILED, "its worker process died")  # no traceback to point at
     text = out.getvalue()
     assert f"{done.label}  done  val/error 37\n" in text
     assert f"{failed.label}  failed at epoch 1/3: RuntimeError: node lost; retrying from its epoch 1 checkpoint" in text
     assert f"{early.label}  failed at epoch 0/3: RuntimeError: OOM; retrying from the start" in text
+    assert f"{failed.label}  note: {notice}\n" in text and text.count("note: ") == 1
     assert (
         f"{failed.label}  FAILED at epoch 2/3: ValueError: loss is nan (traceback: /launch/trials/1/error.log)\n"
         in text

@@ -182,25 +182,35 @@ def test_a_trial_continues_from_its_newest_checkpoint_that_loads_and_says_so_onc
     capsys.readouterr()
     trainer = Trainer()
     reports = run(j, trainer)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"sweeplab: {j.folder / 'checkpoint.pt'}: ")
-    assert err[0].endswith(f"; continuing from {j.folder / 'checkpoint.prev.pt'} (epoch 1)")
     assert trainer.given[0]["epoch"] == 1 and torch.equal(trainer.given[0]["model"]["w"], torch.ones(2))
     assert reports.epochs == [2, 3]  # the ledger has 2 already (it keeps its first report of an epoch)
+    # said once, in the first report (the driver shows it and the ledger keeps it), not on the worker's stderr
+    notice = reports.metrics[0]["notice"]
+    assert notice.startswith(f"{j.folder / 'checkpoint.pt'}: ") and "\n" not in notice
+    assert notice.endswith(f"; continuing from {j.folder / 'checkpoint.prev.pt'} (epoch 1)")
+    assert "notice" not in reports.metrics[1] and capsys.readouterr().err == ""
     assert [m["epoch"] for m in metrics_lines(j.folder)] == [1, 2, 3]  # epoch 2's line trimmed, written again
     assert not (j.folder / worker.ERROR_LOG).exists()  # the earlier attempt's
     assert saved_epoch(j.folder / "checkpoint.pt") == 3 and saved_epoch(j.folder / "checkpoint.prev.pt") == 2
 
 
-def test_a_missing_newest_checkpoint_falls_back_to_the_older(tmp_path, capsys):
+def test_a_missing_newest_checkpoint_falls_back_to_the_older(tmp_path):
     j = job(tmp_path, known=2)
     with pytest.raises(worker.TrialFailed):
         run(j, Trainer(fail=3))
     (j.folder / "checkpoint.pt").replace(j.folder / "checkpoint.prev.pt")  # killed between the two renames
-    capsys.readouterr()
     trainer = Trainer()
-    assert run(j, trainer).epochs == [3]
-    assert trainer.given[0]["epoch"] == 2 and "checkpoint.pt: missing" in capsys.readouterr().err
+    reports = run(j, trainer)
+    assert reports.epochs == [3] and trainer.given[0]["epoch"] == 2
+    assert reports.metrics[0]["notice"].startswith(f"{j.folder / 'checkpoint.pt'}: missing; continuing from ")
+
+
+def test_a_trial_whose_own_newest_checkpoint_loads_says_nothing(tmp_path):
+    j = job(tmp_path, known=2)
+    with pytest.raises(worker.TrialFailed):
+        run(j, Trainer(fail=3))
+    reports = run(j)
+    assert reports.epochs == [3] and "notice" not in reports.metrics[0]
 
 
 def test_a_trial_whose_checkpoints_all_fail_to_load_cannot_be_resumed(tmp_path):
