@@ -10,6 +10,7 @@ import fcntl
 import os
 import subprocess
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,8 +87,8 @@ def client(uri: str) -> MlflowClient:
     """The process's client for `uri`; created once because the sqlite store's first use costs ~1 s.
 
     A sqlite store is created, migrated and checked under an exclusive lock on `DB.lock` beside it:
-    two drivers migrating one new file at once leave it half-migrated for good. A store left so is
-    repaired here, or reported as bad input (ConfigError) naming the file and the fix."""
+    two drivers migrating one new file at once leave it half-migrated for good. A store left so (by a kill
+    mid-migration) is reported as bad input (ConfigError) naming the file and the fix."""
     if uri not in _clients:
         from mlflow import MlflowClient
 
@@ -160,9 +161,13 @@ def _open_sqlite(uri: str, db: Path) -> MlflowClient:
 
 
 def _schema_error(e: BaseException) -> bool:
-    """Whether MLflow failed on the database's schema (tables missing, a migration not applied)."""
+    """Whether MLflow failed on the database's schema (tables missing, a migration not applied), or in a
+    migration it ran on opening the file (a store with tables missing is migrated again, and a store cut
+    short in its first migration fails there with whatever alembic met: a KeyError, say)."""
     text = f"{type(e).__name__} {e}".lower()
-    return any(w in text for w in ("no such table", "no such column", "alembic", "migrat", "schema", "already exists"))
+    if any(w in text for w in ("no such table", "no such column", "alembic", "migrat", "schema", "already exists")):
+        return True
+    return any(f.f_globals.get("__name__", "").startswith("alembic.") for f, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _line(e: BaseException) -> str:
