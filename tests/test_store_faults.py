@@ -1,34 +1,34 @@
-"""Fault injection for the MLflow store: first use by several processes at once, a half-migrated
-file, a store that fails for a while, a full disk (a real tmpfs) and reconcile from Tune's results."""
+"""Faults of the MLflow store: first use by several processes at once, a half-migrated file (bad input
+naming the fix, the file left as it is), and a store that fails for a while, for good, or fills its
+disk while the follower (tracking/follow.py) copies a launch's ledger into it."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_store import fresh_uri
-from sweeplab.commands.progress import Driver
-from sweeplab.runner.outcome import Outcome
-from sweeplab.schema import flatten
-from sweeplab.search_spaces import load
-from sweeplab.tracking import Tracker
+from sweeplab import ledger
+from sweeplab.cli import main
+from sweeplab.search_spaces import label, load
+from sweeplab.tracking import Tracker, follow
+from sweeplab.tracking.follow import Follower
 from sweeplab.tracking.store import client, sqlite_path
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow", "ignore::UserWarning:alembic")
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = load(ROOT / "sweeps" / "quickstart.yaml", smoke=True)
+POINTS = SWEEP.points()
 
 # Each racer imports MLflow once, then for every round waits for all the others at a file barrier and
 # opens the same new store at once: what two first sweeps on one new mlflow.db do.
@@ -50,10 +50,9 @@ RACER = textwrap.dedent("""
 """)
 
 
-def _head() -> str:
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    return _get_latest_schema_revision()
+def _head(tmp_path: Path, tmp_path_factory) -> str:
+    """The schema version MLflow migrates a new store to."""
+    return _schema(sqlite_path(fresh_uri(tmp_path / "head", tmp_path_factory)))[1]
 
 
 def _schema(db: Path) -> tuple[set[str], str | None]:
@@ -70,19 +69,8 @@ def _dump(db: Path) -> str:
         return hashlib.sha256("\n".join(con.iterdump()).encode()).hexdigest()
 
 
-def _sweeplab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sweeplab.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
-
-
 @pytest.mark.slow
-def test_concurrent_first_use_of_a_new_store(tmp_path: Path) -> None:
+def test_concurrent_first_use_of_a_new_store(tmp_path: Path, tmp_path_factory) -> None:
     """3 processes x 4 rounds open one new sqlite store at once: every open works, every store is whole."""
     n, rounds = 3, 4
     (tmp_path / "racer.py").write_text(RACER)
@@ -99,7 +87,7 @@ def test_concurrent_first_use_of_a_new_store(tmp_path: Path) -> None:
     outs = [p.communicate(timeout=900)[0] for p in procs]
     lines = [ln for out in outs for ln in out.splitlines() if ln[:1].isdigit()]
     assert sorted(lines) == sorted(f"{r} ok" for r in range(rounds) for _ in range(n)), "\n".join(outs)
-    head = _head()
+    head = _head(tmp_path, tmp_path_factory)
     for r in range(rounds):
         tables, version = _schema(tmp_path / f"r{r}" / "mlflow.db")
         assert version == head and not [t for t in tables if t.startswith("_alembic_tmp_")]
@@ -120,166 +108,167 @@ def _store_with_a_trial(tmp_path: Path, tmp_path_factory) -> tuple[str, str]:
     return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", t._children["t0"]
 
 
-def _downgrade(db: Path, steps: int) -> None:
-    """Undo MLflow's last `steps` migrations."""
-    from alembic import command
-    from mlflow.store.db.utils import _get_alembic_config, create_sqlalchemy_engine_with_retry
-
-    engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{db}")
-    config = _get_alembic_config(f"sqlite:///{db}")
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, f"-{steps}")
-    engine.dispose()
-
-
-@pytest.mark.slow
-def test_half_migrated_store_with_data_is_repaired(tmp_path: Path, tmp_path_factory) -> None:
-    """A migration cut short in a store with runs (two migrations behind, alembic's copy of `spans` left
-    over): the next command repairs it and works; before, MLflow re-ran the migration into the copy
-    ('table _alembic_tmp_spans already exists') and failed, that command and every later one."""
-    uri, run_id = _store_with_a_trial(tmp_path, tmp_path_factory)
-    db = sqlite_path(uri)
-    _downgrade(db, 2)  # the last but one migration rebuilds `spans` through _alembic_tmp_spans
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE _alembic_tmp_spans AS SELECT * FROM spans")
-    out = _sweeplab("best", "quickstart", "--tracking-uri", uri, "--json")
-    assert out.returncode == 0, out.stderr
-    assert [r["run_id"] for r in json.loads(out.stdout)] == [run_id]
-    assert out.stderr.splitlines() == [
-        f"sweeplab: repaired the half-migrated MLflow store {db} (leftover _alembic_tmp_spans)"
-    ]
-    tables, version = _schema(db)
-    assert version == _head() and not [t for t in tables if t.startswith("_alembic_tmp_")]
-    again = _sweeplab("best", "quickstart", "--tracking-uri", uri, "--json")  # repaired for good
-    assert again.returncode == 0 and again.stderr == ""
-
-
-@pytest.mark.slow
-def test_new_store_cut_short_is_rebuilt(tmp_path: Path, tmp_path_factory) -> None:
-    """The state the race left (no runs, _alembic_tmp_ copies, an early schema version) is rebuilt."""
-    uri = fresh_uri(tmp_path, tmp_path_factory)
-    db = sqlite_path(uri)
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE _alembic_tmp_metrics AS SELECT * FROM metrics")
-        con.execute("DROP TABLE metrics")
-        con.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")
-    out = _sweeplab("best", "quickstart", "--tracking-uri", uri)
-    assert out.returncode == 2 and "Traceback" not in out.stderr  # the store is whole but has no such sweep
-    assert "repaired the half-migrated MLflow store" in out.stderr
-    assert out.stderr.splitlines()[-1].startswith("sweeplab: error: no sweep or launch named 'quickstart'")
-    tables, version = _schema(db)
-    assert version == _head() and "metrics" in tables and not [t for t in tables if t.startswith("_alembic")]
-
-
-@pytest.mark.slow
-def test_store_beyond_repair_is_bad_input(tmp_path: Path, tmp_path_factory) -> None:
-    """A schema version that lies (the first one, over today's tables): exit 2, one line naming the file
-    and the fix, and the file left exactly as it was."""
+@pytest.mark.parametrize("how", ["behind", "leftover", "cut short"])
+def test_a_half_migrated_store_is_bad_input_naming_mlflow_db_upgrade(tmp_path, tmp_path_factory, capsys, how):
+    """A migration cut short (a kill mid-migration; two first uses at once are serialised by the lock):
+    exit 2, one line naming the file and the fix, no traceback; sweeplab repairs nothing, and a store
+    whose tables are all there is left exactly as it was."""
     uri, _ = _store_with_a_trial(tmp_path, tmp_path_factory)
     db = sqlite_path(uri)
     with sqlite3.connect(db) as con:
-        con.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")
+        if how == "leftover":  # alembic's copy of a table it was rebuilding, left over
+            con.execute("CREATE TABLE _alembic_tmp_spans AS SELECT * FROM spans")
+        if how == "cut short":  # a new store's first migration, killed while it rebuilt `metrics`
+            con.execute("CREATE TABLE _alembic_tmp_metrics AS SELECT * FROM metrics")
+            con.execute("DROP TABLE metrics")
+        con.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")  # an early schema version
     before = _dump(db)
-    out = _sweeplab("best", "quickstart", "--tracking-uri", uri)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sweeplab: error: ") and str(db) in lines[0]
-    assert "move it aside" in lines[0]
-    assert _dump(db) == before  # put back as it was (same schema and rows; SQLite's page counters aside)
+    capsys.readouterr()
+    assert main(["best", "quickstart", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"sweeplab: error: MLflow store {db} cannot be opened (")
+    assert f"run `mlflow db upgrade {uri}`, or move the file aside" in line
+    if how != "cut short":  # MLflow itself tries to migrate a store with tables missing, and fails
+        assert _dump(db) == before
     assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
 
 
-# ---- retries, recorded losses, reconcile ----------------------------------------------------------
+# ---- the follower against a failing store ------------------------------------------------------------
 
 
-class Flaky:
-    """A stand-in tracker method that fails `fails` times, then works (isolates the retry loop)."""
+class Failing:
+    """The tracker's MLflow client, whose calls numbered in `fail` (1-based), or all from `fail_from` on,
+    are refused as a locked SQLite file refuses them."""
 
-    def __init__(self, fails: int, name: str = "trial_results") -> None:
-        self.fails, self.calls = fails, 0
-        self.__name__ = name
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+        self.fail: set[int] = set()
+        self.fail_from: int | None = None
 
-    def __call__(self, *args: object, **kwargs: object) -> None:
-        self.calls += 1
-        if self.calls <= self.fails:
-            raise RuntimeError("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
 
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls in self.fail or (self.fail_from is not None and self.calls >= self.fail_from):
+                raise RuntimeError("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
+            return attr(*args, **kwargs)
 
-def _driver(tracker: object) -> Driver:
-    d = Driver(SWEEP, tracker, out=open(os.devnull, "w"))
-    d.RETRY_DELAYS = (0.0, 0.0, 0.0)
-    return d
-
-
-def test_a_store_failing_twice_then_working_loses_nothing(capsys: pytest.CaptureFixture) -> None:
-    flaky = Flaky(2)
-    d = _driver(SimpleNamespace(trial_results=flaky))
-    d.trial_result("t1", {"epoch": 1, "val/error": 3.0, "config": {"point": SWEEP.points()[0]}})
-    d.drain()  # the writer thread applies it
-    assert flaky.calls == 3 and d.lost == [] and "tracking" not in capsys.readouterr().err
+        return call
 
 
-def test_a_store_that_keeps_failing_is_recorded_and_said(capsys: pytest.CaptureFixture) -> None:
-    flaky = Flaky(99)
-    d = _driver(SimpleNamespace(trial_results=flaky, close=Flaky(99, "close"), launch="qs-1"))
-    d.trial_result("t1", {"epoch": 2, "val/error": 3.0, "config": {"point": SWEEP.points()[0]}})
-    d.drain()
-    assert flaky.calls == 4 and d.safe(d.tracker.close, "FINISHED") is False
-    assert [(x.trial_id, x.what) for x in d.lost] == [("t1", "epoch 2 metrics"), ("", "parent run end (FINISHED)")]
-    assert d.lost_trials() == ["t1", ""]
-    err = capsys.readouterr().err.splitlines()
-    assert (
-        len(err) == 2
-        and err[0].startswith("sweeplab: tracking lost trial t1: epoch 2 metrics (after 4 tries: RuntimeError")
-        and "database is locked" in err[0]
-    )
-    assert "[SQL" not in err[0] and err[1].startswith("sweeplab: tracking lost launch qs-1: parent run end (FINISHED)")
+def _follower(launch_dir: Path, uri: str, launch: str = "qs-x") -> tuple[Follower, Failing]:
+    tracker = Tracker(uri, SWEEP.name, launch, {})
+    failing = Failing(tracker.client)
+    tracker.client = failing
+    return Follower(launch_dir, SWEEP, tracker), failing
 
 
-def _results(folder: Path, point: dict, epochs: int, start: float = 1_700_000_000.0) -> list[dict]:
-    """Tune's result.json of a trial that reported `epochs` epochs (with Ray's clutter)."""
-    rows = [
-        {
-            "epoch": e,
-            "lr": 0.1,
-            "train/loss": 1.0 / e,
-            "train/error": 50.0 - e,
-            "val/loss": 0.5,
-            "val/error": 40.0 - e,
-            "time/epoch_s": 2.0,
-            "reported_at": start + e,
-            "training_iteration": e,
-            "pid": 42,
-            "config": {"point": point},
-            **({"hardware": "cpu x1"} if e == 1 else {}),
-        }
-        for e in range(1, epochs + 1)
+def _append(launch_dir: Path, *events: dict[str, Any]) -> None:
+    w = ledger.Writer(launch_dir)
+    try:
+        for e in events:
+            w.append(e)
+        w.sync()
+    finally:
+        w.close()
+
+
+def _trial_events(i: int, epochs: int = 3, end: bool = True) -> list[dict[str, Any]]:
+    point = POINTS[i]
+    events: list[dict[str, Any]] = [
+        {"ev": "trial", "key": str(i), "point": point, "label": label(point), "seed": 0},
+        {"ev": "start", "key": str(i)},
     ]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 9, "val/e')
-    return rows
-
-
-def _replay(d: Driver, trial_id: str, rows: list[dict], end: bool = True) -> None:
-    """Drive the Driver as Tune's callback does."""
-    d.trial_start(trial_id, rows[0]["config"]["point"])
-    for r in rows:
-        d.trial_result(trial_id, r)
+    for e in range(1, epochs + 1):
+        m = {"epoch": e, "val/error": 40.0 - e, "train/loss": 1.0 / e}
+        events.append(
+            {"ev": "result", "key": str(i), "epoch": e, "metrics": m, **({"hardware": "cpu x1"} if e == 1 else {})}
+        )
     if end:
-        d.trial_end(trial_id, rows[-1], None)
+        events.append({"ev": "end", "key": str(i), "outcome": "FINISHED", "epoch": epochs})
+    return events
 
 
-def _children(uri: str, t: Tracker) -> dict[str, list]:
-    runs = client(uri).search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{t.parent_id}'")
-    out: dict[str, list] = {}
-    for r in runs:
-        out.setdefault(r.data.tags["sweeplab.trial_id"], []).append(r)
+def _runs(uri: str, launch: str = "qs-x") -> dict[str, Any]:
+    c = client(uri)
+    exp = c.get_experiment_by_name(SWEEP.name)
+    found = c.search_runs([exp.experiment_id], f"tags.`sweeplab.launch` = '{launch}'")
+    out: dict[str, Any] = {}
+    for r in found:
+        key = r.data.tags.get("sweeplab.trial_id", "")  # '' : the parent run
+        assert key not in out, f"two runs of {key or 'the parent'}"
+        out[key] = r
     return out
 
 
-def _steps(uri: str, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in client(uri).get_metric_history(run_id, key))
+def _epochs(uri: str, run: Any) -> list[int]:
+    return sorted(m.step for m in client(uri).get_metric_history(run.info.run_id, "epoch"))
+
+
+@pytest.fixture
+def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(follow, "RETRY_DELAYS", (0.0, 0.0, 0.0))  # 4 tries, without the seconds between them
+
+
+@pytest.mark.parametrize("failing", [{1, 2, 3}, {6, 7, 8}, {9, 10}])
+def test_a_store_failing_briefly_loses_nothing(tmp_path, tmp_path_factory, capsys, no_waits, failing) -> None:
+    uri = fresh_uri(tmp_path / "store", tmp_path_factory)
+    _append(tmp_path, {"ev": "session"}, *_trial_events(0), *_trial_events(1))
+    f, store = _follower(tmp_path, uri)
+    store.fail = failing  # three tries of one change at most: the fourth works
+    f.poll()
+    assert f.lost == {} and "MLflow did not take" not in capsys.readouterr().err
+    assert max(failing) <= store.calls  # every planned failure happened
+    runs = _runs(uri)
+    assert sorted(runs) == ["", "0", "1"]
+    for key in ("0", "1"):
+        r = runs[key]
+        assert _epochs(uri, r) == [1, 2, 3] and r.info.status == "FINISHED", key
+        assert "optim.lr" in r.data.params and r.data.tags["sweeplab.hardware"] == "cpu x1"
+
+
+def test_a_store_down_for_good_is_remembered_said_once_retried_and_reported_lost(
+    tmp_path, tmp_path_factory, capsys, no_waits
+) -> None:
+    uri = fresh_uri(tmp_path / "store", tmp_path_factory)
+    f, store = _follower(tmp_path, uri)
+    _append(tmp_path, {"ev": "session"}, *_trial_events(0, end=False))
+    f.poll()
+    assert _epochs(uri, _runs(uri)["0"]) == [1, 2, 3]
+    store.fail_from = store.calls + 1  # from here on every call fails
+    _append(tmp_path, {"ev": "end", "key": "0", "outcome": "FINISHED", "epoch": 3}, *_trial_events(1))
+    f.poll()
+    assert sorted(f.lost) == ["0", "1"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"sweeplab: MLflow did not take trial {k} (RuntimeError: (sqlite3.OperationalError) database is locked); "
+        "will retry"
+        for k in ("0", "1")
+    ]
+    calls = store.calls
+    f.poll()  # no new line in the ledger: what was lost is tried again, and said no more
+    assert store.calls > calls and sorted(f.lost) == ["0", "1"] and capsys.readouterr().err == ""
+    _append(tmp_path, {"ev": "stop", "status": "FINISHED", "best": None})
+    f.finish()
+    assert sorted(f.lost) == ["", "0", "1"]  # '' : the parent run's end
+    assert capsys.readouterr().err.splitlines() == [
+        "sweeplab: MLflow did not take the launch's parent run (RuntimeError: (sqlite3.OperationalError) "
+        "database is locked); will retry"
+    ]
+    runs = _runs(uri)
+    assert runs["0"].info.status == "RUNNING" and "1" not in runs
+    store.fail_from = None  # the store is back: the next poll (a resume's follower, here the same) fills it
+    f.poll()
+    f.finish()
+    assert f.lost == {} and capsys.readouterr().err == ""
+    runs = _runs(uri)
+    assert {k: r.info.status for k, r in runs.items()} == {"": "FINISHED", "0": "FINISHED", "1": "FINISHED"}
+    assert _epochs(uri, runs["0"]) == [1, 2, 3] and _epochs(uri, runs["1"]) == [1, 2, 3]
 
 
 @pytest.fixture
@@ -299,95 +288,30 @@ def _fill(folder: Path) -> None:
     subprocess.run(["dd", "if=/dev/zero", f"of={folder / 'filler'}", "bs=4k"], capture_output=True)
 
 
-@pytest.mark.slow
-def test_full_mlflow_disk_is_recorded_then_reconciled(
-    tmpfs: Path, tmp_path: Path, tmp_path_factory, capsys: pytest.CaptureFixture
-) -> None:
+def test_a_full_mlflow_disk_loses_nothing_of_the_ledger(tmpfs, tmp_path, tmp_path_factory, capsys, no_waits) -> None:
+    """The store's disk fills mid-launch: what MLflow did not take is said and kept as lost; once there is
+    room, a new follower (`resume`'s) logs exactly what MLflow lacks, each epoch once."""
     uri = fresh_uri(tmpfs, tmp_path_factory)
-    tracker = Tracker(uri, "quickstart", "qs-full", {})
-    d = Driver(SWEEP, tracker, out=open(os.devnull, "w"))
-    d.RETRY_DELAYS = (0.05, 0.05)
-    points = SWEEP.points()
-    trials = {f"t{i}": _results(tmp_path / "trials" / f"t{i}", points[i], 3) for i in range(3)}
-    _replay(d, "t0", trials["t0"])  # logged whole before the disk fills
-    d.trial_start("t1", points[1])
-    d.trial_result("t1", trials["t1"][0])  # t1: start and epoch 1 logged
-    d.drain()
-    assert d.lost == []
+    launch_dir = tmp_path / "launch"
+    f, _ = _follower(launch_dir, uri, "qs-full")
+    _append(launch_dir, {"ev": "session"}, *_trial_events(0), *_trial_events(1, epochs=1, end=False))
+    f.poll()  # trial 0 whole, trial 1's start and epoch 1 in MLflow
+    assert f.lost == {}
     _fill(tmpfs)
-    for r in trials["t1"][1:]:
-        d.trial_result("t1", r)
-    d.trial_end("t1", trials["t1"][-1], None)
-    _replay(d, "t2", trials["t2"])  # t2: nothing reaches MLflow
-    d.drain()
+    more = [{"ev": "result", "key": "1", "epoch": e, "metrics": {"epoch": e, "val/error": 40.0 - e}} for e in (2, 3)]
+    _append(launch_dir, *more, {"ev": "end", "key": "1", "outcome": "FINISHED", "epoch": 3}, *_trial_events(2))
+    f.poll()
+    _append(launch_dir, {"ev": "stop", "status": "FINISHED", "best": None})
+    f.finish()
+    assert sorted(f.lost) == ["", "1", "2"]
     err = capsys.readouterr().err
-    assert d.lost_trials() == ["t1", "t2"]
-    lost = {(x.trial_id, x.what) for x in d.lost}
-    assert {
-        ("t1", "epoch 2 metrics"),
-        ("t1", "epoch 3 metrics"),
-        ("t1", "end (FINISHED)"),
-        ("t2", "run (params, config.yaml, tags)"),
-        ("t2", "epoch 1 metrics"),
-        ("t2", "end (FINISHED)"),
-    } <= lost
-    assert err.count("sweeplab: tracking lost") == len(d.lost) and "full" in err
-
+    assert err.count("sweeplab: MLflow did not take") == 3 and "full" in err
     (tmpfs / "filler").unlink()
-    summaries = [
-        SimpleNamespace(
-            trial_id=tid,
-            outcome=Outcome.FINISHED,
-            point=rows[0]["config"]["point"],
-            result=rows[-1],
-            error=None,
-            path=str(tmp_path / "trials" / tid),
-        )
-        for tid, rows in trials.items()
-    ]
-    relogged = d.reconcile(summaries)
-    assert [line.split(":")[0] for line in relogged] == ["t1", "t2"] and d.lost == []
-    children = _children(uri, tracker)
-    assert sorted(children) == ["t0", "t1", "t2"] and all(len(runs) == 1 for runs in children.values())
-    for tid, (run,) in children.items():
-        assert _steps(uri, run.info.run_id, "epoch") == [1, 2, 3], tid
-        assert _steps(uri, run.info.run_id, "val/error") == [1, 2, 3], tid
-        assert run.info.status == "FINISHED" and run.data.tags["sweeplab.stopped_early"] == "false"
-        config = SWEEP.trial(trials[tid][0]["config"]["point"]).config.to_dict()
-        assert set(run.data.params) == set(flatten(config)), tid
-        assert run.data.tags["sweeplab.hardware"] == "cpu x1" and run.data.tags["sweeplab.seed"] == "0"
-        assert [a.path for a in client(uri).list_artifacts(run.info.run_id)] == ["config.yaml"]
-    timestamps = [m.timestamp for m in client(uri).get_metric_history(children["t2"][0].info.run_id, "epoch")]
-    assert timestamps == [1_700_000_001_000, 1_700_000_002_000, 1_700_000_003_000]  # when the trial measured them
-    assert d.reconcile(summaries) == []  # idempotent: nothing is missing any more
-    assert sum(len(_steps(uri, r.info.run_id, "epoch")) for (r,) in _children(uri, tracker).values()) == 9
-
-
-def test_reconcile_on_resume_logs_a_run_that_never_reached_mlflow(tmp_path: Path, tmp_path_factory) -> None:
-    """After a driver died: a finished trial MLflow never heard of, an errored one with half its epochs
-    and a running one are brought up to Tune's results; pending trials are left to Tune."""
-    uri = fresh_uri(tmp_path / "db", tmp_path_factory)
-    tracker = Tracker(uri, "quickstart", "qs-resume", {})
-    d = _driver(tracker)
-    points = SWEEP.points()
-    done = _results(tmp_path / "a", points[0], 3)
-    errored = _results(tmp_path / "b", points[1], 2)
-    running = _results(tmp_path / "c", points[2], 1)
-    _replay(d, "b", errored[:1], end=False)
-    summaries = [
-        SimpleNamespace(trial_id=tid, outcome=o, point=points[i], result=r, error=e, path=str(tmp_path / tid))
-        for i, (tid, o, r, e) in enumerate(
-            [
-                ("a", Outcome.FINISHED, done[-1], None),
-                ("b", Outcome.FAILED, errored[-1], "boom"),
-                ("c", Outcome.RUNNING, running[-1], None),
-                ("p", Outcome.PENDING, {}, None),  # not started: no folder
-            ]
-        )
-    ]
-    assert [line.split(":")[0] for line in d.reconcile(summaries)] == ["a", "b", "c"]
-    children = {tid: runs[0] for tid, runs in _children(uri, tracker).items()}
-    assert sorted(children) == ["a", "b", "c"]
-    assert {tid: r.info.status for tid, r in children.items()} == {"a": "FINISHED", "b": "FAILED", "c": "RUNNING"}
-    assert [_steps(uri, children[t].info.run_id, "epoch") for t in "abc"] == [[1, 2, 3], [1, 2], [1]]
-    assert d.reconcile(summaries) == []
+    again, _ = _follower(launch_dir, uri, "qs-full")
+    again.poll()
+    again.finish()
+    assert again.lost == {}
+    runs = _runs(uri, "qs-full")
+    assert sorted(runs) == ["", "0", "1", "2"] and {r.info.status for r in runs.values()} == {"FINISHED"}
+    for key in ("0", "1", "2"):
+        assert _epochs(uri, runs[key]) == [1, 2, 3], key
