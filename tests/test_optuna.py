@@ -1,15 +1,15 @@
 """`search: {name: optuna}` keeps a real Optuna study (docs/sweeps.md "Optuna studies"), and the sweep
 limits `search.trial_cap` and `search.time_budget_s`.
 
-The fast tests check the sweep file's keys and drive the searcher by hand against an SQLite study;
-the slow ones run the `sweeplab` CLI on a real local Ray with tiny synthetic data.
+The fast tests check the sweep file's keys, drive the launch's study (runner/study.py) by hand against an
+SQLite study, and the runner's Plan of an Optuna session over a real ledger; the slow ones run the
+`sweeplab` CLI on a real local Ray with tiny synthetic data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -99,135 +99,192 @@ def test_trial_cap_runs_the_first_points_and_the_dry_run_says_so(tmp_path):
 
 
 def test_the_study_database_defaults_beside_the_mlflow_file(tmp_path, monkeypatch):
-    from sweeplab.runner import optuna_study
+    from sweeplab.runner import study as st
 
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "store"
-    assert optuna_study.default_storage(f"sqlite:///{store}/mlflow.db", "runs") == f"sqlite:///{store}/optuna.db"
-    assert optuna_study.default_storage("http://127.0.0.1:5000", str(tmp_path / "ray")) == (
-        f"sqlite:///{tmp_path}/ray/optuna.db"
-    )
-    assert optuna_study.absolute("sqlite:///o.db") == f"sqlite:///{tmp_path}/o.db"
-    assert optuna_study.absolute("postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
-    assert optuna_study.shown("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert st.default_storage(f"sqlite:///{store}/mlflow.db", "runs") == f"sqlite:///{store}/optuna.db"
+    assert st.default_storage("http://127.0.0.1:5000", str(tmp_path / "ray")) == f"sqlite:///{tmp_path}/ray/optuna.db"
+    assert st.absolute("sqlite:///o.db") == f"sqlite:///{tmp_path}/o.db"
+    assert st.absolute("sqlite:///:memory:") == "sqlite:///:memory:"
+    assert st.absolute("postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
+    assert st.shown("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert "optuna-dashboard --host 127.0.0.1" in st.dashboard_hint("postgresql://u:pw@h/db")
+    assert "pw" not in st.dashboard_hint("postgresql://u:pw@h/db")
 
 
 # ---- the study, driven by hand ---------------------------------------------------------------------
 
 
-def test_each_tune_trial_is_one_study_trial_in_its_state(tmp_path):
+def optuna_sweep(tmp_path: Path, url: str, num_samples: int = 4, **search: object):  # type: ignore[no-untyped-def]
+    spec = {"name": "optuna", "num_samples": num_samples, "storage": url, "study": "s", **search}
+    return load(sweep_file(tmp_path, search=spec))
+
+
+def by_key(url: str) -> dict[str, object]:
+    return {str(t.number): t for t in study(url, "s").trials}
+
+
+def test_ask_is_a_new_study_trial_keyed_by_its_number_with_its_label_and_launch(tmp_path):
     from optuna.trial import TrialState
 
-    from sweeplab.runner import tune_space
+    from sweeplab.runner.study import Study
+    from sweeplab.search_spaces import label
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
-    searcher = tune_space.searcher(sweep, "L")
-    points = {tid: searcher.suggest(tid)["point"] for tid in ("a", "b", "c")}
-    assert searcher.suggest("a")["point"] == points["a"]  # asked again (Tune restores): the same trial
-    for tid in "ac":
-        searcher.on_trial_result(tid, {"val/error": 50.0, "epoch": 1})
-    searcher.on_trial_complete("a", {"val/error": 40.0, "epoch": 3})  # ran its 3 epochs
-    searcher.on_trial_complete("b", {"val/error": 60.0, "epoch": 1})  # a scheduler stopped it
-    searcher.on_trial_complete("c", None, error=True)
-    searcher.on_trial_complete("a", {"val/error": 40.0, "epoch": 3})  # told twice (a resume): once in the study
-    trials = {t.user_attrs["tune_trial_id"]: t for t in study(url, "s").trials}
-    assert set(trials) == {"a", "b", "c"}
-    assert [trials[t].state for t in "abc"] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
-    assert trials["a"].value == 40.0 and trials["a"].intermediate_values == {1: 50.0, 3: 40.0}
-    assert trials["b"].intermediate_values == {1: 60.0}  # the result the scheduler stopped it on
-    assert trials["a"].params == points["a"] and set(points["a"]) == {"optim.lr", "optim.weight_decay"}
-    assert trials["a"].user_attrs["launch"] == "L" and trials["a"].user_attrs["label"].startswith("lr=")
+    s = Study(optuna_sweep(tmp_path, url), "L")
+    asked = [s.ask() for _ in range(3)]
+    assert [k for k, _ in asked] == ["0", "1", "2"]
+    found = by_key(url)
+    for key, point in asked:
+        t = found[key]
+        assert t.state is TrialState.RUNNING and t.params == point
+        assert set(point) == {"optim.lr", "optim.weight_decay"} and 1e-3 <= point["optim.lr"] <= 1.0
+        assert t.user_attrs == {"label": label(point), "launch": "L"}
+    assert study(url, "s").metric_names == ["val/error"]  # optuna-dashboard labels its axes with it
 
 
-def test_a_trial_asked_before_the_driver_died_is_taken_over_not_repeated(tmp_path):
-    from sweeplab.runner import tune_space
-
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
-    searcher = tune_space.searcher(sweep, "L")
-    searcher.suggest("a")
-    searcher.save(str(tmp_path / "state.pkl"))  # Tune's last saved state...
-    lost = searcher.suggest("b")["point"]  # ...then one more trial asked, and the driver killed
-    again = tune_space.searcher(sweep, "L")
-    with open(tmp_path / "state.pkl", "rb") as f:  # what Tune's restore does (the file is signed: launch_state)
-        again.__dict__.update(pickle.load(f))
-    assert again.suggest("c")["point"] == lost
-    again.suggest("d")  # a new trial: the sampler's seeded state is the saved one, so it may draw `lost` again
-    found = study(url, "s").trials
-    assert [t.user_attrs["tune_trial_id"] for t in found] == ["a", "c", "d"]  # trial 1 is c's, none left RUNNING
-
-
-def test_trials_the_study_has_ended_are_ended_by_resume_as_it_has_them(tmp_path):
-    """The study is told at once, Tune's state up to a second or two later: on resume, the trials the
-    study holds as COMPLETE or PRUNED (of this launch, none of another) end with the study's epoch and
-    value instead of being trained again; a RUNNING or FAILED one runs on."""
-    from sweeplab.runner import optuna_study, tune_space
-
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
-    assert optuna_study.finished_trials(sweep, "L") == {}  # no study yet
-    searcher = tune_space.searcher(sweep, "L")
-    for tid in "abcd":
-        searcher.suggest(tid)
-    searcher.on_trial_result("b", {"val/error": 50.0, "epoch": 1})
-    searcher.on_trial_complete("a", {"val/error": 60.0, "epoch": 1})  # a scheduler stopped it
-    searcher.on_trial_complete("b", {"val/error": 40.0, "epoch": 3})  # ran its 3 epochs
-    searcher.on_trial_complete("c", None, error=True)  # failed: `resume` retries it
-    other = tune_space.searcher(sweep, "M")  # another launch sharing the study
-    other.suggest("x")
-    other.on_trial_complete("x", {"val/error": 70.0, "epoch": 1})
-    assert optuna_study.finished_trials(sweep, "L") == {
-        "a": {"epoch": 1, "val/error": 60.0},
-        "b": {"epoch": 3, "val/error": 40.0},
-    }
-    assert optuna_study.finished_trials(sweep, "M") == {"x": {"epoch": 1, "val/error": 70.0}}
-
-
-def test_outcomes_wait_for_a_kept_tune_state_that_has_the_trial_ended(tmp_path, monkeypatch):
-    """With signed state copies (a local launch), the study learns an outcome only once a kept copy of
-    Tune's state has that trial ended; one saved in the searcher's state is told when it is restored."""
+def test_tell_maps_each_outcome_once_and_report_gives_intermediate_values(tmp_path):
     from optuna.trial import TrialState
 
-    from sweeplab.runner import optuna_study, tune_space
+    from sweeplab.ledger import Outcome
+    from sweeplab.runner.study import Study
 
-    monkeypatch.setattr(optuna_study, "DEFER", True)
-    monkeypatch.setattr(optuna_study, "ACTIVE", [])
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 4, "storage": url, "study": "s"}))
-    searcher = tune_space.searcher(sweep, "L")
-    for tid in "ab":
-        searcher.suggest(tid)
-        searcher.on_trial_complete(tid, {"val/error": 40.0, "epoch": 3})
+    sweep = optuna_sweep(tmp_path, url, num_samples=5)
+    s = Study(sweep, "L")
+    keys = [s.ask()[0] for _ in range(5)]
+    s.report("0", 1, 50.0)
+    s.report("0", 1, 99.0)  # an epoch reported again (a resumed trial): its first value stays
+    s.report("0", 3, 40.0)
+    s.report("1", 1, 60.0)
+    s.report("1", 2, "nan?")  # not a number: not a value
+    s.tell("0", Outcome.FINISHED, 40.0)  # ran its 3 epochs
+    s.tell("1", Outcome.STOPPED, 60.0)  # a scheduler stopped it
+    s.tell("2", Outcome.FAILED, None)
+    s.tell("3", Outcome.FINISHED, None)  # finished without the sweep's metric: nothing to rank it by
+    for key, outcome, value in (
+        ("0", Outcome.FINISHED, 40.0),
+        ("1", Outcome.STOPPED, 60.0),
+        ("2", Outcome.FAILED, None),
+    ):
+        s.tell(key, outcome, value)  # told again (a resume tells every ended trial): nothing changes
+    again = Study(sweep, "L")  # a resumed driver's study
+    again.tell("0", Outcome.FAILED, None)
+    again.report("4", 1, 10.0)  # asked by an earlier driver: Optuna's public API takes no value for it
+    found = by_key(url)
+    assert [found[k].state for k in keys] == [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.RUNNING,
+    ]
+    assert found["0"].value == 40.0 and found["0"].intermediate_values == {1: 50.0, 3: 40.0}
+    assert found["1"].intermediate_values == {1: 60.0} and found["4"].intermediate_values == {}
+    again.tell("4", Outcome.FINISHED, 30.0)  # ...but is told its outcome by number
+    assert by_key(url)["4"].state is TrialState.COMPLETE and by_key(url)["4"].value == 30.0
 
-    def states() -> dict[str, TrialState]:
-        return {t.user_attrs["tune_trial_id"]: t.state for t in study(url, "s").trials}
 
-    assert states() == {"a": TrialState.RUNNING, "b": TrialState.RUNNING}  # no kept state has them ended yet
-    kept = tmp_path / "copy"
-    kept.mkdir()
-    ended = (("a", "TERMINATED"), ("b", "RUNNING"))
-    trial_data = [[json.dumps({"trial_id": t, "status": st}), "{}"] for t, st in ended]
-    (kept / "experiment_state-1.json").write_text(json.dumps({"trial_data": trial_data}))
-    optuna_study.tell_kept(kept)
-    assert states() == {"a": TrialState.COMPLETE, "b": TrialState.RUNNING}
-    searcher.save(str(tmp_path / "searcher-state-1.pkl"))  # b's outcome waits in the saved searcher...
-    again = tune_space.searcher(sweep, "L")
-    trial_data[1][0] = json.dumps({"trial_id": "b", "status": "TERMINATED"})
-    (tmp_path / "experiment_state-1.json").write_text(json.dumps({"trial_data": trial_data}))
-    again.restore_from_dir(str(tmp_path))  # ...and a restored state that has b ended tells it
-    assert states() == {"a": TrialState.COMPLETE, "b": TrialState.COMPLETE}
+def test_orphans_are_this_launchs_running_trials_the_ledger_never_got(tmp_path):
+    from sweeplab.ledger import Outcome
+    from sweeplab.runner.study import Study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = optuna_sweep(tmp_path, url, num_samples=6)
+    s = Study(sweep, "L")
+    asked = dict(s.ask() for _ in range(4))
+    s.tell("1", Outcome.FINISHED, 1.0)
+    other = Study(sweep, "M")  # another launch sharing the study
+    other.ask()
+    # the ledger has trials 0 and 3; 2 was asked just before the driver died; 1 has ended; 4 is M's
+    assert Study(sweep, "L").orphans({"0", "3"}) == [("2", asked["2"])]
+    assert Study(sweep, "L").orphans(set(asked)) == []
+
+
+def _plan(sweep, launch_dir: Path, launch: str = "L"):  # type: ignore[no-untyped-def]
+    """The Plan of a session of an Optuna launch over its ledger, as runner/launch.py builds it."""
+    from sweeplab import ledger
+    from sweeplab.runner.driver import Driver, Plan
+    from sweeplab.runner.study import Study
+
+    writer = ledger.Writer(launch_dir)
+    driver = Driver(sweep, writer, ledger.read(launch_dir)[0], Study(sweep, launch))
+    return Plan(sweep, driver), writer
+
+
+def test_plan_asks_the_study_and_each_trial_is_in_the_ledger_before_it_runs(tmp_path):
+    from sweeplab import ledger
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = optuna_sweep(tmp_path, url, num_samples=3)
+    plan, writer = _plan(sweep, tmp_path / "L")
+    try:
+        assert plan.remaining() == plan.unfinished() == 3
+        got = []
+        for key, point in plan.asked():
+            held = ledger.read(tmp_path / "L")[0].trials  # a reader of the file, not the driver's record
+            assert key in held and held[key].point == point, key
+            got.append((key, point))
+    finally:
+        writer.close()
+    assert [k for k, _ in got] == ["0", "1", "2"]
+    assert {k: t.params for k, t in by_key(url).items()} == dict(got)
+    assert plan.remaining() == plan.unfinished() == 3  # planned, none started or ended
+
+
+def test_plan_after_a_kill_tells_the_study_what_the_ledger_ended_and_runs_the_rest_once(tmp_path):
+    """A driver died with trial 0 ended in the ledger but not yet told to the study, trial 1 failed, trial 2
+    running, and trial 3 asked from the study just before the ledger got it. The next session tells the study
+    each ended trial, runs 1 (failed: again), 2 and the orphan 3, then asks new trials up to num_samples."""
+    from optuna.trial import TrialState
+
+    from sweeplab import ledger
+    from sweeplab.ledger import Outcome
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = optuna_sweep(tmp_path, url, num_samples=5)
+    launch_dir = tmp_path / "L"
+    plan, writer = _plan(sweep, launch_dir)
+    d = plan.driver
+    pairs = plan.asked()
+    for _ in range(3):
+        key, point = next(pairs)
+        d.start(key, point)
+    d.result("0", {"epoch": 3, "val/error": 30.0})
+    d.end("0", {}, None)
+    d.result("1", {"epoch": 1, "val/error": 50.0})
+    d.end("1", {}, "ValueError: loss is nan")
+    d.result("2", {"epoch": 1, "val/error": 45.0})
+    d.writer.sync()  # the ledger has it all; the driver dies before `step` tells the study
+    orphan = d.study.ask()  # and the study had just been asked a trial for the next run
+    writer.close()
+    assert {k: t.state for k, t in by_key(url).items()} == {str(i): TrialState.RUNNING for i in range(4)}
+
+    plan, writer = _plan(sweep, launch_dir)
+    try:
+        got = list(plan.asked())
+    finally:
+        writer.close()
+    assert got[:3] == [("1", got[0][1]), ("2", got[1][1]), orphan] and [k for k, _ in got] == ["1", "2", "3", "4"]
+    record = ledger.read(launch_dir)[0]
+    assert sorted(record.trials) == ["0", "1", "2", "3", "4"] and record.trials["3"].point == orphan[1]
+    assert record.trials["0"].status is Outcome.FINISHED and record.trials["1"].status is Outcome.FAILED
+    found = by_key(url)
+    assert found["0"].state is TrialState.COMPLETE and found["0"].value == 30.0  # told, after the ledger had it
+    assert found["1"].state is TrialState.FAIL  # told FAIL; the ledger runs it again all the same
+    assert len(found) == 5 and all(found[k].state is TrialState.RUNNING for k in ("2", "3", "4"))
 
 
 def test_the_study_draws_in_optuna_visualization(tmp_path):
-    from sweeplab.runner import tune_space
+    from sweeplab.ledger import Outcome
+    from sweeplab.runner.study import Study
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = load(sweep_file(tmp_path, search={"name": "optuna", "num_samples": 3, "storage": url, "study": "s"}))
-    searcher = tune_space.searcher(sweep, "L")
-    for i, tid in enumerate("abc"):
-        searcher.suggest(tid)
-        searcher.on_trial_complete(tid, {"val/error": 50.0 - i, "epoch": 3})
+    s = Study(optuna_sweep(tmp_path, url, num_samples=3), "L")
+    for i in range(3):
+        key, _ = s.ask()
+        s.tell(key, Outcome.FINISHED, 50.0 - i)
     loaded = study(url, "s")
     assert loaded.metric_names == ["val/error"]  # optuna-dashboard labels its axes with it
     frame = loaded.trials_dataframe()
@@ -240,28 +297,29 @@ def test_the_study_draws_in_optuna_visualization(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
 def test_every_sampler_suggests_points_in_the_space(tmp_path, sampler):
-    from sweeplab.runner import tune_space
+    from sweeplab.ledger import Outcome
+    from sweeplab.runner.study import Study
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    search = {"name": "optuna", "sampler": sampler, "num_samples": 4, "storage": url, "seed": 3}
-    searcher = tune_space.searcher(load(sweep_file(tmp_path, search=search)), "L")
-    for tid in "abcd":
-        p = searcher.suggest(tid)["point"]
+    s = Study(optuna_sweep(tmp_path, url, sampler=sampler, seed=3), "L")
+    for _ in range(4):
+        key, p = s.ask()
         assert 1e-3 <= p["optim.lr"] <= 1.0 and p["optim.weight_decay"] in (0.0, 5e-4)
-        searcher.on_trial_complete(tid, {"val/error": p["optim.lr"], "epoch": 3})
+        s.tell(key, Outcome.FINISHED, p["optim.lr"])
 
 
 def test_the_grid_sampler_runs_each_point_once(tmp_path):
-    from sweeplab.runner import tune_space
+    from sweeplab.ledger import Outcome
+    from sweeplab.runner.study import Study
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     space = {"optim.lr": {"grid": [0.1, 0.2, 0.4]}, "optim.weight_decay": {"choice": [0.0, 5e-4]}}
     sweep = load(sweep_file(tmp_path, space=space, search={"name": "optuna", "sampler": "grid", "storage": url}))
-    searcher = tune_space.searcher(sweep, "L")
+    s = Study(sweep, "L")
     seen = []
-    for i in range(sweep.search.num_samples):
-        p = searcher.suggest(str(i))["point"]
-        searcher.on_trial_complete(str(i), {"val/error": 1.0, "epoch": 3})  # the last: no study.stop() error
+    for _ in range(sweep.search.num_samples):
+        key, p = s.ask()
+        s.tell(key, Outcome.FINISHED, 1.0)  # the last: no study.stop() error
         seen.append((p["optim.lr"], p["optim.weight_decay"]))
     assert sorted(seen) == sorted((lr, wd) for lr in (0.1, 0.2, 0.4) for wd in (0.0, 5e-4))
 
