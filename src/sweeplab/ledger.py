@@ -236,6 +236,7 @@ class Writer:
 
     def __init__(self, launch_dir: str | Path) -> None:
         path = path_of(launch_dir)
+        self.folder = Path(launch_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

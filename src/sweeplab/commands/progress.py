@@ -41,6 +41,8 @@ class View:
 
     def result(self, t: TrialRecord, epochs: int, result: dict[str, Any]) -> None:
         self.status.result(t.key, t.label, epochs, result)
+        if isinstance(result.get("notice"), str):  # e.g. its newest checkpoint did not load: the older one did
+            self.say(t, f"note: {result['notice']}")
         shown = "  ".join(f"{k} {result[k]:.4g}" for k in SHOWN if is_number(result.get(k)))
         self.say(t, f"epoch {int(result.get('epoch', 0))}/{epochs}  {shown}")
 

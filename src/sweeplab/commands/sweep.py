@@ -104,8 +104,10 @@ def _drive(sweep: Sweep, launch_dir: Path, meta: dict[str, Any], args: argparse.
 
     lines = getattr(args, "progress", "lines") == "lines"  # "tune": Tune's own reporter instead of ours
     view = progress.View(sweep) if lines else None
+    record = ledger.read(launch_dir)[0]
+    _skipped(record)
     if view is not None:
-        view.seen(ledger.read(launch_dir)[0])
+        view.seen(record)
         view.status.begin()
     try:
         result = L.session(
@@ -135,10 +137,23 @@ def status(args: argparse.Namespace) -> int:
         print(f"no launches in {storage}")
         return 0
     for name in [args.name] if args.name else names:
+        try:
+            meta = L.read_meta(storage / name) or {}
+        except SweepError as e:
+            if args.name:
+                raise
+            print(f"sweeplab: {e}", file=sys.stderr)
+            continue
         record = ledger.read(storage / name)[0]
+        _skipped(record)
         running = ledger.held(storage / name)
-        listing.print_status(name, L.read_meta(storage / name) or {}, record, detail=bool(args.name), running=running)
+        listing.print_status(name, meta, record, detail=bool(args.name), running=running)
     return 0
+
+
+def _skipped(record: ledger.Record) -> None:
+    if record.skipped:  # a torn or foreign line: never fatal, never silent
+        print(f"sweeplab: the ledger has {record.skipped} line(s) that are not sweeplab's; skipped", file=sys.stderr)
 
 
 def _command() -> str:

@@ -93,6 +93,13 @@ def finish(result: Result, uri: str) -> int:
             "once the store works",
             file=sys.stderr,
         )
+    if result.failure:  # the ledger could not be written: nothing after that point is recorded
+        print(
+            f"sweeplab: error: {result.failure}; the session stopped its trials: free space (or make the folder "
+            f"writable), then `sweeplab resume {launch}`",
+            file=sys.stderr,
+        )
+        return 1
     if result.owed:
         print(
             f"sweeplab: stopped with {result.owed} trial(s) unfinished; `sweeplab resume {launch}` continues them",

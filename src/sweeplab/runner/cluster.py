@@ -14,8 +14,10 @@ import logging
 import math
 import os
 import secrets
+import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from sweeplab.search_spaces import Sweep
@@ -31,6 +33,7 @@ LOCAL_DEFAULTS = {
 }
 
 _STARTED = False
+_BEFORE: set[tuple[int, str]] = set()  # this process's descendants before Ray started: not Ray's to stop
 
 _LOCAL = False  # this process started the Ray it uses: one machine, so DDP stays on loopback
 
@@ -59,10 +62,11 @@ def environment(storage: str, local: bool) -> None:
 def start(address: str | None, num_cpus: int | None, storage: str, dashboard: bool = True) -> str:
     """Start a local Ray on 127.0.0.1 (address None) or join a cluster; return the address.
     `dashboard` False leaves a local Ray's dashboard modules out (a sweep without DDP trials)."""
-    global _STARTED, _LOCAL
+    global _STARTED, _LOCAL, _BEFORE
     environment(storage, local=address is None)
     import ray
 
+    _BEFORE = descendants(os.getpid())
     # Importing Tune takes ~1.5 s of CPU; ray.init mostly waits on its daemons: overlap the two.
     tune_import = threading.Thread(target=importlib.import_module, args=("ray.tune",), daemon=True)
     tune_import.start()
@@ -99,14 +103,54 @@ def private_temp_dir() -> str:
     return str(path)  # Ray makes its own `ray` folder in it, mode 0777: the one above it stays private
 
 
-def shutdown() -> None:
-    """Stop what `start` started (and only that)."""
+def shutdown(wait_s: float = 10.0) -> None:
+    """Stop what `start` started, and only that: Ray, then every process it started from here that is still up
+    `wait_s` seconds later (a trial's worker outlives its raylet for a while; nothing of a launch may)."""
     global _STARTED
-    if _STARTED:
-        import ray
+    if not _STARTED:
+        return
+    import ray
 
-        ray.shutdown()
-        _STARTED = False
+    ours = descendants(os.getpid()) - _BEFORE
+    ray.shutdown()
+    _STARTED = False
+    deadline = time.monotonic() + wait_s
+    while ours and time.monotonic() < deadline:
+        ours = {p for p in ours if _running(*p)}
+        time.sleep(0.1)
+    for pid, started in ours:
+        if _running(pid, started):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def descendants(root: int) -> set[tuple[int, str]]:
+    """(pid, start time) of every process below `root`, from /proc (none where there is no /proc)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            fields = rest.rsplit(") ", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append((int(pid), fields[19]))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child[0])
+    return out
+
+
+def _running(pid: int, started: str) -> bool:
+    """Whether the process `pid` that started at `started` is still alive (not a zombie, not a new one)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[19] == started and fields[0] != "Z"
 
 
 def fit_resources(sweep: Sweep, local: bool) -> tuple[Sweep, str | None]:

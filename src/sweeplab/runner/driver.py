@@ -22,7 +22,11 @@ from sweeplab.ledger import Outcome, Record, TrialRecord, ended_as, key_of
 from sweeplab.search_spaces import Sweep, label
 
 # What a trial reports besides its metrics that the ledger keeps (once): hardware, dataset, PBT's origin.
-EXTRAS = ("hardware", "dataset", "origin", "point", "label")
+EXTRAS = ("hardware", "dataset", "origin", "point", "label", "notice")
+
+
+class LedgerFailed(RuntimeError):
+    """The ledger could not be written (a full disk, a folder made read-only): the session must stop."""
 
 
 class View(Protocol):
@@ -42,8 +46,10 @@ class Driver:
     ) -> None:
         self.sweep, self.writer, self.record, self.study, self.view = sweep, writer, record, study, view
         self._untold: list[str] = []  # keys ended in the buffer: told to the study after the sync
+        self._ended: set[str] = set()  # keys this session has ended
         self._reports: list[tuple[str, int, Any]] = []  # intermediate values, likewise after the sync
         self.synced: list[Any] = []  # called after each sync (a test's inline MLflow follower)
+        self.failure: str | None = None  # why the ledger could not be written, once it could not
 
     def write(self, event: dict[str, Any]) -> None:
         """Buffer one ledger event and fold it into the record (it is durable after the next `step`)."""
@@ -62,13 +68,19 @@ class Driver:
 
     def start(self, key: str, point: dict[str, Any]) -> None:
         t = self.plan(key, point)
+        self._ended.discard(key)  # started again (a retry, PBT): it may end again
         self.write({"ev": "start", "key": key, "session": self.record.sessions})
         if self.view:
             self.view.start(t, self.epochs(t))
 
     def result(self, key: str, result: dict[str, Any]) -> None:
         t = self.record.trials.get(key)
-        if t is None or "epoch" not in result:
+        if t is None:
+            return
+        if isinstance(result.get("trial_failed"), str):  # its code raised: the trial's last word (tune_exec)
+            self.end(key, {}, result["trial_failed"], result.get("trial_log"))
+            return
+        if "epoch" not in result:
             return
         epoch = int(result["epoch"])
         metrics = {k: v for k, v in result.items() if k in METRICS and _number(v) and not _stale(k, result)}
@@ -86,8 +98,9 @@ class Driver:
 
     def end(self, key: str, result: dict[str, Any], error: str | None, log: str | None = None) -> None:
         t = self.record.trials.get(key)
-        if t is None:
+        if t is None or key in self._ended:  # ended already this session (a failure said in its last report)
             return
+        self._ended.add(key)
         if result:
             self.result(key, result)  # a scheduler's last word on a trial comes with the result it stopped on
         outcome = ended_as(t.epoch, self.epochs(t), failed=error is not None)
@@ -109,8 +122,12 @@ class Driver:
             self.write({"ev": "pause", "key": key})
 
     def step(self) -> None:
-        """Sync the ledger, then hand the study what is now durable."""
-        self.writer.sync()
+        """Sync the ledger, then hand the study what is now durable. LedgerFailed when it cannot be written."""
+        try:
+            self.writer.sync()
+        except OSError as e:
+            self.failure = f"cannot write {ledger.path_of(self.writer.folder)} ({e.strerror or e})"
+            raise LedgerFailed(self.failure) from None
         for fn in self.synced:
             fn()
         if self.study is None:

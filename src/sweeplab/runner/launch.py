@@ -25,7 +25,7 @@ from typing import Any
 from sweeplab import ledger
 from sweeplab.core.errors import SweepError
 from sweeplab.ledger import Outcome, Record
-from sweeplab.runner.driver import Driver, Plan, View, best_trial
+from sweeplab.runner.driver import Driver, LedgerFailed, Plan, View, best_trial
 from sweeplab.runner.tune_exec import Session
 from sweeplab.search_spaces import Sweep
 
@@ -45,6 +45,7 @@ class Result:
     owed: int  # trials not over: unfinished, or never started (Ctrl-C came first)
     out_of_time: bool = False
     lost: list[str] = field(default_factory=list)  # trials ('' = the parent run) MLflow still lacks something of
+    failure: str | None = None  # why the session stopped short of its trials (the ledger could not be written)
 
 
 def write_meta(launch_dir: Path, meta: dict[str, Any]) -> None:
@@ -54,8 +55,17 @@ def write_meta(launch_dir: Path, meta: dict[str, Any]) -> None:
 
 
 def read_meta(launch_dir: Path) -> dict[str, Any] | None:
+    """The launch's sweeplab.json (None when there is none); SweepError when it is not one sweeplab wrote."""
     path = launch_dir / META
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_bytes())
+        if not isinstance(meta, dict) or not isinstance(meta.get("sweep"), dict) or "tracking_uri" not in meta:
+            raise ValueError("not a launch's description")
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise SweepError(f"{path} is not a launch file sweeplab wrote ({type(e).__name__}); it was not used") from None
+    return meta
 
 
 def launches(storage: Path) -> list[str]:
@@ -104,17 +114,31 @@ def session(
         status = "KILLED" if owed else "FAILED" if failed else "FINISHED"
     except KeyboardInterrupt:
         out_of_time, owed = False, plan.unfinished()
+    except Exception:
+        if driver.failure is None:  # not the ledger's: a bug, shown whole
+            raise
+        out_of_time, owed = False, plan.unfinished()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        best = best_trial(sweep, record)
-        value = best.last[sweep.metric] if best is not None else None
-        stop = {"key": best.key, "label": best.label, "value": value} if best is not None else None
-        try:
-            driver.stop(status, stop)
-        finally:
-            writer.close()
+        _stop(driver, writer, sweep, record, status)
     lost = follower() if follower is not None else []
-    return Result(sweep, launch_dir.name, launch_dir, record, status, owed, out_of_time, lost)
+    return Result(sweep, launch_dir.name, launch_dir, record, status, owed, out_of_time, lost, driver.failure)
+
+
+def _stop(driver: Driver, writer: ledger.Writer, sweep: Sweep, record: Record, status: str) -> None:
+    """The session's `stop` line (its status and best trial) and the ledger let go of; a ledger that cannot
+    be written any more (the failure already recorded) is let go of all the same."""
+    best = best_trial(sweep, record)
+    value = best.last[sweep.metric] if best is not None else None
+    stop = {"key": best.key, "label": best.label, "value": value} if best is not None else None
+    try:
+        driver.stop(status, stop)
+    except LedgerFailed:
+        pass
+    try:
+        writer.close()
+    except OSError:
+        pass
 
 
 def _follow(launch_dir: Path, how: str, driver: Driver) -> Callable[[], list[str]] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,11 @@ def ray_executor(address: str | None, num_cpus: int | None) -> Any:
 
     def run(session: Session, driver: Driver, plan: Plan) -> None:
         storage = str(session.launch_dir.parent)
+        term = signal.getsignal(signal.SIGTERM)
         cluster.start(address, num_cpus, storage, dashboard=session.sweep.resources.workers > 1)
+        # ray.init installs its own SIGTERM handler (a C++ stack dump): the session's (SIGTERM ends it as Ctrl-C
+        # does, so Tune stops the trials and the ledger says so) goes back in place
+        signal.signal(signal.SIGTERM, term)
         try:
             sweep, note = cluster.fit_resources(session.sweep, local=address is None)
             if note:  # e.g. a multi-GPU sweep's smoke run on a laptop
@@ -133,11 +138,18 @@ def train_trial(config: dict[str, Any], sweep: Sweep, launch_dir: str) -> None:
         return {"hardware": facts.hardware(conf.data.device), "dataset": facts.dataset_info(conf.data)}
 
     given = tune.get_checkpoint()
-    if given is None:
-        worker.run_trial(job, sweep, report, None, extras=extras)
-        return
-    with given.as_directory() as folder:
-        worker.run_trial(job, sweep, report, Path(folder), extras=extras)
+    try:
+        if given is None:
+            worker.run_trial(job, sweep, report, None, extras=extras)
+            return
+        with given.as_directory() as folder:
+            worker.run_trial(job, sweep, report, Path(folder), extras=extras)
+    except worker.TrialFailed as e:
+        # Said in a last report rather than raised: Tune pickles a raised error into the storage folder and reads
+        # it back when `fit` returns; the driver records the failure from this report. (A worker that dies is
+        # Tune's to retry, as FailureConfig says.) Tune wants the sweep's metric in every report.
+        failed = {sweep.metric: float("nan"), **e.last, "trial_failed": str(e), "trial_log": e.log}
+        report(failed, None)
 
 
 def ask(pairs: Iterator[tuple[str, dict[str, Any]]]) -> Any:

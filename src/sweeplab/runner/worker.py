@@ -89,17 +89,32 @@ def run_trial(
     a retried trial, or another trial's under PBT), else from its own folder's newest checkpoint,
     else from scratch. A failure's traceback goes to `error.log`; the exception raised names it."""
     trainer = trainer or Engine()
+    last: dict[str, Any] = {}
+
+    def reporting(metrics: dict[str, Any], folder: Path | None) -> None:
+        report(metrics, folder)
+        last.clear()
+        last.update(metrics)
+
     try:
-        _run(job, sweep, report, given, trainer, extras)
+        _run(job, sweep, reporting, given, trainer, extras)
     except Exception as e:
-        if job.rank == 0:
-            job.folder.mkdir(parents=True, exist_ok=True)
-            (job.folder / ERROR_LOG).write_text(traceback.format_exc())
-        raise TrialFailed(f"{type(e).__name__}: {_first_line(e)}") from e
+        log: str | None = str(job.folder / ERROR_LOG)
+        try:
+            if job.rank == 0:
+                job.folder.mkdir(parents=True, exist_ok=True)
+                (job.folder / ERROR_LOG).write_text(traceback.format_exc())
+        except OSError:  # a full disk: the one line is all there is
+            log = None
+        raise TrialFailed(f"{type(e).__name__}: {_first_line(e)}", last, log) from e
 
 
 class TrialFailed(RuntimeError):
-    """A trial's one-line failure; its traceback is in the trial's error.log."""
+    """A trial's one-line failure, its last report, and the error.log holding its traceback (None if unwritten)."""
+
+    def __init__(self, message: str, last: dict[str, Any] | None = None, log: str | None = None) -> None:
+        super().__init__(message)
+        self.last, self.log = dict(last or {}), log
 
 
 def _run(
@@ -111,7 +126,7 @@ def _run(
     extras: Callable[[Any], dict[str, Any]] | None,
 ) -> None:
     conf = sweep.resolve(job.point)
-    state, origin = _start_state(job, given, trainer)
+    state, origin, notice = _start_state(job, given, trainer)
     if state is not None and origin is not None:
         state = adopt(state, conf)
     saved = int(state["epoch"]) if state is not None else 0
@@ -132,29 +147,34 @@ def _run(
         return
     for m in replay:
         report(m, None)
-    reporter = Reporter(job, report, trainer, {**(extras(conf) if extras else {}), **_origin_report(origin, job)})
+    first = {
+        **(extras(conf) if extras else {}),
+        **_origin_report(origin, job),
+        **({"notice": notice} if notice else {}),
+    }
+    reporter = Reporter(job, report, trainer, first)
     trainer.fit(conf, reporter, state)
 
 
-def _start_state(job: TrialJob, given: Path | None, trainer: Trainer) -> tuple[dict[str, Any] | None, dict | None]:
-    """(engine state to continue from, the origin when it is another trial's checkpoint: PBT's exploit)."""
+def _start_state(
+    job: TrialJob, given: Path | None, trainer: Trainer
+) -> tuple[dict[str, Any] | None, dict | None, str | None]:
+    """(engine state to continue from, the origin when it is another trial's checkpoint (PBT's exploit),
+    a notice when the newest checkpoint did not load and the older one is used)."""
     if given is not None:
         origin = json.loads((given / ORIGIN).read_text()) if (given / ORIGIN).is_file() else {}
         if str(origin.get("key", job.key)) != job.key:
-            return trainer.load(given / "state.pt"), origin
+            return trainer.load(given / "state.pt"), origin, None
     from sweeplab.engine import CheckpointError
 
     if not _has_checkpoint(job.folder):
-        return None, None
+        return None, None, None
     try:
         state, path, problems = trainer.newest(job.folder)
     except CheckpointError as e:
         raise Unrecoverable(f"this trial cannot be resumed from its checkpoints and must be rerun: {e}") from None
-    if problems:
-        import sys
-
-        print(f"sweeplab: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
-    return state, None
+    notice = f"{problems[0]}; continuing from {path} (epoch {state['epoch']})" if problems else None
+    return state, None, notice
 
 
 def _has_checkpoint(folder: Path) -> bool:
