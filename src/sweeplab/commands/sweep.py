@@ -147,6 +147,10 @@ def status(args: argparse.Namespace) -> int:
         record = ledger.read(storage / name)[0]
         _skipped(record)
         running = ledger.held(storage / name)
+        if not running:  # its driver is gone: so is anything its Ray left behind
+            from sweeplab.runner import cluster
+
+            cluster.reap(storage / name / cluster.PROCESSES)
         listing.print_status(name, meta, record, detail=bool(args.name), running=running)
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import json
 import logging
 import math
 import os
@@ -103,7 +104,38 @@ def private_temp_dir() -> str:
     return str(path)  # Ray makes its own `ray` folder in it, mode 0777: the one above it stays private
 
 
-def shutdown(wait_s: float = 10.0) -> None:
+PROCESSES = "processes.json"  # in a launch folder: the processes its driver's Ray started (pid, start time)
+
+
+def remember(record: Path) -> None:
+    """Write down the processes Ray started from this driver, so that the next driver of the launch (or
+    `status`) can stop any that a killed driver left behind."""
+    ours = descendants(os.getpid()) - _BEFORE
+    tmp = record.with_name(f".{record.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(sorted([pid, start] for pid, start in ours)))
+    os.replace(tmp, record)
+
+
+def reap(record: Path) -> int:
+    """Stop what a killed driver's Ray left running (only processes in `record` with their own start time:
+    never a process that merely reuses a pid); returns how many were stopped."""
+    try:
+        listed = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return 0
+    stopped = 0
+    for pid, start in listed if isinstance(listed, list) else []:
+        if isinstance(pid, int) and isinstance(start, str) and _running(pid, start):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                stopped += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    record.unlink(missing_ok=True)
+    return stopped
+
+
+def shutdown(wait_s: float = 5.0) -> None:
     """Stop what `start` started, and only that: Ray, then every process it started from here that is still up
     `wait_s` seconds later (a trial's worker outlives its raylet for a while; nothing of a launch may)."""
     global _STARTED

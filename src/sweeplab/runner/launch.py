@@ -90,6 +90,9 @@ def session(
         writer = ledger.Writer(launch_dir)
     except ledger.LedgerBusy:
         raise SweepError(f"launch {launch_dir.name} is being run by another sweeplab process right now") from None
+    from sweeplab.runner import cluster
+
+    cluster.reap(launch_dir / cluster.PROCESSES)  # what a killed driver of this launch left running
     record = ledger.read(launch_dir)[0]
     study = None
     if sweep.search.name == "optuna":

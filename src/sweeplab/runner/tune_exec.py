@@ -41,6 +41,7 @@ def ray_executor(address: str | None, num_cpus: int | None) -> Any:
         storage = str(session.launch_dir.parent)
         term = signal.getsignal(signal.SIGTERM)
         cluster.start(address, num_cpus, storage, dashboard=session.sweep.resources.workers > 1)
+        cluster.remember(session.launch_dir / cluster.PROCESSES)
         # ray.init installs its own SIGTERM handler (a C++ stack dump): the session's (SIGTERM ends it as Ctrl-C
         # does, so Tune stops the trials and the ledger says so) goes back in place
         signal.signal(signal.SIGTERM, term)
@@ -220,6 +221,7 @@ def forward(driver: Driver, launch_dir: Path) -> Any:
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             driver.start(key_of(trial), dict(trial.config["trial"]["point"]))
+            cluster.remember(launch_dir / cluster.PROCESSES)  # its worker process too
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             driver.result(key_of(trial), result)
