@@ -437,7 +437,9 @@ def test_full_storage_disk_is_one_line_and_resume_completes(tmp_path, drivers, t
     assert rc == 1, d.out  # a sweep whose ledger or checkpoints could not be written does not end "fine"
     err = d.stderr.splitlines()
     assert "Traceback" not in d.stderr and len(err) <= 4, d.stderr  # a line per trial at most, and the reason
-    assert "No space left on device" in d.stderr and "sweeplab resume stfull" in d.stderr, d.stderr
+    assert "No space left on device" in d.out and "sweeplab resume stfull" in d.stderr, d.out
+    failed = [ln for ln in d.lines if " FAILED at epoch " in ln]  # one line per trial, naming the cause
+    assert failed and all("No space left on device" in ln for ln in failed), d.out
     status = [ln for ln in d.lines if re.match(r"\[\s*\d+s\] status  ", ln)]
     summary = re.search(r"sweeplab: 2 trials: (\d) finished, (\d) stopped early, (\d) failed", "".join(d.lines))
     if status and summary:  # the summary counts what the last status line counted

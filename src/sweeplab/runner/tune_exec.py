@@ -67,6 +67,10 @@ def execute(session: Session, driver: Driver, plan: Plan) -> None:
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     # the result grid `fit` returns reads trial folders sweeplab asks Tune not to fill (no result.json)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Tune's own experiment state and its copies of it, which sweeplab never reads: failing to save them (a
+    # full disk) is not news; what matters (the ledger, a trial's checkpoint) is said by sweeplab
+    for name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if sweep.search.name == "optuna":
         searcher, space, n = ask(plan.asked()), {}, plan.remaining()
     else:
@@ -93,7 +97,7 @@ def execute(session: Session, driver: Driver, plan: Plan) -> None:
         ),
         run_config=tune.RunConfig(
             name=f"session-{session.number}",
-            storage_path=str(session.launch_dir / worker.TUNE_DIR),
+            storage_path=tune_storage(session),
             verbose=1 if session.tune_reporter else 0,
             callbacks=[forward(driver, session.launch_dir)],
             # PBT clones another trial's checkpoint some epochs after choosing it: Tune must keep them all
@@ -116,6 +120,15 @@ def _trainable(session: Session) -> Any:
         ray_ddp.train_ddp_trial, sweep=sweep, launch_dir=str(session.launch_dir), loopback=cluster.is_local()
     )
     return tune.with_resources(fn, {"cpu": 0, "memory": 10_000_000})
+
+
+def tune_storage(session: Session) -> str:
+    """Where Tune keeps its own experiment: for a local Ray, this user's private temporary folder (mode 0700:
+    nothing planted there, and a full launch disk does not touch it); on a cluster, the launch folder's
+    `tune/` (Tune wants a folder every node sees). sweeplab reads neither."""
+    if cluster.is_local():
+        return str(Path(cluster.private_temp_dir()) / "tune" / session.launch_dir.name)
+    return str(session.launch_dir / worker.TUNE_DIR)
 
 
 def train_trial(config: dict[str, Any], sweep: Sweep, launch_dir: str) -> None:

@@ -184,6 +184,8 @@ def open_launch(launch_dir: Path) -> tuple[Follower, int]:
 def main(argv: list[str]) -> int:
     """`python -m sweeplab.tracking.follow LAUNCH_DIR`: follow until the session stops or its driver dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it writes `stop`, then this ends
+    # MLflow logs a failed write with its whole SQL traceback; this process says each loss in one line
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "CRITICAL"  # read when mlflow is imported, below
     launch_dir, driver = Path(argv[0]), os.getppid()
     stopping = False
 
