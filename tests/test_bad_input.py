@@ -519,13 +519,13 @@ def tracking(id: str, uri: str, commands: tuple[str, ...] = tuple(TRACKERS), **f
 tracking("ipv6-unclosed", "http://[::1")
 tracking("sqlite-no-path", "sqlite:///")
 tracking("port-out-of-range", "http://127.0.0.1:99999")
-tracking("query-password", f"postgresql://u@db:5432/mlflow?password={SECRET}")
+tracking("query-password", f"postgresql://u@127.0.0.1:5432/mlflow?password={SECRET}")
 tracking("empty", "")
 tracking("sqlite-directory", "sqlite:///d", d=DIR)
 tracking("sqlite-proc", "sqlite:////proc/self/mlflow.db", ("run", "best", "report"))
-tracking("userinfo-password", f"https://me:{SECRET}@mlflow.example.com", ("run", "best"))
+tracking("userinfo-password", f"https://me:{SECRET}@127.0.0.1:5443", ("run", "best"))
 tracking("query-token", f"http://127.0.0.1:5000/?token={SECRET}", ("run", "ui"))
-tracking("mysql-password", f"mysql://u:{SECRET}@db/mlflow", ("run",))
+tracking("mysql-password", f"mysql://u:{SECRET}@127.0.0.1/mlflow", ("run",))
 tracking("sqlite-newline", "sqlite:///m\n.db", ("run", "table"))
 tracking("sqlite-under-a-file", "sqlite:///f/mlflow.db", ("run", "export"), f="x\n")
 tracking("sqlite-not-a-database", "sqlite:///notes.txt", ("run", "best"), **{"notes.txt": "my notes\n"})
@@ -543,7 +543,7 @@ for cmd in ("run", "best", "table"):  # $MLFLOW_TRACKING_URI is checked as the f
         f"uri-env-password-{cmd}",
         argv[:-1],
         "$MLFLOW_TRACKING_URI",
-        env={"MLFLOW_TRACKING_URI": f"postgresql://u:{SECRET}@db/mlflow"},
+        env={"MLFLOW_TRACKING_URI": f"postgresql://u:{SECRET}@127.0.0.1/mlflow"},
         absent=(SECRET,),
         **needs,
     )
@@ -871,3 +871,85 @@ def test_expr_interpreter_agrees_with_python(expr):
     tree = {"data": {"batch_size": 128}, "train": {"epochs": 200}, "model": {"name": "resnet_preact"}}
     names = {k: SimpleNamespace(**v) for k, v in tree.items()}
     assert evaluate(expr, tree) == eval(expr, {"__builtins__": {}, **FUNCTIONS}, names)
+
+
+# ---- in-process checks of the door itself ---------------------------------------------------------------
+
+
+def test_a_large_file_is_refused_by_its_size_before_it_is_parsed(tmp_path):
+    import time
+
+    from sweeplab.config import read_yaml
+    from sweeplab.core.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: [" + ", ".join(["1.5"] * 2_250_000) + "]}\n")  # 9 MB: 85 s of CPU to refuse before
+    start = time.process_time()
+    with pytest.raises(ConfigError, match=r"c\.yaml is larger than 256 KB"):
+        read_yaml(path, "config")
+    assert time.process_time() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    "uri, kept",
+    [
+        (f"postgresql://u:{SECRET}@127.0.0.1:5432/db", "postgresql://u:***@127.0.0.1:5432/db"),
+        (f"postgresql://u@h/db?sslmode=require&password={SECRET}", "postgresql://u@h/db?sslmode=require&password=***"),
+        (f"https://me:{SECRET}@host:5000/path?x=1", "https://me:***@host:5000/path?x=1"),
+        (f"http://host?api_key={SECRET};token={SECRET}2", "http://host?api_key=***;token=***"),
+        (f"mysql://u:{SECRET}/x@h/db", "mysql://u:***@h/db"),  # SQLAlchemy reads a password up to the '@'
+        (f"http://h#{SECRET}", "http://h#***"),
+        ("sqlite:////a/b.db", "sqlite:////a/b.db"),
+    ],
+)
+def test_secrets_are_masked_wherever_they_sit(uri, kept):
+    from sweeplab.core.inputs import shown
+
+    assert shown(uri) == kept
+
+
+def test_storage_schemes_are_those_pyarrow_opens():
+    """Every scheme the door lets through is one pyarrow (Ray Tune's storage layer) recognises; others are not."""
+    import pyarrow.fs
+
+    from sweeplab.core.inputs import STORAGE_SCHEMES
+
+    examples = {  # nothing here opens a connection: s3 is given its region, the others connect lazily
+        "file": "file:///tmp",
+        "s3": "s3://bucket/x?region=us-east-1",
+        "gs": "gs://bucket/x?anonymous=true",
+        "gcs": "gcs://bucket/x?anonymous=true",
+        "abfs": "abfs://c@account.dfs.core.windows.net/x",
+        "abfss": "abfss://c@account.dfs.core.windows.net/x",
+        "hdfs": "hdfs://127.0.0.1:8020/x",
+        "viewfs": "viewfs://127.0.0.1:8020/x",
+    }
+    assert set(examples) == set(STORAGE_SCHEMES)
+    for uri in [*examples.values(), "foo://bar"]:
+        try:
+            pyarrow.fs.FileSystem.from_uri(uri)
+            known = True
+        except Exception as e:  # hdfs needs a JVM here: known, just not loadable
+            known = "Unrecognized filesystem type" not in str(e)
+        assert known == (not uri.startswith("foo")), uri
+
+
+def test_library_warnings_are_held_until_the_command_ends_and_dropped_on_a_refusal():
+    import warnings
+
+    from sweeplab.core import quiet
+
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        with quiet.held():
+            warnings.warn("from a library", DeprecationWarning, stacklevel=1)
+            assert log == []
+        assert [str(w.message) for w in log] == ["from a library"]  # shown at the end
+        with quiet.held():
+            warnings.warn("dropped", DeprecationWarning, stacklevel=1)
+            quiet.drop()  # the command ended as bad input: its one line is the answer
+        with quiet.held():
+            quiet.release()  # the input is checked: from here on a warning shows as it comes
+            warnings.warn("at once", UserWarning, stacklevel=1)
+            assert [str(w.message) for w in log] == ["from a library", "at once"]
+    assert [str(w.message) for w in log] == ["from a library", "at once"]

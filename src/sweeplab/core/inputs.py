@@ -70,7 +70,8 @@ def secrets(uri: str) -> list[str]:
     """The secrets written into `uri`: its userinfo password and the values of secret query parameters."""
     found = []
     m = _USERINFO.match(uri)
-    if m and m.group(2):
+    database = uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql", "sqlite")
+    if m and m.group(2) and (database or not any(c in m.group(2) for c in "/?#")):  # URLs end it at a '/'
         found.append(m.group(2))
     query = uri.partition("#")[0].partition("?")[2]
     for item in re.split(r"[&;]", query):
