@@ -186,6 +186,32 @@ def test_report_rows_link_to_their_runs(store: str, tmp_path: Path) -> None:
     assert f"{ui}/#/compare-runs?runs=" in (out / "quickstart.html").read_text()
 
 
+def test_out_never_replaces_files_without_a_word(store: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    assert main(["report", "--out", str(out), "--tracking-uri", store]) == 0
+    assert "replacing" not in capsys.readouterr().out
+    assert main(["report", "--out", str(out), "--tracking-uri", store]) == 0  # an earlier report: updated, and said
+    assert "replacing the earlier report" in capsys.readouterr().out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    assert main(["report", "--out", str(mine), "--tracking-uri", store]) == 2
+    assert "--force" in capsys.readouterr().err and not (mine / "index.md").exists()
+    assert main(["report", "--out", str(mine), "--tracking-uri", store, "--force"]) == 0
+    assert (mine / "index.md").is_file() and (mine / "notes.txt").read_text() == "keep me\n"
+    for argv, made in [
+        (["export", "quickstart", "--out", str(tmp_path / "q.parquet")], tmp_path / "q.parquet"),
+        (["table", "quickstart", "--out", str(tmp_path / "t")], tmp_path / "t" / "quickstart.md"),
+    ]:
+        assert main([*argv, "--tracking-uri", store]) == 0
+        before = made.stat().st_mtime_ns
+        capsys.readouterr()
+        assert main([*argv, "--tracking-uri", store]) == 2
+        err = capsys.readouterr()
+        assert "--force" in err.err and err.out == "" and made.stat().st_mtime_ns == before
+        assert main([*argv, "--tracking-uri", store, "--force"]) == 0 and made.stat().st_mtime_ns != before
+
+
 def test_export_parquet_reads_back(store: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "quickstart.parquet"
     assert main(["export", "quickstart", "--out", str(path), "--tracking-uri", store]) == 0

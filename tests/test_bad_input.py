@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,8 @@ MODEL = "model: {name: resnet_preact, depth: 8}\n"
 OVR = "data.name: synthetic, data.synthetic_train: 64, data.synthetic_test: 32, model.depth: 8, train.epochs: 3"
 OK_SPACE = "space: {optim.lr: {grid: [0.1]}}\n"
 DIR, FIFO = object(), object()  # file contents that make a directory or a named pipe instead
+STORE = object()  # an empty, migrated MLflow store (mlflow.db and the lock file any used store has beside it)
+BUSY = "{busy}"  # a port held open on 127.0.0.1 while the table runs: `ui` never starts a server in a case
 DRY = ["--dry-run", "--storage", "st", "--tracking-uri", "sqlite:///mlflow.db"]
 # A real launch; the address leads nowhere, so a case that got past validation fails at Ray, not in it.
 REAL = ["--storage", "st", "--tracking-uri", "sqlite:///mlflow.db", "--address", "127.0.0.1:9"]
@@ -39,12 +43,21 @@ class Case:
     argv: list[str]
     culprit: tuple[str, ...]  # every one of these must be in the error line
     files: dict[str, object] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    absent: tuple[str, ...] = ()  # never printed (a password given in a URI)
 
 
 CASES: list[Case] = []
 
 
-def case(id: str, argv: list[str], culprit: str | tuple[str, ...], **files: object) -> None:
+def case(
+    id: str,
+    argv: list[str],
+    culprit: str | tuple[str, ...],
+    env: dict[str, str] | None = None,
+    absent: tuple[str, ...] = (),
+    **files: object,
+) -> None:
     assert id not in {c.id for c in CASES}, id
     CASES.append(
         Case(
@@ -52,6 +65,8 @@ def case(id: str, argv: list[str], culprit: str | tuple[str, ...], **files: obje
             argv,
             (culprit,) if isinstance(culprit, str) else culprit,
             {k.replace("__", "/"): v for k, v in files.items()},
+            env or {},
+            absent,
         )
     )
 
@@ -477,6 +492,226 @@ for value in ("0", "99999", "-1", "65536", "abc"):
     case(f"ui-port-{value}", ["ui", "--port", value, "--tracking-uri", "sqlite:///mlflow.db"], "--port")
 
 
+# ==== checked at the door (core/inputs.py, cli.door): every flag, URI and path, before anything starts ====
+SECRET = "s3cret"  # a password given in a URI: refused, and never printed back
+RUN_ID = "0123456789abcdef0123456789abcdef"  # a well-formed run id that no store holds
+# Every command that takes --tracking-uri, up to the flag; the URI follows.
+TRACKERS: dict[str, tuple[list[str], dict[str, object]]] = {
+    "run": (["run", "s.yaml", "--storage", "st", "--address", "127.0.0.1:9", "--tracking-uri"], {"s.yaml": OK_SWEEP}),
+    "resume": (["resume", "x", "--storage", "st", "--tracking-uri"], {}),
+    "best": (["best", "quickstart", "--tracking-uri"], {}),
+    "table": (["table", "quickstart", "--tracking-uri"], {}),
+    "report": (["report", "--tracking-uri"], {}),
+    "export": (["export", "quickstart", "--out", "q.parquet", "--tracking-uri"], {}),
+    "ui": (["ui", "--no-browser", "--port", BUSY, "--tracking-uri"], {}),
+    "train": (["train", "--from-run", RUN_ID, "--output", "out", "--tracking-uri"], {}),
+}
+
+
+def tracking(id: str, uri: str, commands: tuple[str, ...] = tuple(TRACKERS), **files: object) -> None:
+    """The same bad tracking URI through each command that takes one: refused naming --tracking-uri."""
+    for cmd in commands:
+        argv, needs = TRACKERS[cmd]
+        case(f"uri-{id}-{cmd}", [*argv, uri], "--tracking-uri", absent=(SECRET,), **{**needs, **files})
+
+
+# ---- tracking URIs: host, port, an SQLite path that can be a file, no credentials, no control characters
+tracking("ipv6-unclosed", "http://[::1")
+tracking("sqlite-no-path", "sqlite:///")
+tracking("port-out-of-range", "http://127.0.0.1:99999")
+tracking("query-password", f"postgresql://u@127.0.0.1:5432/mlflow?password={SECRET}")
+tracking("empty", "")
+tracking("sqlite-directory", "sqlite:///d", d=DIR)
+tracking("sqlite-proc", "sqlite:////proc/self/mlflow.db", ("run", "best", "report"))
+tracking("userinfo-password", f"https://me:{SECRET}@127.0.0.1:5443", ("run", "best"))
+tracking("query-token", f"http://127.0.0.1:5000/?token={SECRET}", ("run", "ui"))
+tracking("mysql-password", f"mysql://u:{SECRET}@127.0.0.1/mlflow", ("run",))
+tracking("sqlite-newline", "sqlite:///m\n.db", ("run", "table"))
+tracking("sqlite-under-a-file", "sqlite:///f/mlflow.db", ("run", "export"), f="x\n")
+tracking("sqlite-not-a-database", "sqlite:///notes.txt", ("run", "best"), **{"notes.txt": "my notes\n"})
+tracking("sqlite-memory", "sqlite://", ("run",))
+tracking("sqlite-query", "sqlite:///mlflow.db?mode=ro", ("run",))
+tracking("http-no-host", "http://:5000", ("run", "report"))
+tracking("port-0", "http://127.0.0.1:0", ("run",))
+tracking("port-not-a-number", "http://127.0.0.1:50x0", ("run",))
+tracking("fragment", "http://127.0.0.1:5000#x", ("run",))
+tracking("trailing-space", "http://127.0.0.1:5000 ", ("run",))
+tracking("file-store", "file:///tmp/mlruns", ("run", "best"))
+for cmd in ("run", "best", "table"):  # $MLFLOW_TRACKING_URI is checked as the flag is, named as itself
+    argv, needs = TRACKERS[cmd]
+    case(
+        f"uri-env-password-{cmd}",
+        argv[:-1],
+        "$MLFLOW_TRACKING_URI",
+        env={"MLFLOW_TRACKING_URI": f"postgresql://u:{SECRET}@127.0.0.1/mlflow"},
+        absent=(SECRET,),
+        **needs,
+    )
+case("uri-env-ipv6-report", ["report"], "$MLFLOW_TRACKING_URI", env={"MLFLOW_TRACKING_URI": "http://[::1"})
+
+# ---- a store that does not exist: one exit code and one hint for every command that reads one ----------
+for cmd in ("best", "table", "report", "export", "ui", "train"):
+    argv, _ = TRACKERS[cmd]
+    case(f"no-store-{cmd}", [*argv, "sqlite:///mlflow.db"], "no MLflow store")
+
+# ---- storage: a folder that can exist and be written, or a URI of a file system Ray Tune can use --------
+STORERS = {
+    "run": ["run", "s.yaml", "--tracking-uri", "sqlite:///mlflow.db", "--address", "127.0.0.1:9", "--storage"],
+    "resume": ["resume", "x", "--storage"],
+    "status": ["status", "--storage"],
+}
+
+
+def storage(id: str, value: str, commands: tuple[str, ...] = tuple(STORERS), **files: object) -> None:
+    for cmd in commands:
+        case(
+            f"storage-{id}-{cmd}",
+            [*STORERS[cmd], value],
+            "--storage",
+            absent=(SECRET,),
+            **{"s.yaml": OK_SWEEP, **files},
+        )
+
+
+storage("empty", "")
+storage("unknown-scheme", "foo://bar")
+storage("newline", "st\nx")
+storage("proc", "/proc/sweeplab")
+storage("mock-scheme", "mock://x", ("run",))
+storage("credentials", f"s3://KEY:{SECRET}@bucket/x", ("run", "resume"))
+storage("query-secret", f"s3://bucket/x?secret_key={SECRET}", ("run",))
+storage("no-bucket", "s3://", ("run",))
+storage("file-uri-relative", "file://st", ("run",))
+storage("name-too-long", "x" * 300, ("run", "resume"))
+storage("under-a-file", "f/st", ("resume", "status"), f="x\n")
+storage("is-a-file", "f", ("resume",), f="x\n")
+
+# ---- --address: auto, HOST:PORT or ray://HOST:PORT --------------------------------------------------------
+for i, address in enumerate(["not an address", "", "local", "127.0.0.1:99999", "http://127.0.0.1:8265", "127.0.0.1"]):
+    real(f"address-{i}", OK_SWEEP, "--address", "--address", address)
+    case(f"resume-address-{i}", ["resume", "x", "--storage", "st", "--address", address], "--address")
+
+# ---- output paths: never a folder of the wrong kind, never the working folder by accident, never over a file
+for i, out in enumerate(["", "o\nx", "/proc/sweeplab", "x" * 300]):
+    case(f"train-output-{i}", ["train", "c.yaml", "--output", out], "--output", **{"c.yaml": TINY + MODEL})
+    case(f"report-out-{i}", ["report", "--out", out, "--tracking-uri", "sqlite:///mlflow.db"], "--out")
+    case(f"table-out-{i}", ["table", "quickstart", "--out", out, "--tracking-uri", "sqlite:///mlflow.db"], "--out")
+case("report-out-is-a-file", ["report", "--out", "f"], "--out", f="x\n")
+case("report-out-under-a-file", ["report", "--out", "f/r"], "--out", f="x\n")
+case(
+    "report-out-holds-other-files",
+    ["report", "--out", "r", "--tracking-uri", "sqlite:///mlflow.db"],
+    ("--out", "--force"),
+    **{"mlflow.db": STORE, "r/notes.txt": "mine\n"},
+)
+case("table-out-is-a-file", ["table", "quickstart", "--out", "f"], "--out", f="x\n")
+case("table-out-under-a-file", ["table", "quickstart", "--out", "f/t"], "--out", f="x\n")
+case(
+    "table-out-holds-its-files",
+    ["table", "quickstart", "--out", "t", "--tracking-uri", "sqlite:///mlflow.db"],
+    ("--out", "quickstart.md", "--force"),
+    **{"mlflow.db": STORE, "t/quickstart.md": "# mine\n"},
+)
+for id, out, files in [
+    ("empty", "", {}),
+    ("is-a-folder", "d.parquet", {"d.parquet": DIR}),
+    ("exists", "q.parquet", {"q.parquet": "PAR1"}),
+    ("under-a-file", "f/q.parquet", {"f": "x\n"}),
+    ("proc", "/proc/q.parquet", {}),
+    ("not-parquet", "q.csv", {}),
+]:
+    case(
+        f"export-out-{id}",
+        ["export", "quickstart", "--out", out, "--tracking-uri", "sqlite:///mlflow.db"],
+        "--out",
+        **files,
+    )
+for i, url in enumerate(["", "javascript:alert(1)", f"http://me:{SECRET}@127.0.0.1:5000", "http://", "127.0.0.1:5000"]):
+    case(f"report-ui-url-{i}", ["report", "--ui-url", url], "--ui-url", absent=(SECRET,))
+
+# ---- names, ids and targets: an empty one never falls back to a default or to "all" -------------------------
+real("run-name-empty", OK_SWEEP, "--name", "--name", "")
+case("resume-name-empty", ["resume", "", "--storage", "st"], "launch name")
+case("status-name-empty", ["status", "", "--storage", "st"], "launch name")
+for i, target in enumerate(["", "a\nb"]):
+    case(f"best-target-{i}", ["best", target, "--tracking-uri", "sqlite:///mlflow.db"], "SWEEP_OR_LAUNCH")
+    case(f"export-target-{i}", ["export", target, "--out", "q.parquet"], "SWEEP_OR_LAUNCH")
+    case(f"ui-experiment-{i}", ["ui", "--port", BUSY, "--experiment", target], "--experiment")
+case("table-id-empty", ["table", "", "--tracking-uri", "sqlite:///mlflow.db"], "TABLE_ID")
+for i, run_id in enumerate(["", "a/b", "../x", "x y"]):
+    case(f"train-from-run-{i}", ["train", "--from-run", run_id, "--output", "out"], "--from-run")
+
+# ---- resource and thread numbers: bounded by what a machine can have --------------------------------------
+for value in ("100000", "1025", "-1"):
+    train(f"override-threads-{value}", f"train.threads={value}")
+real("run-num-cpus-huge", OK_SWEEP, "--num-cpus", "--num-cpus", "100000")
+case("resume-num-cpus-huge", ["resume", "x", "--storage", "st", "--num-cpus", "100000"], "--num-cpus")
+for opts, culprit in [
+    ("cpus_per_worker: 100000", "resources.cpus_per_worker"),
+    ("gpus_per_worker: 1000", "resources.gpus_per_worker"),
+    ("workers: 100000", "resources.workers"),
+]:
+    dry(f"sweep-resources-huge-{opts.split(':')[0]}", sweep(OK_SPACE + f"resources: {{{opts}}}\n"), culprit)
+dry("sweep-smoke-gpus-huge", sweep(OK_SPACE + "smoke: {resources: {gpus_per_worker: 1000}}\n"), "smoke.resources")
+
+# ---- a key set by two axes of a sweep file, and exprs that read each other ----------------------------------
+VARIANT_LR = "variant: {grid: [{label: a, set: {optim.lr: 0.5}}]}"
+for id, body, culprit in [
+    ("variant-vs-grid", f"space: {{optim.lr: {{grid: [0.1, 0.2]}}, {VARIANT_LR}}}\n", ("'space.variant'", "optim.lr")),
+    ("variant-vs-sampler", f"space: {{optim.lr: {{uniform: [0.1, 0.2]}}, {VARIANT_LR}}}\n", "optim.lr"),
+    ("variant-vs-expr", f'space: {{optim.lr: {{expr: "0.1"}}, {VARIANT_LR}}}\n', "optim.lr"),
+    (
+        "variant-vs-smoke-space",
+        f"space: {{{VARIANT_LR}}}\nsmoke: {{space: {{optim.lr: {{grid: [0.1]}}}}}}\n",
+        "smoke.space.optim.lr",
+    ),
+    (
+        "smoke-variant-vs-space",
+        f"space: {{optim.lr: {{grid: [0.1]}}}}\nsmoke: {{space: {{{VARIANT_LR}}}}}\n",
+        "smoke.space.variant",
+    ),
+    (
+        "variant-vs-seeds",
+        "space: {variant: {grid: [{label: a, set: {train.seed: 5}}]}}\nseeds: 2\n",
+        ("train.seed", "seeds"),
+    ),
+    (
+        "expr-cycle-2",
+        'space: {optim.lr: {expr: "optim.weight_decay * 2"}, optim.weight_decay: {expr: "optim.lr / 2"}}\n',
+        ("cycle", "optim.lr -> optim.weight_decay -> optim.lr"),
+    ),
+    (
+        "expr-cycle-3",
+        'space: {optim.lr: {expr: "optim.momentum / 9"}, optim.momentum: {expr: "optim.weight_decay * 1000"}, '
+        'optim.weight_decay: {expr: "optim.lr / 100"}}\n',
+        "cycle",
+    ),
+    (
+        "expr-cycle-smoke",
+        'space: {optim.lr: {expr: "optim.weight_decay * 2"}}\n'
+        'smoke: {space: {optim.weight_decay: {expr: "optim.lr / 2"}}}\n',
+        ("cycle", "smoke.space"),
+    ),
+]:
+    dry(f"sweep-axes-{id}", sweep(body), culprit)
+real("sweep-axes-real-run", sweep(f"space: {{optim.lr: {{grid: [0.1]}}, {VARIANT_LR}}}\n"), "optim.lr")
+
+# ---- refusals that come after the store is opened: library warnings stay out of the one line -----------
+for id, argv, culprit in [
+    ("best", ["best", "nosuch"], "'nosuch'"),
+    ("best-smoke", ["best", "nosuch", "--smoke", "--json"], "'nosuch'"),
+    ("export", ["export", "nosuch", "--out", "q.parquet"], "'nosuch'"),
+    ("ui", ["ui", "--no-browser", "--port", BUSY, "--experiment", "nosuch"], "'nosuch'"),
+    ("train-from-run", ["train", "--from-run", RUN_ID, "--output", "out"], RUN_ID),
+]:
+    case(f"store-{id}", [*argv, "--tracking-uri", "sqlite:///mlflow.db"], culprit, **{"mlflow.db": STORE})
+
+# ---- large inputs: refused by their size before a byte is parsed ------------------------------------------
+BIG = "optim: {lr: [" + ", ".join(["1.5"] * 70_000) + "]}\n"  # 350 KB
+train_file("file-too-large", BIG, ("c.yaml", "larger than"))
+dry("sweep-too-large", OK_SWEEP + "# " + "x" * 300_000 + "\n", ("s.yaml", "larger than"))
+
+
 def _listing(folder: Path) -> list[str]:
     return sorted(str(Path(d, n).relative_to(folder)) for d, dirs, files in os.walk(folder) for n in dirs + files)
 
@@ -485,11 +720,16 @@ def _limit_memory() -> None:  # a case that enumerates a billion trials fails in
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
-def _run(c: Case, folder: Path) -> dict[str, object]:
+def _run(c: Case, folder: Path, store: Path | None, busy: int) -> dict[str, object]:
     folder.mkdir()
     for name, content in c.files.items():
         path = folder / name
-        if content is DIR:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is STORE:
+            assert store is not None
+            shutil.copy(store, path)
+            Path(f"{path}.lock").touch()  # beside any store that was ever opened
+        elif content is DIR:
             path.mkdir()
         elif content is FIFO:
             os.mkfifo(path)
@@ -500,9 +740,11 @@ def _run(c: Case, folder: Path) -> dict[str, object]:
         else:
             path.write_text(str(content))
     before = _listing(folder)
-    env = {**os.environ, "PYTHONWARNINGS": "default"}  # a warning printed on bad input breaks the one line
+    # a warning printed on bad input breaks the one line; $MLFLOW_TRACKING_URI only where a case sets it
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONWARNINGS="default", **c.env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeplab.cli", *c.argv],
+        [sys.executable, "-m", "sweeplab.cli", *(a.replace(BUSY, str(busy)) for a in c.argv)],
         cwd=folder,
         env=env,
         text=True,
@@ -531,8 +773,16 @@ def results(request, tmp_path_factory) -> dict[str, dict[str, object]]:
     }
     base = tmp_path_factory.mktemp("bad_input")
     todo = [c for c in CASES if c.id in selected]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        done = pool.map(lambda ic: _run(ic[1], base / f"case{ic[0]}"), enumerate(todo))
+    store = None
+    if any(STORE in c.files.values() for c in todo):
+        from mlflow_store import fresh_uri
+
+        store = Path(fresh_uri(base / "store", tmp_path_factory)[len("sqlite:///") :])
+    with socket.socket() as taken, ThreadPoolExecutor(max_workers=4) as pool:
+        taken.bind(("127.0.0.1", 0))  # a port in use: a `ui` case that got through would not start a server
+        taken.listen()
+        busy = taken.getsockname()[1]
+        done = pool.map(lambda ic: _run(ic[1], base / f"case{ic[0]}", store, busy), enumerate(todo))
         return {c.id: r for c, r in zip(todo, done)}
 
 
@@ -552,6 +802,8 @@ def test_bad_input(c: Case, results):
     assert len(lines) == 1 and lines[0].startswith("sweeplab: error: "), err
     for culprit in c.culprit:
         assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    for secret in c.absent:
+        assert secret not in err and secret not in str(r["stdout"]), f"{secret!r} printed: {err}"
     assert r["after"] == r["before"], f"wrote {sorted(set(r['after']) - set(r['before']))}"
     assert r["stdout"] == "", r["stdout"]
 
@@ -619,3 +871,85 @@ def test_expr_interpreter_agrees_with_python(expr):
     tree = {"data": {"batch_size": 128}, "train": {"epochs": 200}, "model": {"name": "resnet_preact"}}
     names = {k: SimpleNamespace(**v) for k, v in tree.items()}
     assert evaluate(expr, tree) == eval(expr, {"__builtins__": {}, **FUNCTIONS}, names)
+
+
+# ---- in-process checks of the door itself ---------------------------------------------------------------
+
+
+def test_a_large_file_is_refused_by_its_size_before_it_is_parsed(tmp_path):
+    import time
+
+    from sweeplab.config import read_yaml
+    from sweeplab.core.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: [" + ", ".join(["1.5"] * 2_250_000) + "]}\n")  # 9 MB: 85 s of CPU to refuse before
+    start = time.process_time()
+    with pytest.raises(ConfigError, match=r"c\.yaml is larger than 256 KB"):
+        read_yaml(path, "config")
+    assert time.process_time() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    "uri, kept",
+    [
+        (f"postgresql://u:{SECRET}@127.0.0.1:5432/db", "postgresql://u:***@127.0.0.1:5432/db"),
+        (f"postgresql://u@h/db?sslmode=require&password={SECRET}", "postgresql://u@h/db?sslmode=require&password=***"),
+        (f"https://me:{SECRET}@host:5000/path?x=1", "https://me:***@host:5000/path?x=1"),
+        (f"http://host?api_key={SECRET};token={SECRET}2", "http://host?api_key=***;token=***"),
+        (f"mysql://u:{SECRET}/x@h/db", "mysql://u:***@h/db"),  # SQLAlchemy reads a password up to the '@'
+        (f"http://h#{SECRET}", "http://h#***"),
+        ("sqlite:////a/b.db", "sqlite:////a/b.db"),
+    ],
+)
+def test_secrets_are_masked_wherever_they_sit(uri, kept):
+    from sweeplab.core.inputs import shown
+
+    assert shown(uri) == kept
+
+
+def test_storage_schemes_are_those_pyarrow_opens():
+    """Every scheme the door lets through is one pyarrow (Ray Tune's storage layer) recognises; others are not."""
+    import pyarrow.fs
+
+    from sweeplab.core.inputs import STORAGE_SCHEMES
+
+    examples = {  # nothing here opens a connection: s3 is given its region, the others connect lazily
+        "file": "file:///tmp",
+        "s3": "s3://bucket/x?region=us-east-1",
+        "gs": "gs://bucket/x?anonymous=true",
+        "gcs": "gcs://bucket/x?anonymous=true",
+        "abfs": "abfs://c@account.dfs.core.windows.net/x",
+        "abfss": "abfss://c@account.dfs.core.windows.net/x",
+        "hdfs": "hdfs://127.0.0.1:8020/x",
+        "viewfs": "viewfs://127.0.0.1:8020/x",
+    }
+    assert set(examples) == set(STORAGE_SCHEMES)
+    for uri in [*examples.values(), "foo://bar"]:
+        try:
+            pyarrow.fs.FileSystem.from_uri(uri)
+            known = True
+        except Exception as e:  # hdfs needs a JVM here: known, just not loadable
+            known = "Unrecognized filesystem type" not in str(e)
+        assert known == (not uri.startswith("foo")), uri
+
+
+def test_library_warnings_are_held_until_the_command_ends_and_dropped_on_a_refusal():
+    import warnings
+
+    from sweeplab.core import quiet
+
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        with quiet.held():
+            warnings.warn("from a library", DeprecationWarning, stacklevel=1)
+            assert log == []
+        assert [str(w.message) for w in log] == ["from a library"]  # shown at the end
+        with quiet.held():
+            warnings.warn("dropped", DeprecationWarning, stacklevel=1)
+            quiet.drop()  # the command ended as bad input: its one line is the answer
+        with quiet.held():
+            quiet.release()  # the input is checked: from here on a warning shows as it comes
+            warnings.warn("at once", UserWarning, stacklevel=1)
+            assert [str(w.message) for w in log] == ["from a library", "at once"]
+    assert [str(w.message) for w in log] == ["from a library", "at once"]

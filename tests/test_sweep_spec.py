@@ -85,6 +85,18 @@ def test_expr_depends_on_the_trials_own_values(tmp_path):
     assert all(t.config.sched.warmup_epochs == 2.0 for t in sweep.trials())  # 200 epochs / 100
 
 
+def test_an_expr_reading_another_sees_its_value_whatever_the_order_of_the_file(tmp_path):
+    space = {
+        "optim.lr": {"expr": "optim.weight_decay * 2"},  # reads the expr below, not the config's 5e-4
+        "optim.weight_decay": {"expr": "data.batch_size / 1000"},
+        "optim.momentum": {"expr": "optim.momentum / 2"},  # its own key: the value before the expr
+        "data.batch_size": {"grid": [100]},
+    }
+    (trial,) = load(write(tmp_path, space=space, overrides={**TINY, "optim.momentum": 0.9})).trials()
+    assert trial.derived == {"optim.lr": 0.2, "optim.weight_decay": 0.1, "optim.momentum": 0.45}
+    assert list(trial.derived) == ["optim.lr", "optim.weight_decay", "optim.momentum"]  # shown in the file's order
+
+
 def test_variants_bundle_overrides_and_find_their_reference_row(tmp_path):
     variants = [
         {"label": "ResNet-110", "set": {"model.name": "resnet", "model.depth": 110}},

@@ -11,11 +11,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn
 
 from sweeplab.commands import analysis, models, sweep, train
+from sweeplab.core import inputs, quiet
 from sweeplab.core.errors import ConfigError
+from sweeplab.core.names import check_name
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,26 +50,14 @@ def count(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def folder(text: str) -> str:
-    """An argparse type: a folder to write into, or a URI; a path through an existing file is refused
-    here, before anything starts (it would fail later, with a traceback, after Ray started)."""
-    if "://" in text:
-        return text
-    path = Path(text).expanduser()
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            if not p.is_dir():
-                raise argparse.ArgumentTypeError(
-                    f"{p} is a file, not a folder" if p.is_file() else f"{p} is not a folder"
-                )
-            break
-    return text
-
-
 def _tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
     )
+
+
+def _force(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=what)
 
 
 def _smoke(p: argparse.ArgumentParser) -> None:
@@ -104,7 +93,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         default=None,
-        type=folder,
         help="run folder (default: runs/<config stem>; with --from-run runs/<trial label or run id>)",
     )
     p.add_argument(
@@ -132,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per trial (full config)")
     p.add_argument("--name", help="launch name (default: <sweep>-<timestamp>)")
     p.add_argument("--address", help="Ray cluster address (auto or HOST:PORT); default: start a local Ray")
-    p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
     p.add_argument("--max-concurrent", type=count(1), help="at most N trials at once")
     p.add_argument(
         "--max-trials",
@@ -140,23 +128,23 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="refuse sweeps of more than N trials (default: 10000), checked before any trial is compiled",
     )
-    p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(1, inputs.MAX_CPUS), help="CPUs of the local Ray (default: all)")
     _progress(p)
     _tracking_uri(p)
     p.set_defaults(fn=sweep.run)
 
     p = sub.add_parser("resume", help="continue a sweep whose driver died")
     p.add_argument("name", help="launch name (see `sweeplab status`)")
-    p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
     p.add_argument("--address", help="Ray cluster address; default: start a local Ray")
-    p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=count(1, inputs.MAX_CPUS), help="CPUs of the local Ray (default: all)")
     _progress(p)
     _tracking_uri(p)
     p.set_defaults(fn=sweep.resume)
 
     p = sub.add_parser("status", help="list sweeps and the states of their trials")
     p.add_argument("name", nargs="?", help="launch name; default: all launches")
-    p.add_argument("--storage", type=folder, help="Tune storage folder or URI (default: ./runs/ray)")
+    p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
     p.set_defaults(fn=sweep.status)
 
     p = sub.add_parser("best", help="the best trials of a sweep or launch")
@@ -179,12 +167,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=("md", "csv", "html"), default="md")
     p.add_argument("--out", help="also write the table (and its figures) into this folder")
+    _force(p, "replace the table's files that --out holds already")
     _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.table)
 
     p = sub.add_parser("report", help="every table and figure with runs behind it, with an index page")
-    p.add_argument("--out", default="report")
+    p.add_argument("--out", default="report", help="a new or empty folder, or an earlier report's (default: report)")
+    _force(p, "write into a folder that holds other files")
     p.add_argument(
         "--ui-url",
         default="http://127.0.0.1:5000",
@@ -197,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="every trial of a sweep as one Parquet file")
     p.add_argument("target", metavar="SWEEP_OR_LAUNCH")
     p.add_argument("--out", required=True, help="FILE.parquet")
+    _force(p, "replace FILE if it exists")
     _smoke(p)
     _tracking_uri(p)
     p.set_defaults(fn=analysis.export)
@@ -210,19 +201,65 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+# The commands that read the tracking URI (and so $MLFLOW_TRACKING_URI when no flag names one).
+TRACKING = ("run", "best", "table", "report", "export", "ui")
+
+
+def door(args: argparse.Namespace) -> None:
+    """Every flag of the command checked before the command starts (core/inputs.py): a bad one is one
+    line and exit 2, with nothing started or written. What needs the command's own knowledge (a sweep
+    file, a table id, whether the store holds the sweep) is checked by the command, before it writes."""
+    cmd = args.command
+    uri = getattr(args, "tracking_uri", None)
+    if uri is not None:
+        inputs.tracking_uri(uri)
+    elif os.environ.get("MLFLOW_TRACKING_URI") and (cmd in TRACKING or getattr(args, "from_run", None)):
+        inputs.tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
+    if getattr(args, "storage", None) is not None:
+        inputs.storage(args.storage, write=cmd != "status")
+    if getattr(args, "address", None) is not None:
+        inputs.address(args.address)
+    if cmd == "run" and args.name is not None:
+        check_name(args.name, "--name")
+    if cmd in ("resume", "status") and args.name is not None:
+        check_name(args.name, "launch name")
+    if cmd == "train":
+        if args.output is not None:
+            inputs.folder(args.output, "--output")
+        if args.from_run is not None:
+            inputs.run_id(args.from_run)
+    if cmd in ("best", "export"):
+        inputs.given(args.target, "SWEEP_OR_LAUNCH")
+    if cmd == "table":
+        if args.table_id is not None:
+            inputs.given(args.table_id, "TABLE_ID")
+        if args.out is not None:
+            inputs.folder(args.out, "--out")
+    if cmd == "report":
+        inputs.folder(args.out, "--out")
+        inputs.http_url(args.ui_url, "--ui-url")
+    if cmd == "export":
+        inputs.out_file(args.out, "--out", ".parquet", args.force)
+    if cmd == "ui" and args.experiment is not None:
+        inputs.given(args.experiment, "--experiment")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except ConfigError as e:  # every bad-input error derives from ConfigError
-        print(f"sweeplab: error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sweeplab: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader went away (`sweeplab models | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    with quiet.held():  # a library's warnings never make a refusal more than its one line
+        try:
+            door(args)
+            return args.fn(args)
+        except ConfigError as e:  # every bad-input error derives from ConfigError
+            quiet.drop()
+            print(f"sweeplab: error: {_one_line(str(e))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("sweeplab: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # the reader went away (`sweeplab models | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
 
 def entry() -> None:

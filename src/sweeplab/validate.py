@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sweeplab import models, schedules  # torch-free registries: validating a config never imports torch
 from sweeplab.core.errors import ConfigError
+from sweeplab.core.inputs import MAX_CPUS
 from sweeplab.models import catalog, rules
 from sweeplab.schema import ACTIVATIONS, DATASETS, MIXERS, PRECISIONS, Config
 
@@ -141,4 +142,5 @@ def check(c: Config, where: str = "") -> None:
     )
     _one_of(t.compile_mode, ("default", "reduce-overhead", "max-autotune"), "train.compile_mode", where)
     _require(t.eval_every >= 1, "train.eval_every", "must be >= 1", where)
-    _require(t.threads >= 0, "train.threads", "must be >= 0", where)
+    # torch starts this many OpenMP threads: ~16k fail to start, 100k segfault (with the run folder written)
+    _require(0 <= t.threads <= MAX_CPUS, "train.threads", f"must be in [0, {MAX_CPUS}] (0 = torch's default)", where)

@@ -41,11 +41,11 @@ class TrialRun:
 def trial_run(uri: str | None, run_id: str) -> TrialRun:
     """The child run `run_id` of a sweeplab sweep with its nested config; UnknownTarget (exit 2) for an
     unknown id, a launch's parent run or a run sweeplab did not log."""
+    where = resolve_uri(uri)
+    c = open_client(where, must_exist=True)  # before MLflow is imported: no store is refused in a blink
+    assert c is not None  # must_exist raised otherwise
     from mlflow.exceptions import MlflowException
 
-    where = resolve_uri(uri)
-    c = open_client(where, must_exist=True)
-    assert c is not None  # must_exist raised otherwise
     try:
         run = c.get_run(run_id)
     except MlflowException as e:

@@ -124,15 +124,16 @@ def table(args: argparse.Namespace) -> int:
         raise ConfigError("give a TABLE_ID or --all, not both")
     if not args.table_id and not args.all:
         raise ConfigError("give a TABLE_ID, --all or --list (see `sweeplab table --list`)")
-    c = runs.open_client(args.tracking_uri)
-    if args.all:
+    ref = None if args.all else reference.get(args.table_id, smoke=args.smoke)
+    c = runs.open_client(args.tracking_uri, must_exist=True)
+    if ref is None:
         return _all_tables(c, args)
-    ref = reference.get(args.table_id, smoke=args.smoke)
     found = runs.table_trials(c, ref.id) if c is not None else []
     built = tables.build(c, ref, runs.kept(found, args.smoke), smoke=args.smoke)
     if args.summary:
         print(f"{ref.id}{_title(args.smoke)}: {built.summary}")
     else:
+        _refuse_overwrite([built], args.out, args.force)  # before the table is printed: a refusal prints nothing
         print(tables.render(built, args.format), end="")
         if args.format == "csv":  # the CSV stays rows only; its verdict line goes beside it
             print(f"sweeplab: {ref.id}{_title(args.smoke)}: {built.summary}", file=sys.stderr)
@@ -162,10 +163,30 @@ def _all_tables(c: runs.MlflowClient | None, args: argparse.Namespace) -> int:
         for b in built:
             print(f"{b.id + _title(args.smoke) + ':':<{width + 1}} {b.summary}")
         return 0
+    _refuse_overwrite(built, args.out, args.force)
     if args.format != "csv":
         print("\n".join(tables.render(b, args.format) for b in built), end="")
     _write(c, built, args.out)
     return 0
+
+
+def _refuse_overwrite(built: list[tables.Built], out: str | None, force: bool) -> None:
+    """Bad input when --out holds files of these tables already (md, csv, html, figures) and not --force."""
+    if not out or force:
+        return
+    from sweeplab.analysis.report import slug
+
+    names = [f"{slug(b.id)}{end}" for b in built for end in (".md", ".csv", ".html", *_FIGURES)]
+    there = [n for n in names if (Path(out) / n).exists()]
+    if there:
+        more = f" and {len(there) - 3} more" if len(there) > 3 else ""
+        raise ConfigError(
+            f"--out {out} holds {', '.join(there[:3])}{more} already; pass --force to replace them, "
+            "or choose another folder"
+        )
+
+
+_FIGURES = tuple(f"_{kind}.png" for kind in ("error", "parallel", "curves", "stops"))  # report.figures_of's
 
 
 def _write(c: runs.MlflowClient | None, built: list[tables.Built], out: str | None) -> None:
@@ -184,17 +205,33 @@ def report(args: argparse.Namespace) -> int:
     from sweeplab.analysis.report import report as write_report
 
     uri = resolve_uri(args.tracking_uri)
-    out = write_report(runs.open_client(uri), Path(args.out), uri, smoke=args.smoke, ui_url=args.ui_url)
-    print(f"report written to {out / 'index.html'} and {out / 'index.md'}")
+    folder = Path(args.out)
+    earlier = _earlier_report(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not earlier and not args.force:
+        raise ConfigError(
+            f"--out {args.out} holds files that are not a sweeplab report; choose a new or empty folder, "
+            "or pass --force to write into it"
+        )
+    c = runs.open_client(uri, must_exist=True)
+    out = write_report(c, folder, uri, smoke=args.smoke, ui_url=args.ui_url)
+    again = " (replacing the earlier report there)" if earlier else ""
+    print(f"report written to {out / 'index.html'} and {out / 'index.md'}{again}")
     return 0
+
+
+def _earlier_report(folder: Path) -> bool:
+    """Whether `folder` holds a report `sweeplab report` wrote (its index.md says so on its first line)."""
+    try:
+        with (folder / "index.md").open() as f:
+            return f.readline().startswith("# sweeplab report")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def export(args: argparse.Namespace) -> int:
     """Write every trial of a sweep or launch to one Parquet file."""
     from sweeplab.analysis.export import write_parquet
 
-    if not str(args.out).endswith(".parquet"):
-        raise ConfigError(f"--out must name a .parquet file, got '{args.out}'")
     c = runs.open_client(args.tracking_uri, must_exist=True)
     everything = runs.trials(c, args.target)
     found = runs.kept(everything, args.smoke)

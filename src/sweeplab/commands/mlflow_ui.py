@@ -21,6 +21,7 @@ The server runs in its own process group, which is killed as a whole when `sweep
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from sweeplab.analysis import runs
+from sweeplab.core import quiet
 from sweeplab.core.env import no_telemetry
 from sweeplab.core.errors import ConfigError
 from sweeplab.core.names import LAUNCH, PARENT, TRIAL
@@ -155,7 +157,7 @@ def ui(args: argparse.Namespace) -> int:
     """Serve the MLflow UI on 127.0.0.1 until stopped; print (and open) the sweep's runs page."""
     uri = resolve_uri(args.tracking_uri)
     db = sqlite_path(uri)
-    c = runs.open_client(uri, must_exist=args.experiment is not None)
+    c = runs.open_client(uri, must_exist=True)
     experiment = pick_experiment(c, args.experiment)
     metric, mode = sweep_metric(c, experiment)
     if uri.startswith(("http://", "https://")):  # a server is running already: only say where to look
@@ -173,6 +175,7 @@ def ui(args: argparse.Namespace) -> int:
     if db is not None:  # artifacts of experiments created from the UI go next to the database
         cmd += ["--artifacts-destination", str(db.resolve().parent / "mlartifacts")]
     env = no_telemetry({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    quiet.release()  # the input is checked: from here on a warning shows as it comes
     base = f"http://{HOST}:{args.port}"
     url = runs_url(base, experiment, metric, mode, view)
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -210,8 +213,9 @@ def _check_port(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((HOST, port))
-        except OSError:
-            raise ConfigError(f"port {port} on {HOST} is in use: pass another --port") from None
+        except OSError as e:
+            why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be used ({e.strerror or e})"
+            raise ConfigError(f"port {port} on {HOST} {why}: pass another --port") from None
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], base: str) -> str:

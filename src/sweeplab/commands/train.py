@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab import config as cfg
+from sweeplab.core import quiet
 from sweeplab.core.errors import ConfigError
 from sweeplab.schema import Config, flatten
 
@@ -147,6 +148,7 @@ def _train(
 
     bar: Any = None  # the progress bar (tqdm), made once the run folder is ready
     last: dict[str, float] = {}
+    quiet.release()  # the input is checked: a warning from here on (torch's, say) shows as it comes
     try:
         out.mkdir(parents=True, exist_ok=True)
         with _writing(out / "config.yaml"):

@@ -88,6 +88,15 @@ def evaluate(text: str, tree: dict[str, dict[str, Any]]) -> Any:
     return _eval(ast.parse(text, mode="eval").body, tree)
 
 
+def names(text: str) -> set[str]:
+    """The dotted config keys a checked expression reads ('data.batch_size', ...)."""
+    return {
+        f"{n.value.id}.{n.attr}"
+        for n in ast.walk(ast.parse(text, mode="eval"))
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+    }
+
+
 def _eval(node: ast.expr, tree: dict[str, dict[str, Any]]) -> Any:
     if isinstance(node, ast.Constant):
         return _bounded(node.value)

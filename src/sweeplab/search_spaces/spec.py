@@ -12,10 +12,12 @@ from typing import Any
 from sweeplab import reference
 from sweeplab.config import integral_hint, load_yaml, read_yaml
 from sweeplab.core.errors import ConfigError, SweepError, suggest
+from sweeplab.core.inputs import MAX_CPUS, MAX_GPUS, MAX_WORKERS
 from sweeplab.core.names import METRICS, check_name, default_mode
 from sweeplab.core.yamlio import quoted_number
 from sweeplab.search_spaces import foreign
-from sweeplab.search_spaces.domains import Domain, check_key, parse, parse_variants
+from sweeplab.search_spaces.domains import ChoiceVariant, Domain, Expr, GridVariant, check_key, parse, parse_variants
+from sweeplab.search_spaces.expr import names as expr_names
 from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler
 from sweeplab.search_spaces.settings import SAMPLERS, Resources, Search
 
@@ -35,6 +37,7 @@ TOP = (
     "smoke",
     "mlflow",
 )
+SEED = "train.seed"  # set per trial by `seeds`
 SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources", "mlflow")
 MLFLOW = {"log_checkpoints": bool}
 SEARCH = {
@@ -226,10 +229,13 @@ def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> 
     unknown(section, RESOURCES, where, path)
     typed(section, RESOURCES, where, path)
     out = Resources(**section)
-    if out.workers < 1:
-        raise SweepError(f"{path}: '{where}workers' must be an integer >= 1, got {out.workers!r}")
-    if out.cpus_per_worker <= 0:
-        raise SweepError(f"{path}: '{where}cpus_per_worker' must be > 0, got {out.cpus_per_worker!r}")
+    # bounded by what a machine (a cluster, for workers) can have: Ray would wait forever for more
+    if not 1 <= out.workers <= MAX_WORKERS:
+        raise SweepError(f"{path}: '{where}workers' must be an integer in [1, {MAX_WORKERS}], got {out.workers!r}")
+    if not 0 < out.cpus_per_worker <= MAX_CPUS:
+        raise SweepError(f"{path}: '{where}cpus_per_worker' must be in (0, {MAX_CPUS}], got {out.cpus_per_worker!r}")
+    if out.gpus_per_worker > MAX_GPUS:
+        raise SweepError(f"{path}: '{where}gpus_per_worker' must be at most {MAX_GPUS}, got {out.gpus_per_worker!r}")
     if out.gpus_per_worker > 1 and out.gpus_per_worker != int(out.gpus_per_worker):
         raise SweepError(f"{path}: '{where}gpus_per_worker' above 1 must be a whole number")
     return out
@@ -292,3 +298,48 @@ def table_matches(section: dict[str, Any], has_variant: bool, path: Any) -> dict
                 check_key(key, f"tables.{tid}.match.{col} -> ", path)
         out[tid] = dict(match)
     return out
+
+
+def check_axes(space: dict[str, Domain], seeds: Any, path: str, smoke_keys: set[str]) -> None:
+    """Refuse a key that two axes set: a variant's `set:` and the space (whose value would silently
+    win), or a variant and `seeds` (train.seed); and `expr`s that read each other in a cycle."""
+    variant = space.get("variant")
+    if isinstance(variant, (GridVariant, ChoiceVariant)):
+        at = "smoke.space." if "variant" in smoke_keys else "space."
+        for name, sets in variant.sets.items():
+            for key in sets:
+                if key in space:
+                    other = f"{'smoke.space.' if key in smoke_keys else 'space.'}{key}"
+                    raise SweepError(
+                        f"{path}: '{at}variant' {name!r} sets '{key}', which '{other}' sets too (the space's "
+                        "value would silently win); set it in one of the two"
+                    )
+                if key == SEED and isinstance(seeds, int) and seeds > 1:
+                    raise SweepError(
+                        f"{path}: '{at}variant' {name!r} sets '{SEED}', which 'seeds: {seeds}' sets for each "
+                        "trial; set it in one of the two"
+                    )
+    expr_order(space, path, smoke_keys)
+
+
+def expr_order(space: dict[str, Domain], path: str, smoke_keys: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The space's `expr` keys, each after the exprs it reads; SweepError naming a cycle, whose values
+    would depend on the order of the file. An expr that reads its own key reads the value before it."""
+    reads = {k: expr_names(d.text) - {k} for k, d in space.items() if isinstance(d, Expr)}
+    order: list[str] = []
+
+    def visit(key: str, trail: tuple[str, ...]) -> None:
+        if key in order:
+            return
+        if key in trail:
+            loop = (*trail[trail.index(key) :], key)
+            named = next((k for k in loop if k in smoke_keys), None)
+            at = f"smoke.space.{named}" if named else f"space.{key}"
+            raise SweepError(f"{path}: '{at}.expr' is part of a cycle of exprs ({' -> '.join(loop)}); break it")
+        for other in sorted(reads[key] & reads.keys()):
+            visit(other, (*trail, key))
+        order.append(key)
+
+    for key in reads:
+        visit(key, ())
+    return order

@@ -26,7 +26,7 @@ from sweeplab.search_spaces.domains import Choice, ChoiceVariant, Domain, Expr, 
 from sweeplab.search_spaces.schedulers import Scheduler
 from sweeplab.search_spaces.settings import Resources, Search
 
-SEED = "train.seed"
+SEED = S.SEED
 MAX_RUNGS = 100  # ASHA / HyperBand rungs: a reduction_factor of 1.0001 would make tens of thousands
 MAX_TRIALS = 10_000  # a sweep above this needs `--max-trials`: the dry-run alone would take minutes and GBs
 
@@ -81,9 +81,9 @@ class Sweep:
         tree = merge(tree, nested({k: v for k, v in point.items() if k != "variant"}))
         derived: dict[str, Any] = {}
         defaults = Config().to_dict()
-        for key, dom in self.space.items():
-            if not isinstance(dom, Expr):
-                continue
+        for key in S.expr_order(self.space, self.path):  # an expr reading another sees its computed value
+            dom = self.space[key]
+            assert isinstance(dom, Expr)
             try:  # names see the whole trial config, defaults included
                 value = dom.evaluate(merge(defaults, tree))
             except Exception as e:
@@ -92,6 +92,7 @@ class Sweep:
                 value = int(value)  # e.g. data.batch_size: {expr: "2 * 64.0"} is still an int key
             derived[key] = value
             tree = merge(tree, nested({key: value}))
+        derived = {k: derived[k] for k in self.space if k in derived}  # shown in the file's order
         try:
             return from_dict(tree, f" in {self.path}{where}"), derived
         except SweepError:
@@ -292,6 +293,7 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     search_spec = {**S.mapping(spec, "search", path)}
     scheduler_spec = {**S.mapping(spec, "scheduler", path)}
     seeds = spec.get("seeds", 1)
+    plain = dict(space)
     if smoke:
         base = merge(base, nested(smoke_over))
         space.update(smoke_space)
@@ -308,6 +310,9 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
         raise SweepError(f"{path}: 'seeds' must be an integer >= 1, got {seeds!r}")
     if seeds > 1 and SEED in space:
         raise SweepError(f"{path}: 'space.{SEED}' conflicts with 'seeds: {seeds}' (seeds sets train.seed)")
+    # both the space of a full run and its smoke run's, whichever runs now (as smoke.resources is)
+    S.check_axes(plain, spec.get("seeds", 1), path, set())
+    S.check_axes({**plain, **smoke_space}, smoke_block.get("seeds", spec.get("seeds", 1)), path, set(smoke_space))
     search, scheduler = S.search(search_spec, path), S.scheduler(scheduler_spec, path)
     # smoke.resources is merged into resources and checked even without --smoke, like smoke.overrides
     base_resources = S.mapping(spec, "resources", path)

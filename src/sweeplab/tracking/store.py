@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
+from sweeplab.core import inputs
 from sweeplab.core.errors import ConfigError
 
 # Telemetry is switched off in sweeplab/__init__.py (it runs before this module); these only quiet MLflow.
@@ -36,44 +36,22 @@ if TYPE_CHECKING:
 _clients: dict[str, MlflowClient] = {}
 
 
-# Stores MLflow 3.17 accepts (its file store is refused); anything else is bad input, caught
-# before Ray starts rather than as a traceback from deep inside MLflow.
-_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-
-
 def resolve_uri(uri: str | None) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; a relative sqlite path made absolute."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
-    if scheme not in _SCHEMES:
-        raise ConfigError(
-            f"tracking URI {uri!r} is not one MLflow can use here: give sqlite:///PATH/mlflow.db, "
-            f"http(s)://HOST:PORT or a database URI ({', '.join(_SCHEMES)})"
-        )
-    _refuse_password(uri, scheme)
+    """`uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; a relative sqlite path made absolute.
+
+    Every one is checked first (`core/inputs.tracking_uri`: a scheme MLflow 3.17 accepts - its file store is
+    refused -, host, port, an SQLite path that can be a file, no password), so a bad one is bad input here
+    rather than a traceback or minutes of retries from deep inside MLflow."""
+    if uri is not None:
+        inputs.tracking_uri(uri)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = inputs.tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
+    else:
+        uri = "sqlite:///mlflow.db"
     db = sqlite_path(uri)
     if db is not None and not db.is_absolute():  # so `resume` from another folder finds the same store
         return f"sqlite:///{Path.cwd().resolve() / db}"
     return uri
-
-
-def _refuse_password(uri: str, scheme: str) -> None:
-    """Bad input when `uri` carries a password: sweeplab prints the URI, keeps it in the launch's state
-    and tags it on every run (`sweeplab.command`), so the password belongs where the client reads it."""
-    parts = urlsplit(uri)
-    try:
-        password = parts.password
-    except ValueError:  # a malformed port: MLflow reports it
-        return
-    if not password:
-        return
-    where = (
-        "$MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD"
-        if scheme in ("http", "https")
-        else "the database client's password file (PostgreSQL: ~/.pgpass, or the file $PGPASSFILE names, mode 600)"
-    )
-    shown = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
-    raise ConfigError(f"tracking URI {shown} carries a password; drop it from the URI and keep it in {where}")
 
 
 def sqlite_path(uri: str) -> Path | None:
