@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-# ---- the ecosystem's habits (issue 23): --version, `schema`, `convert`, `ui --verbose`, help on every flag ----
+# ---- issue 23: --version, `schema`, `convert`, `ui --verbose`, `train --no-mlflow`, help on every flag ----
 
 _HELP = {  # (command, dest) -> help, for the arguments defined above without one (a test walks every flag)
     ("best", "target"): "a sweep (its MLflow experiment) or one launch of it",
@@ -263,6 +263,11 @@ def _habits(ap: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> Non
     sub.choices["ui"].add_argument(
         "--verbose", action="store_true", help="also show the MLflow server's own start-up and request lines"
     )
+    train = sub.choices["train"]
+    train.add_argument(
+        "--no-mlflow", action="store_true", help="log nothing to MLflow (default: the run, its metrics and its model)"
+    )
+    train.add_argument("--experiment", default="train", help="the MLflow experiment of the run (default: train)")
     for name, parser_ in sub.choices.items():
         for action in parser_._actions:
             action.help = action.help or _HELP.get((name, action.dest))
