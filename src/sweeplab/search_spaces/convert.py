@@ -41,9 +41,13 @@ class Unconvertible(ValueError):
         self.problems = problems
 
 
+# Keys only a sweeplab file has: a file with one of them is a sweeplab file with foreign keys in it.
+SWEEPLAB_ONLY = {"config", "overrides", "space", "search", "scheduler", "seeds", "tables", "smoke", "resources"}
+
+
 def is_wandb(spec: Any) -> bool:
-    """A mapping written for W&B Sweeps: W&B's `parameters` or `method`, and no sweeplab `space`."""
-    return isinstance(spec, dict) and "space" not in spec and ("parameters" in spec or "method" in spec)
+    """A mapping written for W&B Sweeps: W&B's `parameters` or `method`, and none of sweeplab's own keys."""
+    return isinstance(spec, dict) and not SWEEPLAB_ONLY & set(spec) and ("parameters" in spec or "method" in spec)
 
 
 def _keys() -> list[str]:

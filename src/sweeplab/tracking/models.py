@@ -53,7 +53,9 @@ def log_saved_model(tracking_uri: str | None, run_id: str, path: str | Path, nam
     c = client(resolve_uri(tracking_uri))
     run = c.get_run(run_id)
     params = {k: str(v) for k, v in run.data.params.items()}
-    model = c.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id, params=params)
+    # the run's source, user and commit, which the UI shows as the model's "Logged from"
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow.source.") or k == "mlflow.user"}
+    model = c.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id, params=params, tags=tags)
     try:
         with tempfile.TemporaryDirectory(prefix="sweeplab-model-") as tmp:
             folder = Path(shutil.copytree(path, Path(tmp) / name))
