@@ -116,3 +116,22 @@ def test_no_mlflow_logs_nothing(tmp_path) -> None:
         == 0
     )
     assert not (out / "mlflow.json").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_half_precision_state_serves_in_fp32() -> None:
+    """fp16_pure trains the weights in half: the served model is fp32 on the CPU, with the same outputs."""
+    from sweeplab import engine
+    from sweeplab.models import classifier
+
+    conf = config.load(CONFIG, [*TINY, "train.epochs=1"])
+    trainer = engine.Trainer(conf)
+    state = trainer.state_dict()
+    data = datasets.load(conf.data)
+    args = (data.shape, data.num_classes, data.mean, data.std)
+    full = classifier.from_state(state, *args)
+    halved = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}  # as model.half()
+    half = classifier.from_state({**state, "model": halved}, *args)
+    assert all(p.dtype == torch.float32 for p in half.parameters()) and not half.training
+    images = data.test_x[:8].float() / 255
+    with torch.no_grad():
+        assert torch.allclose(full(images), half(images), atol=0.05)
