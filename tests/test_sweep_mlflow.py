@@ -88,7 +88,8 @@ def test_a_real_sweep_is_whole_in_mlflow(tmp_path: Path) -> None:
     assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == ["report", "sweep.yaml", "trials.json"]
     report = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "report"))
     assert "report/best_trials.md" in report and "report/best_trials.html" in report
-    assert any(f.endswith("_curves.png") for f in report), report  # the launch's figures, drawn from MLflow
+    # the launch's figures, drawn from MLflow: short names (MLflow's artifact tree cuts long ones), SVG beside PNG
+    assert {"report/curves.png", "report/curves.svg"} <= set(report), report
     folder = tmp_path / "parent"
     sweep_file = client.download_artifacts(parent.info.run_id, "sweep.yaml", str(folder))
     assert yaml.safe_load(Path(sweep_file).read_text()) == yaml.safe_load(path.read_text())
