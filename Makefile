@@ -3,7 +3,7 @@ PY := .venv/bin/python
 setup: .venv/.installed
 .venv/.installed: pyproject.toml
 	test -d .venv || python3 -m venv .venv
-	.venv/bin/pip install -q -e '.[test]'
+	.venv/bin/pip install -q -e '.[test,dev]'
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -qq dataset-fashion-mnist || echo "could not install dataset-fashion-mnist")
 	@# PostgreSQL's server binaries for tests/test_mlflow_postgres.py, which starts its own throwaway cluster; the
 	@# package's default cluster (a server on port 5432 that nothing uses) is not created

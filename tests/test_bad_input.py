@@ -437,7 +437,7 @@ WANDB_FILE = (
     "parameters:\n  learning_rate: {min: 0.0001, max: 0.1}\n  batch_size: {values: [16, 32, 64]}\n"
     "early_terminate: {type: hyperband, min_iter: 3}\nrun_cap: 20\n"
 )
-dry("sweep-wandb-file", WANDB_FILE, ("s.yaml", "'program'", "config:"))
+dry("sweep-wandb-file", WANDB_FILE, ("s.yaml", "a W&B Sweeps file", "sweeplab convert s.yaml --config CONFIG"))
 dry("sweep-wandb-method", sweep(OK_SPACE + "method: bayes\n"), ("'method'", "search: {name: optuna}"))
 dry("sweep-wandb-parameters", sweep("parameters: {lr: {values: [0.1]}}\n"), ("'parameters'", "space:"))
 dry("sweep-wandb-values", sweep("space: {optim.lr: {values: [0.1, 0.2]}}\n"), ("space.optim.lr", "{grid: [0.1, 0.2]}"))

@@ -121,7 +121,7 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, how):
 @pytest.mark.parametrize("how", ["torch", "pickle2", "pickle4"])
 def test_train_resume_refuses_a_payload_checkpoint(tmp_path, capsys, how):
     out, marker = tmp_path / "run", tmp_path / "MARKER"
-    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out)]
+    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out), "--no-mlflow"]
     assert main([*args, "--stop-after", "1"]) == 0
     plant(out / "checkpoint.pt", marker, how)
     capsys.readouterr()
@@ -172,13 +172,13 @@ def _epochs(out: Path) -> list[int]:
 def test_train_keeps_two_checkpoints_and_resumes_from_the_older_exactly(tmp_path, capsys):
     args = [CONFIG, *TINY, "augment.mixup=1.0", "train.epochs=3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(["train", *args, "--output", str(straight)]) == 0
-    assert main(["train", *args, "--output", str(split), "--stop-after", "2"]) == 0
+    assert main(["train", *args, "--output", str(straight), "--no-mlflow"]) == 0
+    assert main(["train", *args, "--output", str(split), "--stop-after", "2", "--no-mlflow"]) == 0
     assert engine.load_checkpoint(split / "checkpoint.pt")["epoch"] == 2
     assert engine.load_checkpoint(split / "checkpoint.prev.pt")["epoch"] == 1
     corrupt(split / "checkpoint.pt", "truncated")
     capsys.readouterr()
-    assert main(["train", *args, "--output", str(split), "--resume"]) == 0
+    assert main(["train", *args, "--output", str(split), "--resume", "--no-mlflow"]) == 0
     warned = err_lines(capsys)
     assert len(warned) == 1 and "checkpoint.pt: truncated or corrupt" in warned[0]
     assert "checkpoint.prev.pt (epoch 1)" in warned[0]
@@ -201,7 +201,7 @@ def test_train_keeps_two_checkpoints_and_resumes_from_the_older_exactly(tmp_path
 
 def test_train_resume_with_both_checkpoints_unreadable_names_both(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", CONFIG, *TINY, "train.epochs=3", "--output", str(out)]
+    args = ["train", CONFIG, *TINY, "train.epochs=3", "--output", str(out), "--no-mlflow"]
     assert main([*args, "--stop-after", "2"]) == 0
     corrupt(out / "checkpoint.pt", "bitflip")
     corrupt(out / "checkpoint.prev.pt", "empty")
@@ -215,7 +215,7 @@ def test_train_resume_with_both_checkpoints_unreadable_names_both(tmp_path, caps
 
 def test_train_resume_after_a_crash_between_the_renames(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out)]
+    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out), "--no-mlflow"]
     assert main([*args, "--stop-after", "1"]) == 0
     os.replace(out / "checkpoint.pt", out / "checkpoint.prev.pt")  # killed before the new one went in
     capsys.readouterr()
@@ -243,7 +243,7 @@ def tmpfs(path: Path, size: str):
 
 def test_train_on_a_full_disk_stops_with_one_line_and_resumes_once_space_is_freed(tmp_path, capsys):
     args = [CONFIG, *TINY, "train.epochs=4"]
-    assert main(["train", *args, "train.epochs=1", "--output", str(tmp_path / "probe")]) == 0
+    assert main(["train", *args, "train.epochs=1", "--output", str(tmp_path / "probe"), "--no-mlflow"]) == 0
     size = (tmp_path / "probe" / "checkpoint.pt").stat().st_size
     with tmpfs(tmp_path / "disk", "1m") as disk:
         # room for the config, the metrics and two and a half checkpoints: the third write (epoch 3,
@@ -252,13 +252,13 @@ def test_train_on_a_full_disk_stops_with_one_line_and_resumes_once_space_is_free
         (disk / "filler").write_bytes(b"\0" * (free - int(2.5 * size) - 3 * 4096))
         out = disk / "run"
         capsys.readouterr()
-        assert main(["train", *args, "--output", str(out)]) == 1
+        assert main(["train", *args, "--output", str(out), "--no-mlflow"]) == 1
         err = err_lines(capsys)
         assert len(err) == 1 and err[0].startswith("sweeplab: error: disk full: could not write ")
         assert str(out) in err[0] and "epoch 2 is kept" in err[0] and "--resume" in err[0]
         assert not (out / "checkpoint.tmp").exists() and not (out / "metrics.tmp").exists()
         assert engine.load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
         (disk / "filler").unlink()
-        assert main(["train", *args, "--output", str(out), "--resume"]) == 0
+        assert main(["train", *args, "--output", str(out), "--resume", "--no-mlflow"]) == 0
         assert _epochs(out) == [1, 2, 3, 4]
         assert engine.load_checkpoint(out / "checkpoint.pt")["epoch"] == 4

@@ -64,10 +64,15 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 def test_resume_is_bit_exact(tmp_path, capsys):
     # Mixup draws from the epoch generator: its numbers must resume too.
     args = [CONFIG, *TINY, "augment.mixup=1.0"]
-    assert main(["train", *args, "train.epochs=2", "--output", str(tmp_path / "straight")]) == 0
-    assert main(["train", *args, "train.epochs=2", "--output", str(tmp_path / "split"), "--stop-after", "1"]) == 0
+    assert main(["train", *args, "train.epochs=2", "--output", str(tmp_path / "straight"), "--no-mlflow"]) == 0
+    assert (
+        main(
+            ["train", *args, "train.epochs=2", "--output", str(tmp_path / "split"), "--stop-after", "1", "--no-mlflow"]
+        )
+        == 0
+    )
     assert [json.loads(x)["epoch"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()] == [1]
-    assert main(["train", *args, "train.epochs=2", "--output", str(tmp_path / "split"), "--resume"]) == 0
+    assert main(["train", *args, "train.epochs=2", "--output", str(tmp_path / "split"), "--resume", "--no-mlflow"]) == 0
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,10 +85,10 @@ def test_resume_is_bit_exact(tmp_path, capsys):
 
 def test_train_refuses_to_overwrite_and_to_resume_a_changed_config(tmp_path, capsys):
     out = ["--output", str(tmp_path / "run")]
-    assert main(["train", CONFIG, *TINY, "train.epochs=1", *out]) == 0
-    assert main(["train", CONFIG, *TINY, "train.epochs=1", *out]) == 2
+    assert main(["train", CONFIG, *TINY, "train.epochs=1", *out, "--no-mlflow"]) == 0
+    assert main(["train", CONFIG, *TINY, "train.epochs=1", *out, "--no-mlflow"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", CONFIG, *TINY, "optim.lr=0.3", "train.epochs=2", *out, "--resume"]) == 2
+    assert main(["train", CONFIG, *TINY, "optim.lr=0.3", "train.epochs=2", *out, "--resume", "--no-mlflow"]) == 2
     assert "optim.lr" in capsys.readouterr().err
 
 
@@ -172,7 +177,7 @@ def test_ddp_ranks_hold_identical_weights_and_agree_on_metrics(tmp_path):
 
 def test_resume_survives_a_torn_metrics_line(tmp_path):
     out = tmp_path / "run"
-    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out)]
+    args = ["train", CONFIG, *TINY, "train.epochs=2", "--output", str(out), "--no-mlflow"]
     assert main([*args, "--stop-after", "1"]) == 0
     with (out / "metrics.jsonl").open("a") as f:
         f.write('{"epoch": 2, "train/lo')  # killed mid-append
@@ -207,6 +212,7 @@ def test_channels_last_default_trains_a_tiny_model_without_crashing(tmp_path):
             "train.channels_last=true",
             "--output",
             str(tmp_path / "run"),
+            "--no-mlflow",
         ],
         capture_output=True,
         text=True,

@@ -81,13 +81,13 @@ def test_the_run_s_config_is_the_trial_s_bit_for_bit(tmp_path, uri, monkeypatch,
     conf = config.load(CONFIG, TINY)
     run_id = _trial(uri, conf)._children["abc_00000"]
     monkeypatch.chdir(tmp_path)  # the default run folder is runs/<label>
-    assert main(["train", "--from-run", run_id, "train.epochs=1", "--tracking-uri", uri]) == 0
+    assert main(["train", "--from-run", run_id, "train.epochs=1", "--tracking-uri", uri, "--no-mlflow"]) == 0
     rerun = tmp_path / "runs" / LABEL.replace(" ", "_")
     again = config.load(rerun / "config.yaml")
     assert again == config.load(CONFIG, [*TINY, "train.epochs=1"])
     assert again.flat() == {**conf.flat(), "train.epochs": 1}
     # and it trains exactly as the original config file does with the same seed
-    assert main(["train", CONFIG, *TINY, "train.epochs=1", "--output", str(tmp_path / "file")]) == 0
+    assert main(["train", CONFIG, *TINY, "train.epochs=1", "--output", str(tmp_path / "file"), "--no-mlflow"]) == 0
     a, b = _weights(rerun), _weights(tmp_path / "file")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _epochs(rerun)[0]["train/loss"] == _epochs(tmp_path / "file")[0]["train/loss"]
@@ -99,17 +99,36 @@ def test_params_stand_in_for_a_missing_config_yaml(tmp_path, uri):
     artifacts = Path(client(uri).get_run(run_id).info.artifact_uri.removeprefix("file://"))
     (artifacts / "config.yaml").unlink()
     out = tmp_path / "rerun"
-    assert main(["train", "--from-run", run_id, "--output", str(out), "--tracking-uri", uri, "--stop-after", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--from-run",
+                run_id,
+                "--output",
+                str(out),
+                "--tracking-uri",
+                uri,
+                "--stop-after",
+                "1",
+                "--no-mlflow",
+            ]
+        )
+        == 0
+    )
     assert config.load(out / "config.yaml") == conf
 
 
 def test_resume_continues_from_the_run_s_checkpoint_bit_exactly(tmp_path, uri, capsys):
-    assert main(["train", CONFIG, *TINY, "--output", str(tmp_path / "straight")]) == 0
-    assert main(["train", CONFIG, *TINY, "--output", str(tmp_path / "trial"), "--stop-after", "1"]) == 0
+    assert main(["train", CONFIG, *TINY, "--output", str(tmp_path / "straight"), "--no-mlflow"]) == 0
+    assert main(["train", CONFIG, *TINY, "--output", str(tmp_path / "trial"), "--stop-after", "1", "--no-mlflow"]) == 0
     run_id = _trial(uri, config.load(CONFIG, TINY), tmp_path / "trial")._children["abc_00000"]
     out = tmp_path / "rerun"
     capsys.readouterr()
-    assert main(["train", "--from-run", run_id, "--resume", "--output", str(out), "--tracking-uri", uri]) == 0
+    assert (
+        main(["train", "--from-run", run_id, "--resume", "--output", str(out), "--tracking-uri", uri, "--no-mlflow"])
+        == 0
+    )
     assert "(epoch 1)" in capsys.readouterr().err
     assert [m["epoch"] for m in _epochs(out)] == [1, 2]
     assert _epochs(out)[0] == _epochs(tmp_path / "trial")[0]  # epoch 1 is the artifact's, timings and all
@@ -117,12 +136,12 @@ def test_resume_continues_from_the_run_s_checkpoint_bit_exactly(tmp_path, uri, c
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _epochs(out)[-1]["val/error"] == _epochs(tmp_path / "straight")[-1]["val/error"]
     # once the folder holds a checkpoint of its own, --resume continues from it, not from the run's
-    more = ["train", "--from-run", run_id, "train.epochs=3", "--resume", "--output", str(out)]
+    more = ["train", "--from-run", run_id, "train.epochs=3", "--resume", "--output", str(out), "--no-mlflow"]
     assert main([*more, "--tracking-uri", uri]) == 0
     assert "continuing run" not in capsys.readouterr().err
     assert [m["epoch"] for m in _epochs(out)] == [1, 2, 3]
     # a checkpoint trained with another config is refused (only train.epochs may change)
-    bad = ["train", "--from-run", run_id, "optim.lr=0.3", "--resume", "--output", str(tmp_path / "bad")]
+    bad = ["train", "--from-run", run_id, "optim.lr=0.3", "--resume", "--output", str(tmp_path / "bad"), "--no-mlflow"]
     assert main([*bad, "--tracking-uri", uri]) == 2
     assert "optim.lr" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
@@ -180,7 +199,7 @@ def test_a_payload_checkpoint_artifact_is_refused_not_unpickled(tmp_path, uri, c
     run_id = _trial(uri, config.load(CONFIG, TINY), trial)._children["abc_00000"]
     out = tmp_path / "out"
     _fails(
-        ["train", "--from-run", run_id, "--resume", "--output", str(out), "--tracking-uri", uri],
+        ["train", "--from-run", run_id, "--resume", "--output", str(out), "--tracking-uri", uri, "--no-mlflow"],
         capsys,
         f"checkpoint artifact of run {run_id}",
         "refused",

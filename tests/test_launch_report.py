@@ -18,14 +18,18 @@ def test_a_launch_report_lands_on_its_parent_run(tmp_path: Path, tmp_path_factor
     client = runs.open_client(uri)
     assert client is not None
     files = report.launch_report(client, "qs-report", tmp_path / "report")
-    assert {f.name for f in files} >= {"best_trials.md", "best_trials.html", "qs-report_curves.png"}
+    assert {f.name for f in files} >= {"best_trials.md", "best_trials.html", "curves.png", "curves.svg"}
+    # short names (MLflow's artifact tree cuts long ones), titled by the sweep, not by the launch's stamp
+    assert not [f.name for f in files if "qs-report" in f.name]
+    svg = (tmp_path / "report" / "curves.svg").read_text()
+    assert "quickstart: learning curves" in svg and "qs-report" not in svg
     best = (tmp_path / "report" / "best_trials.md").read_text()
     # ranked by val/error: the lr 0.2 trial (12.0) first, its label shown, the stopped one marked
     lines = [ln for ln in best.splitlines() if ln.startswith("| lr=")]
     assert lines[0].startswith("| lr=0.2 weight_decay=0.0005 | 12.00") and "stopped" in best
     t.launch_artifacts(tmp_path / "report", "report")
     logged = {a.path for a in client.list_artifacts(t.parent_id, "report")}
-    assert {"report/best_trials.md", "report/qs-report_curves.png"} <= logged
+    assert {"report/best_trials.md", "report/curves.png", "report/curves.svg"} <= logged
     t.close()
     assert report.launch_report(client, "qs-report", tmp_path / "again") != []  # drawn again: same names
 

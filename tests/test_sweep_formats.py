@@ -170,57 +170,69 @@ run_cap: 20
 """
 
 
-def test_a_wandb_sweep_file_is_led_to_sweeplab_one_hint_at_a_time(tmp_path):
-    text = WANDB
-    steps = [  # (what the error must say, the edits a user makes after reading it)
-        (["'program' is a W&B Sweeps key", "config:"], [("program: train.py\n", HEAD)]),
-        (
-            ["'method' is a W&B Sweeps key", "use search: {name: optuna}"],
-            [("method: bayes\n", "search: {name: optuna}\n")],
-        ),
-        (["'parameters' is a W&B Sweeps key", "use space: with dotted config keys"], [("parameters:", "space:")]),
-        (
-            ["'early_terminate' is a W&B Sweeps key", "scheduler: {name: asha, grace_period: 3, reduction_factor: 3}"],
-            [("early_terminate:\n  type: hyperband\n  min_iter: 3\n", "scheduler: {name: asha, grace_period: 3}\n")],
-        ),
-        (
-            ["'run_cap' is a W&B Sweeps key", "search: {num_samples: 20}"],
-            [("run_cap: 20\n", ""), ("{name: optuna}", "{name: optuna, num_samples: 20}")],
-        ),
-        (
-            ["'space.learning_rate' is not a config key", "did you mean 'optim.lr'?"],
-            [("  learning_rate:", "  optim.lr:")],
-        ),
-        (
-            ["'space.optim.lr' is written the W&B Sweeps way", "{uniform: [0.0001, 0.1]}"],
-            [("    min: 0.0001\n    max: 0.1\n", "    {uniform: [0.0001, 0.1]}\n")],
-        ),
-        (["'space.batch_size'", "did you mean 'data.batch_size'?"], [("  batch_size:", "  data.batch_size:")]),
-        (
-            ["'space.data.batch_size' is written the W&B Sweeps way", "{choice: [16, 32, 64]}", "{grid: [16, 32, 64]}"],
-            [("values: [16, 32, 64]", "choice: [16, 32, 64]")],
-        ),
-        (["'space.epochs'", "did you mean 'train.epochs'?"], [("  epochs:", "  train.epochs:")]),
-        (["'space.train.epochs'", "{choice: [5, 10, 15]}"], [("values: [5, 10, 15]", "choice: [5, 10, 15]")]),
-        (["'space.optimizer'", "did you mean 'optim.name'?"], [("  optimizer:", "  optim.name:")]),
-        (["'space.optim.name'", "{choice: [adam, sgd]}"], [('values: ["adam", "sgd"]', "choice: [adam, sgd]")]),
-        (
-            ["'metric' is one name here", "metric: validation_loss, mode: min"],
-            [("metric:\n  goal: minimize\n  name: validation_loss\n", "metric: validation_loss\nmode: min\n")],
-        ),
-        (["'metric' is 'validation_loss'", "did you mean 'val/loss'?"], [("validation_loss", "val/loss")]),
-    ]
-    for i, (said, edits) in enumerate(steps):
-        msg = error(tmp_path, text)
-        for part in said:
-            assert part in msg, f"step {i}: {part!r} not in {msg}"
-        for old, new in edits:
-            assert old in text, f"step {i}: {old!r}"
-            text = text.replace(old, new)
-    sweep = compile_text(tmp_path, text)  # now a sweeplab sweep
-    assert (sweep.search.name, sweep.search.num_samples, sweep.metric, sweep.mode) == ("optuna", 20, "val/loss", "min")
-    assert sweep.scheduler.name == "asha" and sweep.scheduler.options["grace_period"] == 3
-    assert sweep.space["optim.lr"] == Uniform(0.0001, 0.1) and len(sweep.trials()) == 20
+def test_a_wandb_sweep_file_is_refused_once_naming_the_converter(tmp_path):
+    """`sweeplab run` of a W&B file: one error, the command that converts it (not one key per run)."""
+    msg = error(tmp_path, WANDB)
+    assert f"a W&B Sweeps file: `sweeplab convert {tmp_path / 's.yaml'} --config CONFIG`" in msg
+    assert "fix first" not in msg  # W&B's own example converts as it is
+    # what the converter cannot map is listed in the same one error, every item at once
+    bad = WANDB.replace("parameters:\n", "parameters:\n  dropout: {values: [0.1]}\n  wd: {distribution: normal}\n")
+    msg = error(tmp_path, bad)
+    assert "fix first: 'parameters.dropout' names no config key" in msg
+    assert "| 'parameters.wd': sweeplab has no normal distribution" in msg
+
+
+def convert(tmp_path: Path, text: str, *extra: str) -> subprocess.CompletedProcess:
+    (tmp_path / "wandb.yaml").write_text(text)
+    argv = [sys.executable, "-m", "sweeplab.cli", "convert", "wandb.yaml", *extra]
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_convert_writes_a_sweep_that_runs_as_the_wandb_one(tmp_path):
+    proc = convert(tmp_path, WANDB, "--config", str(BASE), "--out", "sweep.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote sweep.yaml: 20 trials" in proc.stdout
+    sweep = load(tmp_path / "sweep.yaml")
+    assert (sweep.name, sweep.search.name, sweep.search.num_samples) == ("sweepdemo", "optuna", 20)
+    assert (sweep.metric, sweep.mode) == ("val/loss", "min")  # W&B's validation_loss
+    assert sweep.scheduler.name == "asha" and sweep.scheduler.options == {"grace_period": 3, "reduction_factor": 3}
+    assert sweep.space["optim.lr"] == Uniform(0.0001, 0.1)  # W&B infers uniform for float bounds
+    assert sweep.space["data.batch_size"].values == (16, 32, 64)  # bayes samples values: a choice, not a grid
+    assert sweep.space["optim.name"].values == ("adam", "sgd") and "train.epochs" in sweep.space
+    assert "# W&B ran train.py" in (tmp_path / "sweep.yaml").read_text()
+    smoke = load(tmp_path / "sweep.yaml", smoke=True)  # a smoke block comes with it: small and short
+    assert len(smoke.trials()) == 2 and {t.config.train.epochs for t in smoke.trials()} == {1}
+    assert convert(tmp_path, WANDB, "--config", str(BASE), "--out", "sweep.yaml").returncode == 2  # never overwrites
+
+
+def test_convert_lists_every_problem_at_once_and_writes_nothing(tmp_path):
+    text = WANDB.replace("program: train.py\n", "program: train.py\nretries: 3\n").replace("run_cap: 20\n", "")
+    more = "  depth: {values: [20, 56]}\n  momentum: {distribution: q_log_uniform_values, min: 0.5, max: 0.9}\n"
+    text = text.replace("parameters:\n", "parameters:\n" + more + "  hidden: {values: [64]}\n")
+    proc = convert(tmp_path, text, "--out", "sweep.yaml")
+    assert proc.returncode == 2 and proc.stdout == "" and not (tmp_path / "sweep.yaml").exists()
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("sweeplab: error: wandb.yaml: cannot convert (4 problems): "), line
+    for part in (
+        "unknown key 'retries'",
+        "give --config CONFIG",
+        "'parameters.momentum': sweeplab has no quantised log-uniform",
+        "'parameters.hidden' names no config key",
+    ):
+        assert part in line, line
+    assert "depth" not in line  # a model option: model.depth
+
+
+def test_convert_maps_nested_parameters_and_grid_values(tmp_path):
+    text = (
+        "method: grid\nmetric: {name: val_acc, goal: maximize}\n"
+        "parameters:\n  optim:\n    parameters:\n      lr: {values: [0.1, 0.2]}\n  wd: {value: 0.0005}\n"
+    )
+    proc = convert(tmp_path, text, "--config", str(BASE))
+    assert proc.returncode == 0, proc.stderr
+    tree = load_text(proc.stdout)
+    assert tree["space"] == {"optim.lr": {"grid": [0.1, 0.2]}} and tree["overrides"] == {"optim.weight_decay": 0.0005}
+    assert (tree["metric"], tree["mode"], tree["search"]) == ("val/accuracy", "max", {"name": "grid"})
 
 
 @pytest.mark.parametrize(
@@ -303,7 +315,7 @@ def test_a_wandb_file_fails_on_the_command_line_with_one_line(tmp_path):
     )
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("sweeplab: error: s.yaml: 'program' is a W&B Sweeps key"), line
+    assert line.startswith("sweeplab: error: s.yaml: a W&B Sweeps file: `sweeplab convert s.yaml --config"), line
 
 
 # ---- any metric the trial reports ---------------------------------------------------------------------

@@ -135,27 +135,40 @@ def test_a_later_smoke_run_leaves_the_table_unchanged(tmp_path: Path, tmp_path_f
 
 
 def test_only_smoke_runs_say_no_full_run_yet(tmp_path: Path, tmp_path_factory, capsys) -> None:
+    """Every analysis command that finds no full run says so the same way: exit 1, nothing on stdout,
+    one line naming the command that shows the smoke runs (and writes nothing)."""
     uri = fresh_uri(tmp_path / "store", tmp_path_factory)
     _smoke_launch(uri)
-    assert main(["table", "quickstart", "--tracking-uri", uri]) == 0
-    out, err = capsys.readouterr()
-    assert out.count("not run") == 16 and "no row has a finished run yet" in out
-    assert "no full run of table quickstart exists yet" in err and "`sweeplab table quickstart --smoke`" in err
+    parquet, report = tmp_path / "q.parquet", tmp_path / "report"
+    commands = {
+        "table quickstart": "sweeplab table quickstart --smoke",
+        "table --all --summary": "sweeplab table --all --smoke",
+        "best quickstart": "sweeplab best quickstart --smoke",
+        f"export quickstart --out {parquet}": f"sweeplab export quickstart --out {parquet} --smoke",
+        f"report --out {report}": "sweeplab report --smoke",
+    }
+    for argv, shows in commands.items():
+        assert main([*argv.split(), "--tracking-uri", uri]) == 1, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, (argv, out, err)
+        assert err.startswith("sweeplab: nothing found: no full run of ") and "only smoke runs (8 trials)" in err
+        assert f"`{shows}` shows them" in err, err
+    assert not parquet.exists() and not report.exists()
     assert main(["table", "quickstart", "--smoke", "--tracking-uri", uri]) == 0
     out, err = capsys.readouterr()
     assert "not run" not in out and err == ""
-    # best, export and report leave the smoke runs out too, and name --smoke
-    assert main(["best", "quickstart", "--tracking-uri", uri]) == 1
-    err = capsys.readouterr().err
-    assert "no trial of 'quickstart'" in err and "`sweeplab best quickstart --smoke`" in err
     assert main(["best", "quickstart", "--smoke", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert out.startswith("## quickstart: best by val/error (smoke run)\n") and "smoke_0" in out
-    assert main(["export", "quickstart", "--out", str(tmp_path / "q.parquet"), "--tracking-uri", uri]) == 1
-    assert "--smoke" in capsys.readouterr().err and not (tmp_path / "q.parquet").exists()
-    assert main(["table", "--all", "--summary", "--tracking-uri", uri]) == 0
-    out, err = capsys.readouterr()
-    assert out == "" and "no table has runs behind it yet" in err and "--smoke" in err
+
+
+def test_nothing_found_without_a_store_is_the_same_exit_and_hint(tmp_path: Path, capsys) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for argv in (["best", "quickstart"], ["table", "quickstart"], ["export", "q", "--out", "q.parquet"], ["report"]):
+        assert main([*argv, "--tracking-uri", uri]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("sweeplab: nothing found: ") and f"no MLflow store at {uri} yet" in err, err
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_best_export_and_report_keep_smoke_apart(tmp_path: Path, tmp_path_factory, capsys) -> None:

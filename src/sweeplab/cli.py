@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from sweeplab.commands import analysis, models, sweep, train
@@ -198,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
     _tracking_uri(p)
     p.set_defaults(fn=analysis.ui)
+    _habits(ap, sub)
     return ap
 
 
@@ -242,6 +244,68 @@ def door(args: argparse.Namespace) -> None:
         inputs.out_file(args.out, "--out", ".parquet", args.force)
     if cmd == "ui" and args.experiment is not None:
         inputs.given(args.experiment, "--experiment")
+
+
+# ---- habits of the ecosystem: --version, `schema`, `convert`, `ui --verbose`, `train --no-mlflow`, help on every flag
+
+_HELP = {  # (command, dest) -> help, for the arguments defined above without one (a test walks every flag)
+    ("best", "target"): "a sweep (its MLflow experiment) or one launch of it",
+    ("best", "metric"): "rank by this per-epoch metric's last value (default: val/error; accuracies rank high first)",
+    ("best", "top"): "how many trials to list (default: 1)",
+    ("best", "json"): "one JSON object per trial: run id, label, value, varied keys, params, sweeplab tags",
+    ("table", "table_id"): "a reference table id (`sweeplab table --list` names them all)",
+    ("table", "format"): "md (default), csv (rows only; the verdict line goes to stderr) or html",
+    ("report", "out"): "the folder to write the tables, figures (PNG and SVG) and index.md / index.html into",
+    ("export", "target"): "a sweep (its MLflow experiment) or one launch of it",
+    ("ui", "port"): "the port on 127.0.0.1 to serve the MLflow UI on (default: 5000)",
+}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("sweeplab")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "(not installed)"
+    return f"sweeplab {version} from {Path(__file__).parent} (Python {sys.version.split()[0]})"
+
+
+class _Version(argparse.Action):
+    """`--version`, read from the installed package's metadata only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print sweeplab's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _habits(ap: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    from sweeplab.commands import files
+
+    ap.add_argument("--version", action=_Version)
+    p = sub.add_parser("schema", help="the JSON Schema of config or sweep files, for editors' YAML plugins")
+    p.add_argument("kind", nargs="?", choices=("config", "sweep"), default="sweep", help="which files (default: sweep)")
+    p.add_argument("--out", help="write the schema to this file instead of stdout")
+    p.set_defaults(fn=files.schema)
+    p = sub.add_parser("convert", help="write a W&B sweep file as a sweeplab sweep file, or list all it lacks")
+    p.add_argument("file", help="the W&B sweep YAML (method, metric, parameters, ...)")
+    p.add_argument("--config", help="the config file its trials train (W&B's runs a program instead)")
+    p.add_argument("--out", help="write the sweep file here (refused if it exists); default: print it")
+    p.set_defaults(fn=files.convert)
+    sub.choices["ui"].add_argument(
+        "--verbose", action="store_true", help="also show the MLflow server's own start-up and request lines"
+    )
+    train = sub.choices["train"]
+    train.add_argument(
+        "--no-mlflow", action="store_true", help="log nothing to MLflow (default: the run, its metrics and its model)"
+    )
+    train.add_argument("--experiment", default="train", help="the MLflow experiment of the run (default: train)")
+    for name, parser_ in sub.choices.items():
+        for action in parser_._actions:
+            action.help = action.help or _HELP.get((name, action.dest))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,8 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """tree['a']['b'] = value for key 'a.b', creating the section when missing."""
     section, _, leaf = key.partition(".")
     if not leaf:
-        raise ConfigError(f"override '{key}' must be a dotted key like 'optim.lr'")
+        hint = suggest(key, valid_keys()) or " like 'optim.lr'"
+        raise ConfigError(f"override '{key}' must be a dotted key (section.key){hint}")
     if section not in SECTIONS:
         raise ConfigError(f"unknown config section '{section}' in '{key}'{suggest(key, valid_keys())}")
     node = tree.setdefault(section, {})

@@ -30,6 +30,9 @@ from sweeplab.schema import Config
 
 # on_epoch(metrics, checkpoint) where checkpoint() builds the resumable state only if asked for.
 EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+# on_step(step, steps, images): after each optimiser step of an epoch (1-based, of `steps`; `images` this
+# rank has trained on so far), from shapes alone: no device sync, so a progress bar costs no speed.
+StepCallback = Callable[[int, int, int], None]
 CHECKPOINT_VERSION = 1
 _STATE_KEYS = {"version", "epoch", "step", "model", "optimizer", "scaler", "config"}
 
@@ -266,7 +269,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
 
-    def train_epoch(self) -> dict[str, float]:
+    def train_epoch(self, on_step: StepCallback | None = None) -> dict[str, float]:
         """One pass over the training set; returns train/loss, train/error and its timing."""
         c, model, opt = self.config, self.forward, self.optimizer
         loader = self.train_loader
@@ -303,6 +306,8 @@ class Trainer:
             loss_sum += loss.detach() * y.numel()
             wrong += (self.augment.predictions(logits).argmax(1) != self.augment.hard_labels(targets)).sum()
             seen += y.numel()
+            if on_step is not None:
+                on_step(i + 1, steps, seen)
         if self.world > 1:  # epoch metrics over all ranks' images: one all-reduce per epoch
             totals = torch.stack([loss_sum.double(), wrong.double(), torch.tensor(seen, device=self.device).double()])
             dist.all_reduce(totals)
@@ -372,6 +377,7 @@ def fit(
     *,
     checkpoint: dict[str, Any] | None = None,
     data: datasets.Dataset | None = None,
+    on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     """Train `config` to its last epoch (continuing from `checkpoint`); return the last metrics."""
     trainer = Trainer(config, data)
@@ -381,7 +387,7 @@ def fit(
     measured = False  # the first epoch of a run (or of a resumed run) is evaluated: a scheduler ranks every report
     while trainer.epoch < config.train.epochs:
         start = time.perf_counter()
-        train = trainer.train_epoch()
+        train = trainer.train_epoch(on_step)
         trainer.epoch += 1
         last = trainer.epoch == config.train.epochs
         due = last or not measured or trainer.epoch % config.train.eval_every == 0

@@ -17,6 +17,8 @@ DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "syntheti
 PRECISIONS = ("fp32", "fp16", "bf16", "fp16_pure")
 ACTIVATIONS = ("relu", "celu")
 MIXERS = ("mixup", "cutmix", "ricap", "dual_cutout")  # augment keys that mix a batch: one per run
+WARMUP_KINDS = ("linear", "exponential")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 
 
 @dataclass

@@ -6,7 +6,7 @@ from sweeplab import models, schedules  # torch-free registries: validating a co
 from sweeplab.core.errors import ConfigError
 from sweeplab.core.inputs import MAX_CPUS
 from sweeplab.models import catalog, rules
-from sweeplab.schema import ACTIVATIONS, DATASETS, MIXERS, PRECISIONS, Config
+from sweeplab.schema import ACTIVATIONS, COMPILE_MODES, DATASETS, MIXERS, PRECISIONS, WARMUP_KINDS, Config
 
 
 def _require(ok: bool, key: str, message: str, where: str) -> None:
@@ -106,7 +106,7 @@ def check(c: Config, where: str = "") -> None:
     )
 
     _one_of(s.name, schedules.names(), "sched.name", where)
-    _one_of(s.warmup_kind, ("linear", "exponential"), "sched.warmup_kind", where)
+    _one_of(s.warmup_kind, WARMUP_KINDS, "sched.warmup_kind", where)
     _require(0 <= s.warmup_epochs <= t.epochs, "sched.warmup_epochs", "must be in [0, train.epochs]", where)
     _require(0 < s.warmup_start_factor <= 1, "sched.warmup_start_factor", "must be in (0, 1]", where)
     _require(0 < s.gamma <= 1, "sched.gamma", "must be in (0, 1]", where)
@@ -140,7 +140,7 @@ def check(c: Config, where: str = "") -> None:
         f"must divide data.batch_size ({d.batch_size})",
         where,
     )
-    _one_of(t.compile_mode, ("default", "reduce-overhead", "max-autotune"), "train.compile_mode", where)
+    _one_of(t.compile_mode, COMPILE_MODES, "train.compile_mode", where)
     _require(t.eval_every >= 1, "train.eval_every", "must be >= 1", where)
     # torch starts this many OpenMP threads: ~16k fail to start, 100k segfault (with the run folder written)
     _require(0 <= t.threads <= MAX_CPUS, "train.threads", f"must be in [0, {MAX_CPUS}] (0 = torch's default)", where)

@@ -1,11 +1,14 @@
-"""PNG figures from runs: error against each varied key, a parallel-coordinates view, learning curves,
-ASHA's stops.
+"""Figures from runs, for a paper: error against each varied key, a parallel-coordinates view, learning
+curves, ASHA's stops. Each is written as a PNG (150 dpi) and an SVG beside it.
 
 Every trial is named by its config label. Trials a scheduler stopped early are drawn where they
-stopped (hollow markers, dashed lines), never dropped: leaving them out makes a sweep read "higher lr is
-always better" when the high-lr trials were simply the ones that survived. Each figure is built from a
-plain data function (`error_points`, `parallel_data`) that the tests check, then drawn on a
-`matplotlib.figure.Figure` (the Agg canvas, no pyplot state), so it works headless and in threads.
+stopped (hollow markers, one shape per stopping epoch; dashed lines), never dropped: leaving them out
+makes a sweep read "higher lr is always better" when the high-lr trials were simply the ones that
+survived. A key is drawn on its sampler's scale (`scales.py`: log only for a log sampler); sampled
+values get a few ticks and no line through them, a grid's values a tick each and a line through the
+median. Each figure is built from a plain data function (`error_points`, `parallel_data`, `curve_data`)
+that the tests check, then drawn on a `matplotlib.figure.Figure` (the Agg canvas, no pyplot state), so
+it works headless and in threads.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweeplab.analysis import scales as S
 from sweeplab.analysis.runs import LoggedTrial, history
 from sweeplab.analysis.tables import METRIC, completed
 from sweeplab.core.fmt import number
@@ -25,10 +29,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
-_MAX_LEGEND = 12  # beyond this a legend hides the curves
+_MAX_LEGEND = 12  # beyond this a legend hides the curves: colour by the error instead
 _MAX_GROUPS = 8  # a key with more values than this does not colour the points
 _MAX_PANELS = 6  # error-vs-key panels in one figure
 _MAX_AXES = 8  # axes of the parallel-coordinates view (the metric's included)
+DPI = 150  # a 6.4-inch figure is 960 px wide
+STOPPED_MARKERS = "osD^vP"  # one hollow shape per epoch a scheduler stopped trials at
+ERROR = f"{METRIC} (%)"
 
 
 @dataclass
@@ -43,18 +50,24 @@ class Point:
     group: str  # "weight_decay=0.0005": the value of the key that colours it, "" when none does
 
 
-def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
+def figure(width: float = 6.4, height: float = 4.2) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
+    """The PNG at `path` and an SVG beside it: its text kept as text (a journal's font, an edit in
+    Inkscape), no date in it (the same figure, the same file)."""
+    import matplotlib as mpl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", dpi=DPI)
+    with mpl.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     return path
 
 
@@ -88,6 +101,11 @@ def numeric_keys(trials: list[LoggedTrial], keys: list[str]) -> list[str]:
     return [k for k in keys if k != "variant" and all(_number(t, k) is not None for t in trials if k in t.params)]
 
 
+def scale_of(trials: list[LoggedTrial], key: str, known: dict[str, S.Scale]) -> S.Scale:
+    """The key's scale: its sampler's (`known`), else guessed from its values."""
+    return known.get(key) or S.guess([v for t in trials if (v := _number(t, key)) is not None])
+
+
 def _colour_key(trials: list[LoggedTrial], key: str, keys: list[str]) -> str:
     """The first other varied key with a few values, which colours the points ('' when none fits)."""
     for other in keys:
@@ -114,73 +132,106 @@ def error_points(trials: list[LoggedTrial], key: str, keys: list[str] | None = N
     ]
 
 
-def _geometric(values: list[float]) -> bool:
-    """A grid to read on a log axis: all positive, spanning a factor of 8 or more."""
-    return bool(values) and min(values) > 0 and max(values) / min(values) >= 8
+def _x_axis(ax: Axes, key: str, xs: list[float], scale: S.Scale) -> None:
+    """The key's axis on its scale: a grid's values ticked one by one (as plain numbers), sampled values
+    a few round ticks."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+
+    values = sorted(set(xs))
+    if S.is_log(scale, values):
+        ax.set_xscale("log")
+    if scale == "values" and len(values) <= 10:
+        ax.set_xticks(values, [number(x, 4) for x in values])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    elif ax.get_xscale() == "linear":
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        ax.xaxis.set_major_formatter(ScalarFormatter(useMathText=True))
+    ax.set_xlabel(f"{key} ({'log' if ax.get_xscale() == 'log' else 'linear'} scale)" if scale != "values" else key)
 
 
-def _panel(ax: Axes, key: str, points: list[Point]) -> None:
-    """One key's panel: per colour group, filled finished points joined by their median per value,
-    hollow stopped points marked with the epoch they stopped at."""
-    import matplotlib as mpl
-
-    colours = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, group in enumerate(sorted({p.group for p in points})):
-        colour = colours[i % len(colours)]
+def _panel(ax: Axes, key: str, points: list[Point], scale: S.Scale, colours: dict[str, str]) -> None:
+    """One key's panel: per colour group, filled finished points (joined by their median per value for a
+    grid), hollow stopped points, one shape per epoch they stopped at."""
+    stops = sorted({p.epoch for p in points if p.stopped})
+    for group, colour in colours.items():
         done = [p for p in points if p.group == group and not p.stopped]
-        stopped = [p for p in points if p.group == group and p.stopped]
         xs = sorted({p.x for p in done})
-        if xs:
+        if xs and scale == "values":
             med = [statistics.median(p.error for p in done if p.x == x) for x in xs]
-            ax.plot(xs, med, color=colour, alpha=0.6, label=group or None)
-            ax.scatter([p.x for p in done], [p.error for p in done], color=colour, zorder=3)
-        if stopped:
+            ax.plot(xs, med, color=colour, alpha=0.6, zorder=2)
+        ax.scatter([p.x for p in done], [p.error for p in done], color=colour, s=22, zorder=3)
+        for epoch, marker in zip(stops, STOPPED_MARKERS * 4):
+            at = [p for p in points if p.group == group and p.stopped and p.epoch == epoch]
             ax.scatter(
-                [p.x for p in stopped],
-                [p.error for p in stopped],
-                facecolors="none",
-                edgecolors=colour,
-                linewidths=1.5,
-                zorder=3,
-                label=None if xs else group or None,
+                [p.x for p in at], [p.error for p in at], marker=marker, facecolors="none", edgecolors=colour, s=26
             )
-            for p in stopped:
-                ax.annotate(f"ep {p.epoch}", (p.x, p.error), xytext=(4, 3), textcoords="offset points", fontsize=7)
-    xs = sorted({p.x for p in points})
-    if _geometric(xs):
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        ax.set_xscale("log")  # lr-like grids are geometric; tick the values that were run, as plain numbers
-        if len(xs) <= 10:
-            ax.set_xticks(xs)
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
-    elif len(xs) <= 10:
-        ax.set_xticks(xs, [number(x, 4) for x in xs])
-    ax.set(xlabel=key, ylabel=f"{METRIC} (%) at its last epoch")
+    _x_axis(ax, key, [p.x for p in points], scale)
+    ax.set_ylabel(f"{ERROR} at its last epoch")
+    ax.grid(alpha=0.25)
 
 
-def error_vs_keys(trials: list[LoggedTrial], keys: list[str], path: Path, title: str = "") -> Path | None:
-    """val/error against each varied numeric key, one panel per key: filled = ran to the end (a line
-    through the median over seeds), hollow = stopped early, at the epoch it stopped; None without one."""
+def _mark(marker: str, colour: str = "0.2", filled: bool = True) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker=marker, linestyle="", color=colour, markerfacecolor=colour if filled else "none")
+
+
+def _legends(fig: Figure, ax: Axes, points: list[Point], colours: dict[str, str]) -> None:
+    """The panel's colour groups beside it; below the figure (once), what filled and each hollow shape mean."""
+    if any(colours):
+        key = next(g for g in colours if g).split("=")[0]
+        ax.legend(
+            [_mark("o", c) for c in colours.values()],
+            [g.split("=", 1)[1] for g in colours],
+            title=key,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize="x-small",
+            title_fontsize="small",
+        )
+    if ax is not fig.axes[0]:
+        return
+    stops = sorted({p.epoch for p in points if p.stopped})
+    handles = [(_mark("o"), "ran to the end")]
+    handles += [(_mark(m, filled=False), f"stopped early at epoch {e}") for e, m in zip(stops, STOPPED_MARKERS * 4)]
+    fig.legend([h for h, _ in handles], [t for _, t in handles], loc="outside lower center", ncols=4)
+
+
+def _sort_value(group: str) -> tuple[int, float, str]:
+    """Colour groups in the order of their values: 'lr=0.05' before 'lr=0.1' before 'lr=0.4'."""
+    text = group.split("=", 1)[-1]
+    try:
+        return 0, float(text), ""
+    except ValueError:
+        return 1, 0.0, text
+
+
+def error_vs_keys(
+    trials: list[LoggedTrial], keys: list[str], path: Path, title: str = "", known: dict[str, S.Scale] | None = None
+) -> Path | None:
+    """val/error against each varied numeric key, one panel per key, on its sampler's scale (`known`):
+    filled = ran to the end, hollow = stopped early, at the epoch it stopped; None without one."""
     panels = [(k, error_points(trials, k, keys)) for k in numeric_keys(trials, keys)[:_MAX_PANELS]]
     panels = [(k, p) for k, p in panels if len({q.x for q in p}) > 1]
     if not panels:
         return None
+    import matplotlib as mpl
+
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     cols = 1 if len(panels) == 1 else 2
     rows = math.ceil(len(panels) / cols)
-    fig = _figure(6.4 * cols, 3.8 * rows + 0.4)
+    fig = figure(7.2 if cols == 1 else 12.0, 3.6 * rows + 0.9)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    every = [q for _, points in panels for q in points]
     for ax, (key, points) in zip(axes, panels):
-        _panel(ax, key, points)
-        if any(p.group for p in points):
-            ax.legend(fontsize="x-small")
+        groups = sorted({q.group for q in points}, key=lambda g: (g.split("=")[0], _sort_value(g)))
+        colours = {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
+        _panel(ax, key, points, scale_of(trials, key, known or {}), colours)
+        _legends(fig, ax, every, colours)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    stopped = any(q.stopped for _, points in panels for q in points)
-    how = "filled: ran to the end" + ("; hollow: stopped early, at the epoch it stopped" if stopped else "")
-    fig.suptitle(f"{title or 'error vs each varied key'}\n({how})", fontsize="medium")
-    return _save(fig, path)
+    fig.suptitle(title or "error vs each varied key")
+    return save(fig, path)
 
 
 @dataclass
@@ -191,29 +242,52 @@ class Axis:
     ticks: list[tuple[float, str]]
 
 
-def _scale(values: list[Any]) -> tuple[Any, list[tuple[float, str]]]:
-    """A function placing a value on [0, 1] (log for geometric grids, evenly spaced categories) and its ticks."""
+def _scale(values: list[Any], scale: S.Scale | None = None) -> tuple[Any, list[tuple[float, str]]]:
+    """A function placing a value on [0, 1] (on the key's scale; categories evenly spaced) and its ticks:
+    each value of a short grid, else a few round numbers inside the range."""
     nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(nums) == len(values):
-        log = _geometric(nums)
+        distinct = sorted(set(nums))
+        scale = scale or S.guess(nums)
+        log = S.is_log(scale, distinct)
         f = math.log if log else float
         lo, hi = f(min(nums)), f(max(nums))
 
         def place(v: Any) -> float:
             return 0.5 if hi == lo else (f(v) - lo) / (hi - lo)
 
-        distinct = sorted(set(nums))
-        marks = distinct if len(distinct) <= 8 else [min(nums) + (max(nums) - min(nums)) * i / 4 for i in range(5)]
-        if log and len(distinct) > 8:
-            marks = [math.exp(lo + (hi - lo) * i / 4) for i in range(5)]
-        return place, [(place(m), number(m, 4)) for m in marks]
+        marks = distinct if scale == "values" and len(distinct) <= 8 else _round_ticks(min(nums), max(nums), log)
+        return place, [(place(m), number(float(m), 3)) for m in marks]
     cats = sorted({str(v) for v in values})
     spots = {c: (0.5 if len(cats) == 1 else i / (len(cats) - 1)) for i, c in enumerate(cats)}
     return (lambda v: spots[str(v)]), [(spots[c], c) for c in cats]
 
 
+def _round_ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """A few round numbers across [lo, hi] (a little beyond its ends allowed): 1-2-5 per decade on a
+    log axis, thinned to the decades when that is too many; MaxNLocator's on a linear one."""
+    if hi <= lo:
+        return [lo]
+    if not log:
+        from matplotlib.ticker import MaxNLocator
+
+        slack = (hi - lo) * 0.05
+        return [float(m) for m in MaxNLocator(5).tick_values(lo, hi) if lo - slack <= m <= hi + slack]
+    slack = (math.log10(hi) - math.log10(lo)) * 0.05
+    inside = [
+        m * 10.0**e
+        for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for m in (1, 2, 5)
+        if math.log10(lo) - slack <= math.log10(m) + e <= math.log10(hi) + slack
+    ]
+    decades = [m for m in inside if f"{m:e}".startswith("1.")]
+    if len(inside) < 2:  # less than a decade: round numbers of a linear axis, placed on the log one
+        return _round_ticks(lo, hi, False)
+    return inside if len(inside) <= 6 or len(decades) < 2 else decades
+
+
 def parallel_data(
-    trials: list[LoggedTrial], keys: list[str]
+    trials: list[LoggedTrial], keys: list[str], known: dict[str, S.Scale] | None = None
 ) -> tuple[list[Axis], list[tuple[LoggedTrial, list[float]]]]:
     """The axes (the varied keys, then val/error) and each shown trial's positions on them, in [0, 1]."""
     drawn = [t for t in shown(trials) if all(k == "variant" or k in t.params for k in keys)]
@@ -221,18 +295,21 @@ def parallel_data(
         return [], []
     columns = [*keys[: _MAX_AXES - 1], METRIC]
     values = {k: [t.metrics[METRIC] if k == METRIC else t.value(k) for t in drawn] for k in columns}
-    scales = {k: _scale(values[k]) for k in columns}
-    axes = [Axis(k, scales[k][1]) for k in columns]
-    lines = [(t, [scales[k][0](values[k][i]) for k in columns]) for i, t in enumerate(drawn)]
+    known = {**(known or {}), METRIC: "linear"}
+    placed = {k: _scale(values[k], known.get(k)) for k in columns}
+    axes = [Axis(k, placed[k][1]) for k in columns]
+    lines = [(t, [placed[k][0](values[k][i]) for k in columns]) for i, t in enumerate(drawn)]
     return axes, lines
 
 
-def parallel(trials: list[LoggedTrial], keys: list[str], path: Path, title: str = "") -> Path | None:
+def parallel(
+    trials: list[LoggedTrial], keys: list[str], path: Path, title: str = "", known: dict[str, S.Scale] | None = None
+) -> Path | None:
     """A parallel-coordinates view: one line per trial across the varied keys to val/error, coloured by
     the error (dashed: stopped early); None with fewer than two varied keys or two trials."""
     if len(keys) < 2:
         return None
-    axes, lines = parallel_data(trials, keys)
+    axes, lines = parallel_data(trials, keys, known)
     if len(lines) < 2:
         return None
     import matplotlib as mpl
@@ -240,7 +317,7 @@ def parallel(trials: list[LoggedTrial], keys: list[str], path: Path, title: str 
     errors = [t.metrics[METRIC] for t, _ in lines]
     norm = mpl.colors.Normalize(min(errors), max(errors))
     cmap = mpl.colormaps["viridis_r"]  # bright yellow = low error, the trials to look at
-    fig = _figure(max(6.4, 1.6 * len(axes) + 1.5), 4.6)
+    fig = figure(max(6.4, 1.9 * len(axes) + 1.5), 4.6)
     ax = fig.subplots()
     xs = list(range(len(axes)))
     for t, ys in sorted(lines, key=lambda line: -line[0].metrics[METRIC]):  # best drawn last, on top
@@ -249,22 +326,25 @@ def parallel(trials: list[LoggedTrial], keys: list[str], path: Path, title: str 
             ys,
             color=cmap(norm(t.metrics[METRIC])),
             linestyle="--" if t.stopped_early else "-",
-            alpha=0.5 if t.stopped_early else 0.9,
-            linewidth=1.2,
+            alpha=0.45 if t.stopped_early else 0.9,
+            linewidth=1.1,
         )
+    box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 0.6}
     for x, axis in enumerate(axes):
-        ax.axvline(x, color="0.6", linewidth=0.8)
+        ax.axvline(x, color="0.5", linewidth=0.8)
         for y, text in axis.ticks:
-            ax.text(x, y, f" {text}", fontsize=7, va="center", ha="left", color="0.25")
-    ax.set_xticks(xs, [a.key for a in axes], fontsize="small", rotation=15)
+            ax.plot([x - 0.03, x], [y, y], color="0.5", linewidth=0.8)
+            ax.text(x - 0.04, y, text, fontsize=8, va="center", ha="right", color="0.2", bbox=box, zorder=5)
+    # the key's section above its name: two short lines never run into the next axis's label
+    ax.set_xticks(xs, [a.key.replace(".", ".\n", 1) for a in axes], fontsize="small")
     ax.set_yticks([])
-    ax.set_xlim(-0.1, len(axes) - 0.6)
-    ax.set_ylim(-0.05, 1.05)
-    for side in ("left", "right", "top"):
-        ax.spines[side].set_visible(False)
-    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"{METRIC} (%)")
+    ax.set_xlim(-0.45, len(axes) - 0.8)
+    ax.set_ylim(-0.04, 1.04)
+    ax.spines[:].set_visible(False)
+    ax.tick_params(axis="x", length=0)
+    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"{ERROR} at its last epoch")
     ax.set_title(f"{title or 'varied keys against the error'}\n(dashed: stopped early, at its last epoch)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def curve_data(c: MlflowClient | None, trials: list[LoggedTrial]) -> list[tuple[str, list[tuple[int, float]], bool]]:
@@ -277,54 +357,3 @@ def curve_data(c: MlflowClient | None, trials: list[LoggedTrial]) -> list[tuple[
             end = " (stopped)" if t.stopped_early else " (failed)" if t.status == "FAILED" else ""
             out.append((t.label + end, points, t.stopped_early))
     return sorted(out, key=lambda curve: curve[0])
-
-
-def learning_curves(c: MlflowClient | None, trials: list[LoggedTrial], path: Path, title: str = "") -> Path | None:
-    """val/error per epoch of every trial, named by its config label; dashed lines are trials a scheduler
-    stopped early."""
-    curves = curve_data(c, trials)
-    if not curves:
-        return None
-    fig = _figure()
-    ax = fig.subplots()
-    for label, points, dashed in curves:
-        ax.plot(
-            [s for s, _ in points],
-            [v for _, v in points],
-            linestyle="--" if dashed else "-",
-            marker="." if len(points) < 20 else None,
-            label=label,
-        )
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="val/error (%)", title=title or "learning curves")
-    if len(curves) <= _MAX_LEGEND:
-        ax.legend(fontsize="x-small")
-    return _save(fig, path)
-
-
-def scheduler_stops(trials: list[LoggedTrial], path: Path, title: str = "") -> Path | None:
-    """Epochs each trial ran, sorted by final error: red bars are trials stopped early (ASHA), None if none were."""
-    ran = [t for t in trials if t.epochs > 0]
-    if not any(t.stopped_early for t in ran):
-        return None
-    ran.sort(key=lambda t: (-t.epochs, t.metrics.get(METRIC, float("inf"))))
-    colors = {True: "tab:red", False: "tab:green"}
-    fig = _figure(height=max(2.5, 0.25 * len(ran) + 1.2))
-    ax = fig.subplots()
-    ax.barh(
-        range(len(ran)),
-        [t.epochs for t in ran],
-        color=[("tab:gray" if t.status == "FAILED" else colors[t.stopped_early]) for t in ran],
-    )
-    for y, t in enumerate(ran):
-        if METRIC in t.metrics:
-            ax.text(t.epochs, y, f" {t.metrics[METRIC]:.2f}%", va="center", fontsize="x-small")
-    ax.set_yticks(range(len(ran)), [t.label for t in ran], fontsize="x-small")
-    ax.invert_yaxis()
-    ax.set(
-        xlabel="epochs run (red: stopped early, green: ran to the end, gray: failed)",
-        title=title or "which trials the scheduler stopped, and when",
-    )
-    return _save(fig, path)

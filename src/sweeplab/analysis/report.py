@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeplab import reference
-from sweeplab.analysis import figures, runs, tables
+from sweeplab.analysis import curves, figures, runs, scales, tables
 from sweeplab.analysis.tables import METRIC, Built
+from sweeplab.core.fmt import number
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 CSS = (
     "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-    "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+    "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%;height:auto}"
 )
 
 
@@ -31,24 +32,32 @@ Drawn = dict[tuple[str, frozenset[str]], Path]  # (figure kind, run ids) -> the 
 
 
 def figures_of(
-    c: MlflowClient | None, trials: list[runs.LoggedTrial], base: Path, title: str, drawn: Drawn | None = None
+    c: MlflowClient | None,
+    trials: list[runs.LoggedTrial],
+    folder: Path,
+    prefix: str,
+    title: str,
+    drawn: Drawn | None = None,
 ) -> list[Path]:
-    """The figures of these trials, `base` + "_<kind>.png": error vs each varied key, the varied keys in
-    parallel coordinates, learning curves, early stops. A figure of the same trials already in `drawn`
-    is reused, not drawn again (a sweep that is exactly one table's trials gets no copies)."""
+    """The figures of these trials in `folder`, "<prefix>_<kind>.png" ("<kind>.png" without a prefix),
+    each with its SVG beside it: error vs each varied key, the varied keys in parallel
+    coordinates, learning curves, early stops. Keys are drawn on the scales of their launches' samplers.
+    A figure of the same trials already in `drawn` is reused, not drawn again (a sweep that is exactly
+    one table's trials gets no copies)."""
     keys = runs.varied_keys(trials)
+    known = scales.logged(c, trials)
     makers = {
-        "error": lambda p: figures.error_vs_keys(trials, keys, p, f"{title}: error vs each varied key"),
-        "parallel": lambda p: figures.parallel(trials, keys, p, f"{title}: varied keys against {METRIC}"),
-        "curves": lambda p: figures.learning_curves(c, trials, p, f"{title}: learning curves"),
-        "stops": lambda p: figures.scheduler_stops(trials, p, f"{title}: early stops"),
+        "error": lambda p: figures.error_vs_keys(trials, keys, p, f"{title}: error vs each varied key", known),
+        "parallel": lambda p: figures.parallel(trials, keys, p, f"{title}: varied keys against {METRIC}", known),
+        "curves": lambda p: curves.learning_curves(c, trials, p, f"{title}: learning curves"),
+        "stops": lambda p: curves.scheduler_stops(trials, p, f"{title}: early stops"),
     }
     drawn = {} if drawn is None else drawn
     ids = frozenset(t.run_id for t in trials)
     out = []
     for kind, make in makers.items():
         if (kind, ids) not in drawn:
-            path = make(base.with_name(f"{base.name}_{kind}.png"))
+            path = make(folder / (f"{prefix}_{kind}.png" if prefix else f"{kind}.png"))
             if path is None:
                 continue
             drawn[(kind, ids)] = path
@@ -71,7 +80,7 @@ def write_table(
         (out / f"{slug(built.id)}.{fmt}").write_text(tables.render(built, fmt, ui_url=ui_url))
     behind = [t for row in built.trials.values() for t in row]
     title = built.id + (tables.SMOKE_TITLE if built.smoke else "")
-    return figures_of(c, behind, out / slug(built.id), title, drawn)
+    return figures_of(c, behind, out, slug(built.id), title, drawn)
 
 
 def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5, smoke: bool = False) -> Built:
@@ -80,7 +89,9 @@ def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5, smoke: bool = F
     ranked = sorted(scored, key=lambda t: t.metrics[METRIC])[:top]
     keys = runs.varied_keys(trials)
     columns = ["trial", METRIC, "epochs", "outcome", *keys]
-    rows = [[t.label, f"{t.metrics[METRIC]:.2f}", str(t.epochs), t.outcome, *(t.cell(k) for k in keys)] for t in ranked]
+    rows = [
+        [t.label, f"{t.metrics[METRIC]:.2f}", str(t.epochs), t.outcome, *(_cell(t, k) for k in keys)] for t in ranked
+    ]
     states = {s: sum(t.status == s for t in trials) for s in sorted({t.status for t in trials})}
     note = (
         f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}), "
@@ -88,6 +99,12 @@ def _sweep_summary(trials: list[runs.LoggedTrial], top: int = 5, smoke: bool = F
     )
     title = "best trials" + (tables.SMOKE_TITLE if smoke else "")
     return Built(trials[0].experiment, title, columns, rows, note, {i: [t] for i, t in enumerate(ranked)})
+
+
+def _cell(trial: runs.LoggedTrial, key: str) -> str:
+    """A key's value in a summary row: a sampled float to 4 significant digits (0.08288), others as logged."""
+    value, text = trial.value(key), trial.cell(key)
+    return number(value, 4) if isinstance(value, float) and len(text) > 8 else text
 
 
 def launch_report(c: MlflowClient, launch: str, out: Path, ui_url: str = runs.UI_URL) -> list[Path]:
@@ -101,7 +118,9 @@ def launch_report(c: MlflowClient, launch: str, out: Path, ui_url: str = runs.UI
     for fmt in ("md", "html"):
         files.append(out / f"best_trials.{fmt}")
         files[-1].write_text(tables.render(built, fmt, ui_url=ui_url))
-    return files + figures_of(c, mine, out / slug(launch), f"{launch}{tables.SMOKE_TITLE if built.smoke else ''}")
+    # short names (MLflow's artifact tree cuts long ones) and the sweep's name in titles, not the launch's stamp
+    figs = figures_of(c, mine, out, "", f"{mine[0].experiment}{tables.SMOKE_TITLE if built.smoke else ''}")
+    return files + [f for p in figs for f in (p, p.with_suffix(".svg"))]
 
 
 def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False, ui_url: str = runs.UI_URL) -> Path:
@@ -123,7 +142,7 @@ def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False, ui_
     sweeps: list[tuple[Built, list[Path]]] = []
     for name in sorted({t.experiment for t in everything}):
         mine = [t for t in everything if t.experiment == name]
-        figs = figures_of(c, mine, out / f"sweep_{slug(name)}", f"{name}{label}", drawn)
+        figs = figures_of(c, mine, out, f"sweep_{slug(name)}", f"{name}{label}", drawn)
         sweeps.append((_sweep_summary(mine, smoke=smoke), figs))
     _index(out, uri, sections, sweeps, label, ui_url)
     return out
@@ -168,18 +187,26 @@ def _index(
                 f"Files: [{name}.md]({name}.md), [{name}.csv]({name}.csv), [{name}.html]({name}.html)",
                 "",
             ]
-            + [f"![{f.stem}]({f.name})" for f in figs]
+            + [_md_figure(f) for f in figs]
             + [""]
         )
-        page += [tables.render(built, "html", level=3, ui_url=ui_url)] + [
-            f"<img src='{f.name}' alt='{f.stem}'>" for f in figs
-        ]
+        page += [tables.render(built, "html", level=3, ui_url=ui_url)] + [_html_figure(f) for f in figs]
     md += [f"## Sweeps{label}", ""]
     page.append(f"<h2>Sweeps{html.escape(label)}</h2>")
     for built, figs in sweeps:
-        md += [tables.render(built, "md", level=3)] + [f"![{f.stem}]({f.name})" for f in figs] + [""]
-        page += [tables.render(built, "html", level=3, ui_url=ui_url)] + [
-            f"<img src='{f.name}' alt='{f.stem}'>" for f in figs
-        ]
+        md += [tables.render(built, "md", level=3)] + [_md_figure(f) for f in figs] + [""]
+        page += [tables.render(built, "html", level=3, ui_url=ui_url)] + [_html_figure(f) for f in figs]
     (out / "index.md").write_text("\n".join(md) + "\n")
     (out / "index.html").write_text("\n".join(page) + "\n</body></html>\n")
+
+
+def _md_figure(png: Path) -> str:
+    return f"[![{png.stem}]({png.name})]({png.with_suffix('.svg').name})"
+
+
+def _html_figure(png: Path) -> str:
+    """The PNG on the page at 100 px per inch (every figure's text the same size), a click away from its
+    SVG (the one to put in a paper)."""
+    svg, name, alt = (html.escape(x) for x in (png.with_suffix(".svg").name, png.name, png.stem))
+    width = int.from_bytes(png.read_bytes()[16:20], "big") * 100 // figures.DPI  # the PNG header's width
+    return f"<a href='{svg}'><img src='{name}' alt='{alt}' width='{width}'></a>"

@@ -27,13 +27,12 @@ def best(args: argparse.Namespace) -> int:
     """Print the best trials of a sweep or launch (text, --json), or the best config (--yaml)."""
     if args.metric not in METRICS:
         raise ConfigError(f"unknown metric '{args.metric}'; logged metrics: {', '.join(METRICS)}")
-    c = runs.open_client(args.tracking_uri, must_exist=True)
+    c = runs.open_client(args.tracking_uri, must_exist=True)  # no store: exit 2, as every analysis command
     found = runs.best(c, args.target, args.metric, max(1, args.top), smoke=args.smoke)
     if not found:
-        kind = "smoke-run " if args.smoke else ""
-        print(f"sweeplab: no {kind}trial of '{args.target}' has logged {args.metric} yet", file=sys.stderr)
-        _other_kind(runs.trials(c, args.target), args.smoke, f"'{args.target}'", f"sweeplab best {args.target}")
-        return 1
+        everything = runs.trials(c, args.target)
+        logged = f" with {args.metric}" if runs.kept(everything, args.smoke) else ""
+        return nothing_found(f"'{args.target}'{logged}", everything, args.smoke, f"sweeplab best {args.target}")
     if args.yaml:  # the nested config, which `sweeplab train FILE` reruns as it is
         sys.stdout.write(yaml.safe_dump(runs.config_of(c, found[0]), sort_keys=False))
         return 0
@@ -80,22 +79,23 @@ def _title(smoke: bool) -> str:
     return tables.SMOKE_TITLE if smoke else ""
 
 
-def _other_kind(found: list[runs.LoggedTrial], smoke: bool, what: str, command: str) -> None:
-    """On stderr: the runs left out are all of the other kind, and the command that shows them."""
-    other = runs.kept(found, not smoke)
-    if not other:
-        return
-    if smoke:
-        print(
-            f"sweeplab: no smoke run of {what}, only full runs ({len(other)} trials): `{command}` shows them",
-            file=sys.stderr,
-        )
+NOTHING_FOUND = 1  # the exit code of every analysis command that found no run to show (bad input is 2)
+
+
+def nothing_found(what: str, found: list[runs.LoggedTrial], smoke: bool, command: str) -> int:
+    """One line on stderr, the same in best, table, export and report: what has no run of the requested
+    kind, and the one hint: the command showing the other kind's runs, else how to make some."""
+    kind = "smoke run" if smoke else "full run"
+    other, mine = runs.kept(found, not smoke), runs.kept(found, smoke)
+    if mine:  # `best`: trials that have not reported the metric yet
+        hint = f"its {len(mine)} trial(s) have not logged it yet (`sweeplab status` shows how far they are)"
+    elif other:
+        flag = "" if smoke else " --smoke"
+        hint = f"only {'full' if smoke else 'smoke'} runs ({len(other)} trials): `{command}{flag}` shows them"
     else:
-        print(
-            f"sweeplab: no full run of {what} exists yet, only smoke runs ({len(other)} trials): "
-            f"`{command} --smoke` shows them",
-            file=sys.stderr,
-        )
+        hint = "run a sweep first: `sweeplab run SWEEP.yaml` (`sweeplab table --list` names each table's sweep)"
+    print(f"sweeplab: nothing found: no {kind} of {what}; {hint}", file=sys.stderr)
+    return NOTHING_FOUND
 
 
 def _finite(value: float) -> float | None:
@@ -130,6 +130,8 @@ def table(args: argparse.Namespace) -> int:
         return _all_tables(c, args)
     found = runs.table_trials(c, ref.id) if c is not None else []
     built = tables.build(c, ref, runs.kept(found, args.smoke), smoke=args.smoke)
+    if not built.has_runs:
+        return nothing_found(f"table {ref.id}", found, args.smoke, f"sweeplab table {ref.id}")
     if args.summary:
         print(f"{ref.id}{_title(args.smoke)}: {built.summary}")
     else:
@@ -138,8 +140,6 @@ def table(args: argparse.Namespace) -> int:
         if args.format == "csv":  # the CSV stays rows only; its verdict line goes beside it
             print(f"sweeplab: {ref.id}{_title(args.smoke)}: {built.summary}", file=sys.stderr)
         _write(c, [built], args.out)
-    if not built.has_runs:
-        _other_kind(found, args.smoke, f"table {ref.id}", f"sweeplab table {ref.id}")
     return 0
 
 
@@ -155,9 +155,7 @@ def _all_tables(c: runs.MlflowClient | None, args: argparse.Namespace) -> int:
         if behind:
             built.append(tables.build(c, ref, behind, smoke=args.smoke))
     if not built:
-        print(f"sweeplab: no table has {'smoke ' if args.smoke else ''}runs behind it yet", file=sys.stderr)
-        _other_kind(everything, args.smoke, "any table", "sweeplab table --all")
-        return 0
+        return nothing_found("any table", everything, args.smoke, "sweeplab table --all")
     if args.summary:
         width = max(len(b.id + _title(args.smoke)) for b in built)
         for b in built:
@@ -213,6 +211,9 @@ def report(args: argparse.Namespace) -> int:
             "or pass --force to write into it"
         )
     c = runs.open_client(uri, must_exist=True)
+    everything = runs.all_trials(c) if c is not None else []
+    if not runs.kept(everything, args.smoke):  # an empty page would look like a broken report
+        return nothing_found("any sweep", everything, args.smoke, "sweeplab report")
     out = write_report(c, folder, uri, smoke=args.smoke, ui_url=args.ui_url)
     again = " (replacing the earlier report there)" if earlier else ""
     print(f"report written to {out / 'index.html'} and {out / 'index.md'}{again}")
@@ -235,10 +236,10 @@ def export(args: argparse.Namespace) -> int:
     c = runs.open_client(args.tracking_uri, must_exist=True)
     everything = runs.trials(c, args.target)
     found = runs.kept(everything, args.smoke)
-    if everything and not found:  # writing an empty file would hide where the runs are
-        print(f"sweeplab: no {'smoke-run ' if args.smoke else ''}trial of '{args.target}'", file=sys.stderr)
-        _other_kind(everything, args.smoke, f"'{args.target}'", f"sweeplab export {args.target} --out {args.out}")
-        return 1
+    if not found:  # writing an empty file would hide where the runs are
+        return nothing_found(
+            f"'{args.target}'", everything, args.smoke, f"sweeplab export {args.target} --out {args.out}"
+        )
     path = write_parquet(c, found, args.out)
     print(f"{len(found)} trials of '{args.target}'{_title(args.smoke)} written to {path}")
     return 0

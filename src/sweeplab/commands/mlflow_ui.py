@@ -21,6 +21,7 @@ The server runs in its own process group, which is killed as a whole when `sweep
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import json
 import os
@@ -28,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +52,7 @@ VARIANT = "sweeplab.variant"  # a trial's variant label: a tag, not a param
 MAX_KEY_COLUMNS = 12  # varied keys shown as columns; the rest stay a click away under "Columns"
 START_S = 120.0  # the first start migrates a new store and loads the app: seconds, not minutes
 STOP_S = 10.0  # the server's grace after SIGTERM before the whole group is killed
+TAIL_LINES = 30  # the server's last output lines kept, shown if it fails
 
 
 class _Stopped(Exception):
@@ -180,13 +183,23 @@ def ui(args: argparse.Namespace) -> int:
     url = runs_url(base, experiment, metric, mode, view)
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     proc: subprocess.Popen[bytes] | None = None
+    verbose = getattr(args, "verbose", False)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     try:
         # its own session and process group: a terminal's Ctrl-C reaches only sweeplab, which stops the group;
-        # its chatter goes to stderr, so stdout carries only the URL (`sweeplab ui > url.txt`)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, start_new_session=True)
+        # its chatter goes to stderr with --verbose, else only its last lines, if it fails; stdout carries
+        # only the URL (`sweeplab ui > url.txt`)
+        out = sys.stderr if verbose else subprocess.PIPE
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=None if verbose else subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        if not verbose:
+            threading.Thread(target=_keep_tail, args=(proc, tail), daemon=True).start()
         failed = _wait_ready(proc, base)
         if failed:
             print(f"sweeplab: {failed}", file=sys.stderr)
+            _show_tail(tail)
             return 1
         print(url, flush=True)
         print(f"sweeplab: MLflow UI for {uri} (Ctrl-C stops it)", file=sys.stderr, flush=True)
@@ -194,6 +207,7 @@ def ui(args: argparse.Namespace) -> int:
             webbrowser.open(url)
         code = proc.wait()
         print(f"sweeplab: the MLflow server exited with code {code}", file=sys.stderr)
+        _show_tail(tail)
         return 1
     except (KeyboardInterrupt, _Stopped):
         return 0
@@ -202,6 +216,21 @@ def ui(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
         if proc is not None:
             _stop_group(proc)
+
+
+def _keep_tail(proc: subprocess.Popen[bytes], tail: collections.deque[str]) -> None:
+    """Read the server's output to its end, keeping the last lines (a full pipe would stall the server)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail.append(line.decode(errors="replace").rstrip())
+
+
+def _show_tail(tail: collections.deque[str]) -> None:
+    """The server's last lines, after it failed: why it did, in its own words."""
+    time.sleep(0.2)  # the reader thread's last lines
+    if tail:
+        print("sweeplab: the MLflow server's last lines (all of them with --verbose):", file=sys.stderr)
+        print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
 
 
 def _raise_stopped(signum: int, frame: object) -> None:

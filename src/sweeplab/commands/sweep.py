@@ -25,13 +25,7 @@ DEFAULT_STORAGE = "runs/ray"
 
 def resolve_storage(storage: str | None) -> Path:
     """The storage folder, absolute (Ray's workers and `resume` from another folder see the same one)."""
-    s = storage or DEFAULT_STORAGE
-    if "://" in s:
-        raise SweepError(
-            f"--storage {s}: sweeplab keeps each launch's ledger and checkpoints in a folder; give a local or "
-            "shared folder (on a cluster, the mount every node sees, e.g. /shared/ray)"
-        )
-    return Path(s).expanduser().resolve()
+    return Path(storage or DEFAULT_STORAGE).expanduser().resolve()  # a URI is refused at the door (core/inputs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sweeplab import config as cfg
 from sweeplab.core import quiet
 from sweeplab.core.errors import ConfigError
 from sweeplab.schema import Config, flatten
+from sweeplab.tracking.store import resolve_uri
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"  # as sweeplab.checkpoints names them
 
@@ -39,26 +41,45 @@ class _WriteFailed(Exception):
     """Writing a file of the run folder failed (a full disk, typically); carries the path and the OSError."""
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where `sweeplab train` logs its run: MLflow store and experiment; `enabled=False` logs nothing."""
+
+    uri: str | None = None
+    experiment: str = "train"
+    enabled: bool = True
+
+
 def command(args: argparse.Namespace) -> int:
     """`sweeplab train`: CONFIG [key=value ...], or --from-run RUN_ID [key=value ...]."""
+    tracking = Tracking(args.tracking_uri, getattr(args, "experiment", "train"), not getattr(args, "no_mlflow", False))
     if args.from_run is None:
         if args.config is None:
             raise ConfigError("give a CONFIG file to train, or --from-run RUN_ID to rerun a trial logged in MLflow")
-        return train(args.config, args.overrides, args.output, args.resume, args.stop_after)
+        return train(args.config, args.overrides, args.output, args.resume, args.stop_after, tracking)
     overrides = list(args.overrides)
     if args.config is not None:  # argparse fills the optional CONFIG with the first key=value
         if "=" not in args.config:
             raise ConfigError(f"give a CONFIG file ({args.config}) or --from-run {args.from_run}, not both")
         overrides.insert(0, args.config)
-    return train_from_run(args.from_run, overrides, args.output, args.resume, args.stop_after, args.tracking_uri)
+    return train_from_run(
+        args.from_run, overrides, args.output, args.resume, args.stop_after, args.tracking_uri, tracking
+    )
 
 
 def train(
-    config_path: str, overrides: list[str], output: str | None, resume: bool, stop_after: int | None = None
+    config_path: str,
+    overrides: list[str],
+    output: str | None,
+    resume: bool,
+    stop_after: int | None = None,
+    tracking: Tracking = Tracking(enabled=False),
 ) -> int:
-    """Validate, train with a per-epoch progress bar, write the run folder; return the exit code."""
+    """Validate, train with a per-batch progress bar, write the run folder (and the MLflow run); return
+    the exit code."""
     conf = cfg.load(config_path, overrides)  # validation first: nothing is touched if it fails
-    return _train(conf, Path(output or Path("runs") / Path(config_path).stem), resume, stop_after)
+    out = Path(output or Path("runs") / Path(config_path).stem)
+    return _train(conf, out, resume, stop_after, tracking=tracking, source=str(config_path))
 
 
 def train_from_run(
@@ -68,6 +89,7 @@ def train_from_run(
     resume: bool,
     stop_after: int | None = None,
     tracking_uri: str | None = None,
+    tracking: Tracking = Tracking(enabled=False),
 ) -> int:
     """Train the config of a trial's MLflow run (its config.yaml, else its params) with `overrides`; with
     `resume`, continue from the run's checkpoint artifact unless OUTPUT holds a checkpoint already."""
@@ -84,7 +106,7 @@ def train_from_run(
     out = Path(output or Path("runs") / rerun.folder_name(found))
     if not resume or (out / CHECKPOINT).exists() or (out / PREVIOUS).exists():
         # a rerun stopped part-way (--stop-after) continues from its own, newer checkpoint
-        return _train(conf, out, resume, stop_after)
+        return _train(conf, out, resume, stop_after, tracking=tracking, source=f"runs:/{run_id}")
     with tempfile.TemporaryDirectory(prefix="sweeplab-run-") as tmp:
         path, metrics = rerun.download_checkpoint(found, Path(tmp))
         from sweeplab import engine
@@ -95,7 +117,8 @@ def train_from_run(
             raise ConfigError(f"--resume: the checkpoint artifact of run {run_id} cannot be used: {e}") from None
         _same_config(state, conf, f"the checkpoint of run {run_id}")
         print(f"continuing run {run_id} from its checkpoint (epoch {state['epoch']})", file=sys.stderr)
-        return _train(conf, out, False, stop_after, seed=(state, path, {**metrics, "epoch": state["epoch"]}))
+        seed = (state, path, {**metrics, "epoch": state["epoch"]})
+        return _train(conf, out, False, stop_after, seed=seed, tracking=tracking, source=f"runs:/{run_id}")
 
 
 def _split(override: str) -> tuple[str, Any]:
@@ -112,9 +135,13 @@ def _train(
     resume: bool,
     stop_after: int | None,
     seed: tuple[dict[str, Any], Path, dict[str, Any]] | None = None,
+    tracking: Tracking = Tracking(enabled=False),
+    source: str = "",
 ) -> int:
-    """Train `conf` into the run folder `out`; `seed` (state, its file, its metrics) starts it from a
-    checkpoint that is not in `out` yet (a run's artifact), copied there once the data has loaded."""
+    """Train `conf` into the run folder `out` (and its MLflow run, per `tracking`); `seed` (state, its file,
+    its metrics) starts it from a checkpoint that is not in `out` yet (a run's artifact), copied there
+    once the data has loaded."""
+    uri = resolve_uri(tracking.uri) if tracking.enabled else ""  # a bad URI is bad input, before any work
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after {stop_after}: must be an epoch >= 1 (it stops after that epoch's checkpoint)")
     ckpt_path, prev_path, metrics_path = out / CHECKPOINT, out / PREVIOUS, out / "metrics.jsonl"
@@ -124,29 +151,34 @@ def _train(
     if seed is not None:
         checkpoint = seed[0]
 
-    from tqdm import tqdm  # heavy imports after validation, so bad input fails in well under a second
-
     from sweeplab import checkpoints, engine
+    from sweeplab.commands.train_mlflow import Logger
+    from sweeplab.commands.train_progress import Progress
     from sweeplab.data import datasets
 
     data = datasets.load(conf.data)  # a missing dataset fails here, before the folder is written
     saved = checkpoint["epoch"] if checkpoint else 0  # the epoch of the newest complete checkpoint
+    final: Callable[[], dict[str, Any]] | None = (lambda: checkpoint) if checkpoint else None  # the last state
 
     def on_epoch(metrics: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
-        nonlocal saved
+        nonlocal saved, final
         with _writing(metrics_path), metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         with _writing(ckpt_path):
             checkpoints.save(out, state())  # the last two kept, atomically (sweeplab/checkpoints.py)
-        saved = int(metrics["epoch"])
-        shown = {k: metrics[k] for k in ("train/loss", "val/error", "time/images_per_s") if k in metrics}
-        if bar is not None:
-            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-            bar.update(1)
+        saved, final = int(metrics["epoch"]), state
+        progress.epoch_end(metrics)
+        if log is not None:
+            log.epoch(metrics)
         if stop_after is not None and metrics["epoch"] >= stop_after:
             raise _Pause(int(metrics["epoch"]))
 
-    bar: Any = None  # the progress bar (tqdm), made once the run folder is ready
+    progress = Progress(conf.train.epochs, saved)
+    log: Logger | None = None
+    if checkpoint is not None:
+        replanned = replan(checkpoint, conf)
+        if replanned:
+            print(f"sweeplab: {replanned}", file=sys.stderr)
     last: dict[str, float] = {}
     quiet.release()  # the input is checked: a warning from here on (torch's, say) shows as it comes
     try:
@@ -167,15 +199,19 @@ def _train(
         else:  # keep the epochs the checkpoint holds: a killed run may have logged more, or half a line
             keep = [ln for ln in _lines(metrics_path) if json.loads(ln)["epoch"] <= saved] if checkpoint else []
         _replace_text(metrics_path, "".join(f"{ln}\n" for ln in keep))
-        bar = tqdm(total=conf.train.epochs, initial=saved, unit="epoch", file=sys.stderr, dynamic_ncols=True)
-        last = engine.fit(conf, on_epoch, checkpoint=checkpoint, data=data)
+        log = Logger(uri, out, conf, source, tracking.experiment) if tracking.enabled else None
+        last = engine.fit(conf, on_epoch, checkpoint=checkpoint, data=data, on_step=progress.step)
+        if log is not None and final is not None:
+            log.finish(final(), data)
     except _Pause as paused:  # e.g. a time-sliced queue: the run continues later with --resume
-        if bar is not None:
-            bar.close()
+        progress.close()
         print(f"stopped after epoch {paused.args[0]}; continue with --resume", file=sys.stderr)
+        if log is not None:
+            log.stop("KILLED")
     except _WriteFailed as failed:
-        if bar is not None:
-            bar.close()
+        progress.close()
+        if log is not None:
+            log.stop("FAILED")
         path, err = failed.args
         what = (
             f"disk full: could not write {path}"
@@ -189,9 +225,12 @@ def _train(
         )
         print(f"sweeplab: error: {what}; {then}", file=sys.stderr)
         return 1
+    except BaseException:  # Ctrl-C or a failure inside the training: the MLflow run says so too
+        if log is not None:
+            log.stop("KILLED")
+        raise
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if last:
         print(" ".join(f"{k}={v:.4g}" for k, v in last.items()))
     print(f"run folder: {out}")
@@ -249,6 +288,33 @@ def _resume_state(out: Path, conf: Config) -> tuple[dict[str, Any], Path]:
     if problems:  # e.g. a crash between the two renames leaves no checkpoint.pt: the older one is whole
         print(f"sweeplab: warning: {problems[0]}; continuing from {path} (epoch {state['epoch']})", file=sys.stderr)
     return state, path
+
+
+def replan(state: dict[str, Any], conf: Config) -> str:
+    """One line saying what a resume with another train.epochs re-plans ('' when the length is the same):
+    the schedule is a function of the step and the run's length, so its lr at the checkpoint moves."""
+    from sweeplab import schedules
+
+    old_epochs, epoch, step = state["config"]["train"]["epochs"], state["epoch"], state["step"]
+    new_epochs = conf.train.epochs
+    if old_epochs == new_epochs:
+        return ""
+    head = f"--resume: train.epochs {old_epochs} -> {new_epochs}"
+    if epoch >= new_epochs:
+        return f"{head}: the checkpoint is at epoch {epoch} already; nothing is left to train"
+    per_epoch = max(1, step // max(1, epoch))
+    old_conf = cfg.from_dict({**conf.to_dict(), "train": {**conf.to_dict()["train"], "epochs": old_epochs}})
+
+    def lr(c: Config) -> float:
+        return schedules.lr_at(step, c.optim.lr, c.sched, per_epoch, c.train.epochs)
+
+    before, after = lr(old_conf), lr(conf)
+    if before == after:
+        return f"{head}: {epoch} of {new_epochs} epochs done; the {conf.sched.name} schedule's lr stays {after:.3g}"
+    return (
+        f"{head}: the {conf.sched.name} schedule is re-planned over {new_epochs} epochs; at epoch {epoch} "
+        f"(step {step}) the lr is {after:.3g}, not the {before:.3g} of the {old_epochs}-epoch plan"
+    )
 
 
 def _same_config(state: dict[str, Any], conf: Config, what: str) -> None:

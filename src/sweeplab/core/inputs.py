@@ -28,8 +28,6 @@ NAME_MAX, PATH_MAX = 255, 4096  # bytes of one path component and of a whole pat
 PSEUDO = ("/proc", "/sys", "/dev")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 # What pyarrow.fs.FileSystem.from_uri (Ray Tune's storage) opens for writing; buckets where it needs one.
-STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
-BUCKETS = ("s3", "gs", "gcs", "abfs", "abfss")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Query parameters that carry a secret (password=, sslpassword=, token=, secret_key=, api_key=, ...).
 SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|signature|api[-_]?key|access[-_]?key", re.IGNORECASE)
@@ -165,30 +163,17 @@ def sqlite_file(uri: str, flag: str = "--tracking-uri") -> Path:
 
 
 def storage(value: str, flag: str = "--storage", write: bool = True) -> str:
-    """Tune's storage: a folder that can exist (and be written, with `write`), or a URI of a file system
-    pyarrow opens (file, s3, gs, gcs, abfs, abfss, hdfs, viewfs), with no credentials in it."""
+    """The storage folder: one that can exist (and be written, with `write`). A launch's ledger is appended to
+    and its checkpoints renamed into place, which an object store cannot do: a URI is refused, naming the
+    way out (a folder every node sees, such as a mounted bucket or NFS)."""
     show = shown(value)
     given(value, flag, show)
-    if "://" not in value:
-        folder(value, flag, write)
-        return value
-    scheme, rest = value.split("://", 1)
-    if scheme not in STORAGE_SCHEMES:
+    if "://" in value:
         raise ConfigError(
-            f"{flag} {show!r}: Ray Tune cannot store to {scheme}:// (pyarrow opens {', '.join(STORAGE_SCHEMES)}); "
-            "give a folder or a URI of one of those"
+            f"{flag} {show!r}: sweeplab keeps each launch's ledger and checkpoints in a folder, not at a URI; "
+            "give a local folder, or on a cluster a folder every node sees (NFS, or the bucket mounted there)"
         )
-    if secrets(value):
-        raise ConfigError(
-            f"{flag} {show} carries credentials; drop them from the URI (it would be printed and tagged on every "
-            "run) and keep them where the cloud's client finds them (its environment variables or credentials file)"
-        )
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ConfigError(f"{flag} {value!r}: a file:// URI needs an absolute path (file:///abs/folder)")
-        folder(rest, flag, write)
-    elif scheme in BUCKETS and not rest.split("/", 1)[0]:
-        raise ConfigError(f"{flag} {value!r} names no bucket: give {scheme}://BUCKET/folder")
+    folder(value, flag, write)
     return value
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from sweeplab.config import check_tree
-from sweeplab.core.errors import ConfigError, SweepError, suggest
+from sweeplab.core.errors import ConfigError, SweepError, common_name, suggest
 from sweeplab.core.yamlio import quoted_number
 from sweeplab.schema import SECTIONS, valid_keys
 from sweeplab.search_spaces import foreign
@@ -165,10 +165,6 @@ def is_config_key(key: str) -> bool:
     return key in valid_keys() or (key.startswith("model.") and key.count(".") == 1 and len(key) > 6)
 
 
-# Undotted names other tools' sweeps use for sweeplab's keys (besides each key's own last part).
-ALIASES = {"learning_rate": "optim.lr", "optimizer": "optim.name", "model": "model.name", "seed": "train.seed"}
-
-
 def check_key(key: str, where: str, path: str) -> None:
     """Raise SweepError when `key` is not a config key, suggesting the nearest one (for an undotted name,
     like W&B's `batch_size`, the config key it names: data.batch_size)."""
@@ -179,7 +175,9 @@ def check_key(key: str, where: str, path: str) -> None:
 def suggest_key(key: object) -> str:
     """ "; did you mean 'optim.lr'?" for a dotted key's typo or an undotted name (`lr`, `learning_rate`)."""
     if isinstance(key, str) and "." not in key:
-        named = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == key] or ([ALIASES[key]] if key in ALIASES else [])
+        named = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == key] or [
+            k for k in [common_name(key, valid_keys())] if k is not None
+        ]
         if named:
             return f"; did you mean {', '.join(repr(k) for k in named)}? (config keys are dotted: section.key)"
     return suggest(str(key), valid_keys())

@@ -146,7 +146,7 @@ _NO_SAMPLER = (
 )
 
 
-def _distribution(kind: str, spec: dict[str, Any]) -> str:
+def distribution(kind: str, spec: dict[str, Any]) -> str:
     lo, hi = spec.get("min", "MIN"), spec.get("max", "MAX")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
     if kind == "constant":
@@ -192,12 +192,12 @@ def entry_hint(spec: Any) -> str | None:
     if "grid_search" in spec:
         return f"written the {TUNE} way; here: {{grid: {flow(spec['grid_search'])}}}"
     if "distribution" in spec:
-        return f"written the {WANDB} way; here: {_distribution(str(spec['distribution']), spec)}"
+        return f"written the {WANDB} way; here: {distribution(str(spec['distribution']), spec)}"
     if "values" in spec:
         return f"written the {WANDB} way; here: {_values(spec['values'])}"
     if "value" in spec:
         return f"written the {WANDB} way; a fixed value goes under overrides: {{KEY: {flow(spec['value'])}}}"
     if "min" in spec or "max" in spec:  # W&B picks int_uniform for two ints, else uniform
         ints = all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in ("min", "max"))
-        return f"written the {WANDB} way; here: {_distribution('int_uniform' if ints else 'uniform', spec)}"
+        return f"written the {WANDB} way; here: {distribution('int_uniform' if ints else 'uniform', spec)}"
     return None

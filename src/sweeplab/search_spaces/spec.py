@@ -15,7 +15,7 @@ from sweeplab.core.errors import ConfigError, SweepError, suggest
 from sweeplab.core.inputs import MAX_CPUS, MAX_GPUS, MAX_WORKERS
 from sweeplab.core.names import METRICS, check_name, default_mode
 from sweeplab.core.yamlio import quoted_number
-from sweeplab.search_spaces import foreign
+from sweeplab.search_spaces import convert, foreign
 from sweeplab.search_spaces.domains import ChoiceVariant, Domain, Expr, GridVariant, check_key, parse, parse_variants
 from sweeplab.search_spaces.expr import names as expr_names
 from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler
@@ -39,6 +39,11 @@ TOP = (
 )
 SEED = "train.seed"  # set per trial by `seeds`
 SMOKE = ("overrides", "space", "seeds", "search", "scheduler", "resources", "mlflow")
+# a smoke block that fits any sweep: one short epoch on a slice of the data (docs/sweeps.md)
+SMOKE_EXAMPLE = (
+    "{overrides: {train.epochs: 1, data.train_subset: 2000, data.test_subset: 1000}} "
+    "(smoke.space or smoke.search: {num_samples: N} runs fewer trials; docs/sweeps.md)"
+)
 MLFLOW = {"log_checkpoints": bool}
 SEARCH = {
     "name": str,
@@ -64,6 +69,8 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SweepError(str(e)) from None
     if not isinstance(spec, dict):
         raise SweepError(f"{path}: a sweep file is a mapping of {', '.join(TOP)}")
+    if convert.is_wandb(spec):
+        raise SweepError(f"{path}: {convert.refusal(spec, str(path))}")
     unknown(spec, TOP, "", path)
     if not isinstance(spec.get("config"), str):
         raise SweepError(f"{path}: 'config' must name the base config file, e.g. configs/cifar10/resnet_preact20.yaml")
@@ -86,13 +93,15 @@ def find_config(name: str, sweep_path: Path) -> Path:
 
 
 def unknown(section: dict[str, Any], allowed: tuple[str, ...] | dict[str, Any], where: str, path: Any) -> None:
-    """Raise on the first key of `section` not in `allowed`: another tool's key (W&B's `method`, ...) gets
-    sweeplab's equivalent (`foreign.py`), any other key the nearest valid one."""
+    """Raise on keys of `section` not in `allowed`: other tools' keys (W&B's `method`, ...) all at once, each
+    with sweeplab's equivalent (`foreign.py`); else the first unknown key, with the nearest valid one."""
+    hints = [h for k in section if k not in allowed for h in [foreign.key_hint(where, k, section[k])] if h]
+    if where == "" and hints and foreign.metric_hint(section.get("metric")):
+        hints.append(str(foreign.metric_hint(section.get("metric"))))
+    if hints:
+        raise SweepError(f"{path}: {' | '.join(hints)}")
     for key in section:
         if key not in allowed:
-            hint = foreign.key_hint(where, key, section[key])
-            if hint:
-                raise SweepError(f"{path}: {hint}")
             full = [f"{where}{k}" for k in allowed]
             raise SweepError(
                 f"{path}: unknown key '{where}{key}'{suggest(f'{where}{key}', full)}; "

@@ -286,6 +286,8 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
     """Check every section of a sweep file's mapping and compile it into a Sweep."""
     smoke_block = S.mapping(spec, "smoke", path)
     S.unknown(smoke_block, S.SMOKE, "smoke.", path)
+    if smoke and not smoke_block:  # else --smoke would run the whole sweep, titled "(smoke)"
+        raise SweepError(f"{path}: --smoke needs a 'smoke:' block in the file, e.g. smoke: {S.SMOKE_EXAMPLE}")
     base = merge(config_tree, nested(S.overrides(S.mapping(spec, "overrides", path), "overrides.", path)))
     space = S.space(S.mapping(spec, "space", path), "space.", path)
     smoke_over = S.overrides(S.mapping(smoke_block, "overrides", path), "smoke.overrides.", path)
