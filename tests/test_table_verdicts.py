@@ -162,13 +162,18 @@ def test_only_smoke_runs_say_no_full_run_yet(tmp_path: Path, tmp_path_factory, c
     assert out.startswith("## quickstart: best by val/error (smoke run)\n") and "smoke_0" in out
 
 
-def test_nothing_found_without_a_store_is_the_same_exit_and_hint(tmp_path: Path, capsys) -> None:
+def test_no_store_is_the_same_exit_and_hint_everywhere(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A store that does not exist is bad input (the URI names nothing), the same in every analysis command."""
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for argv in (["best", "quickstart"], ["table", "quickstart"], ["export", "q", "--out", "q.parquet"], ["report"]):
-        assert main([*argv, "--tracking-uri", uri]) == 1, argv
+        assert main([*argv, "--tracking-uri", uri]) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith("sweeplab: nothing found: ") and f"no MLflow store at {uri} yet" in err, err
-    assert not (tmp_path / "mlflow.db").exists()
+        assert (
+            err
+            == f"sweeplab: error: no MLflow store at {tmp_path / 'mlflow.db'} (run a sweep first, or pass --tracking-uri)\n"
+        ), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, the store not made
 
 
 def test_best_export_and_report_keep_smoke_apart(tmp_path: Path, tmp_path_factory, capsys) -> None:

@@ -195,35 +195,37 @@ def test_dataset_input_logged_once(uri: str) -> None:
 
 
 def _checkpoint(folder: Path, epoch: int) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "state.pt").write_bytes(b"weights of epoch %d" % epoch)
-    (folder / "metrics.json").write_text(json.dumps({"epoch": epoch}))
-    return folder
+    """A trial folder's newest checkpoint file (its bytes stand for the weights of `epoch`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoint.pt").write_bytes(b"weights of epoch %d" % epoch)
+    return folder / "checkpoint.pt"
 
 
 def test_final_checkpoint_uploaded_once_and_tagged(uri: str, tmp_path: Path) -> None:
     t = Tracker(uri, "quickstart", "qs-7", {})
     t.trial_start("t", trial_config(0.1, 1e-4, 0), {})
-    ckpt = str(_checkpoint(tmp_path / "trial" / "checkpoint_000002", 2))
-    assert t.trial_checkpoint("t", ckpt) is True
-    assert t.trial_checkpoint("t", ckpt) is False  # the end re-sent after a resume: not copied again
+    ckpt = str(_checkpoint(tmp_path / "trials" / "3", 2))
+    assert t.trial_checkpoint("t", ckpt, {"epoch": 2}) is True
+    assert t.trial_checkpoint("t", ckpt, {"epoch": 2}) is False  # the end re-sent after a resume: not copied again
     run_id = t._children["t"]
     assert _child(uri, t, "t").data.tags["sweeplab.checkpoint_path"] == ckpt
     files = sorted(a.path for a in client(uri).list_artifacts(run_id, "checkpoint"))
     assert files == ["checkpoint/metrics.json", "checkpoint/state.pt"]
     # a failed trial resumed to its end: the newer checkpoint replaces the files, none doubled
-    newer = str(_checkpoint(tmp_path / "trial" / "checkpoint_000003", 3))
-    assert t.trial_checkpoint("t", newer) is True
+    newer = str(_checkpoint(tmp_path / "other", 3))
+    assert t.trial_checkpoint("t", newer, {"epoch": 3}) is True
     assert sorted(a.path for a in client(uri).list_artifacts(run_id, "checkpoint")) == files
     got = client(uri).download_artifacts(run_id, "checkpoint/state.pt", str(tmp_path / "dl"))
     assert Path(got).read_bytes() == b"weights of epoch 3"
+    got = client(uri).download_artifacts(run_id, "checkpoint/metrics.json", str(tmp_path / "dl"))
+    assert json.loads(Path(got).read_text()) == {"epoch": 3}
 
 
 def test_checkpoint_upload_off_keeps_the_tag(uri: str, tmp_path: Path) -> None:
     t = Tracker(uri, "quickstart", "qs-8", {})
     t.trial_start("t", trial_config(0.1, 1e-4, 0), {})
-    ckpt = str(_checkpoint(tmp_path / "checkpoint_000001", 1))
-    assert t.trial_checkpoint("t", ckpt, upload=False) is False
+    ckpt = str(_checkpoint(tmp_path / "trials" / "1", 1))
+    assert t.trial_checkpoint("t", ckpt, {"epoch": 1}, upload=False) is False
     assert _child(uri, t, "t").data.tags["sweeplab.checkpoint_path"] == ckpt
     assert client(uri).list_artifacts(t._children["t"], "checkpoint") == []
 

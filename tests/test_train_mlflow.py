@@ -83,8 +83,12 @@ def test_load_model_gives_the_trained_network(trained, monkeypatch) -> None:
     assert isinstance(model, torch.nn.Module) and not model.training
     import mlflow.pytorch
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what `runs:/` reads
-    same = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # what `runs:/` reads (another test may have set the process-wide one)
+    try:
+        same = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(before)
     conf = config.load(CONFIG, [*TINY, "train.epochs=2"])
     data = datasets.load(conf.data)
     images = data.test_x.float() / 255

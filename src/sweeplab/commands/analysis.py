@@ -130,12 +130,13 @@ def table(args: argparse.Namespace) -> int:
         return _all_tables(c, args)
     found = runs.table_trials(c, ref.id) if c is not None else []
     built = tables.build(c, ref, runs.kept(found, args.smoke), smoke=args.smoke)
+    if not args.summary:
+        _refuse_overwrite([built], args.out, args.force)  # before anything is printed: a refusal prints nothing
     if not built.has_runs:
         return nothing_found(f"table {ref.id}", found, args.smoke, f"sweeplab table {ref.id}")
     if args.summary:
         print(f"{ref.id}{_title(args.smoke)}: {built.summary}")
     else:
-        _refuse_overwrite([built], args.out, args.force)  # before the table is printed: a refusal prints nothing
         print(tables.render(built, args.format), end="")
         if args.format == "csv":  # the CSV stays rows only; its verdict line goes beside it
             print(f"sweeplab: {ref.id}{_title(args.smoke)}: {built.summary}", file=sys.stderr)
