@@ -56,9 +56,10 @@ def ray_executor(address: str | None, num_cpus: int | None) -> Any:
     return run
 
 
-def execute(session: Session, driver: Driver, plan: Plan) -> None:
+def execute(session: Session, driver: Driver, plan: Plan, trainable: Any = None) -> None:
     """Run the session's trials on the Ray this process is connected to; returns when Tune does
-    (every trial over, the time budget spent, or Ctrl-C / SIGTERM: Tune stops the running trials)."""
+    (every trial over, the time budget spent, or Ctrl-C / SIGTERM: Tune stops the running trials).
+    `trainable`: Tune's trainable instead of sweeplab's trial function (benchmarks/driver.py's fake one)."""
     from ray import tune
 
     sweep = session.sweep
@@ -81,7 +82,7 @@ def execute(session: Session, driver: Driver, plan: Plan) -> None:
     if n == 0 or (searcher is None and not space["trial"]["grid_search"]):
         return
     tuner = tune.Tuner(
-        _trainable(session),
+        trainable or _trainable(session),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
