@@ -1,5 +1,6 @@
 """The package's layers (docs/architecture.md), checked statically: every import points down, none in a cycle,
-and no private name of Ray, Optuna or MLflow is used.
+no private name of Ray, Optuna or MLflow is used, and every `sweeplab.*` MLflow tag name is spelled in
+core/names.py alone.
 
 The walk reads the source with `ast`, so it sees imports inside functions (the lazy ones that keep
 torch and Ray out of the driver) as well as module-level ones: a lazy import is still a dependency.
@@ -8,6 +9,7 @@ torch and Ray out of the driver) as well as module-level ones: a lazy import is 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,61 @@ def f(study, tuner):
     assert any("_TorchBackend" in f for f in found) and any("_upgrade_db" in f for f in found)
     assert any("_temp_dir" in f for f in found) and any("_local_tuner" in f for f in found)
     assert any("_base" in f for f in found)
+
+
+# ---- MLflow tag names in one place --------------------------------------------------------------
+
+TAG_HOME = "sweeplab.core.names"  # where every `sweeplab.*` tag name is spelled (users' queries rely on them)
+TAG = re.compile(r"(?<![\w.])sweeplab\.[A-Za-z_][\w.]*")  # "sweeplab.outcome", "sweeplab.row." (an f-string's part)
+NOT_TAGS = {"sweeplab.json"}  # the launch folder's record, a file name
+
+
+def tag_literals(source: str) -> list[str]:
+    """The `sweeplab.<name>` tag names spelled in `source`'s strings: str constants, the constant parts of
+    f-strings, and such names inside longer strings (a search filter "tags.`sweeplab.x` = ..."). Docstrings
+    and other bare string statements are prose; module paths ("sweeplab.tracking.follow") and NOT_TAGS
+    are no tags."""
+    tree = ast.parse(source)
+    prose = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            for match in TAG.findall(node.value):
+                name = match.rstrip(".")
+                if name not in MODULES and name not in NOT_TAGS:
+                    found.append((node.lineno, name))
+    return [f"{name!r} (line {line})" for line, name in sorted(found)]
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {TAG_HOME}))
+def test_tag_names_live_in_core_names(name):
+    """Every `sweeplab.*` MLflow tag is a constant of core/names.py (or `names.row_tag`): one spelling each."""
+    found = tag_literals(MODULES[name].read_text())
+    assert found == [], f"{name} spells tag names {found}: use (or add) a constant of core/names.py"
+
+
+def test_the_tag_names_are_in_core_names():
+    """The check's other half: core/names.py does spell the tags (the scan is not blind)."""
+    assert len(tag_literals(MODULES[TAG_HOME].read_text())) >= 20
+
+
+def test_the_check_catches_a_tag_literal(tmp_path, monkeypatch):
+    """The walk itself: tag names as a constant, in an f-string and in a search filter are reported;
+    a docstring, a module path, an f-string of modules and sweeplab.json are not."""
+    bad = tmp_path / "follow.py"
+    bad.write_text(
+        '"""Tags `sweeplab.outcome` and `sweeplab.row.<table>`."""\n'
+        "import subprocess, sys\n"
+        "def f(tr, table, family, folder):\n"
+        '    """Sets `sweeplab.hardware`."""\n'
+        '    tr.set_tag("sweeplab.hardware", "cpu")\n'
+        '    tr.set_tag(f"sweeplab.row.{table}", "0")\n'
+        "    tr.search(f\"tags.`sweeplab.pbt.origin` = '{family}'\")\n"
+        '    subprocess.run([sys.executable, "-m", "sweeplab.tracking.follow"])\n'
+        '    return f"sweeplab.models.{family}", folder / "sweeplab.json"\n'
+    )
+    monkeypatch.setitem(MODULES, "sweeplab.tracking.follow", bad)
+    found = tag_literals(bad.read_text())
+    assert found == ["'sweeplab.hardware' (line 5)", "'sweeplab.row' (line 6)", "'sweeplab.pbt.origin' (line 7)"]
+    with pytest.raises(AssertionError, match=r"sweeplab.tracking.follow spells tag names .*sweeplab.hardware"):
+        test_tag_names_live_in_core_names("sweeplab.tracking.follow")

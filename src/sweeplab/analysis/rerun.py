@@ -15,11 +15,9 @@ from typing import Any
 
 from sweeplab.analysis.runs import UnknownTarget, _trial, config_of, open_client
 from sweeplab.core.errors import ConfigError
-from sweeplab.core.names import LAUNCH, PARENT, TRIAL
+from sweeplab.core.names import CHECKPOINT_PATH, LABEL, LAUNCH, PARENT, TRIAL
 from sweeplab.tracking.store import resolve_uri
 
-LABEL = "sweeplab.label"  # the trial's label (also its run name), on runs logged since labels were added
-CHECKPOINT_PATH = "sweeplab.checkpoint_path"  # where the trial's final Tune checkpoint is, logged or not
 CHECKPOINT_DIR = "checkpoint"  # the child run's artifact folder: state.pt and metrics.json
 
 

@@ -14,7 +14,20 @@ import yaml
 
 from sweeplab.config import parse_value
 from sweeplab.core.errors import ConfigError
-from sweeplab.core.names import LAUNCH, PARENT, SWEEP, TABLES, TRIAL, default_mode
+from sweeplab.core.names import (
+    LABEL,
+    LAUNCH,
+    OUTCOME,
+    PARENT,
+    SEED,
+    SMOKE,
+    STOPPED_EARLY,
+    SWEEP,
+    TABLES,
+    TRIAL,
+    VARIANT,
+    default_mode,
+)
 from sweeplab.tracking.store import client, quote, resolve_uri, search, sqlite_path
 
 if TYPE_CHECKING:
@@ -22,8 +35,6 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 CHILD = f"tags.`{TRIAL}` IS NOT NULL"
-SMOKE = "sweeplab.smoke"  # "true" on the parent and child runs of a `sweeplab run --smoke` launch
-LABEL, OUTCOME, STOPPED = "sweeplab.label", "sweeplab.outcome", "sweeplab.stopped_early"
 SEED_KEY = "train.seed"  # varies across seeds, not configs: the label carries it, no column does
 UI_URL = "http://127.0.0.1:5000"  # where `sweeplab ui` serves the MLflow UI
 _TUNE_ID = re.compile(r"[0-9a-f]{5}_\d{5}")  # Tune's trial ids ("25ce8_00004"), the run names of old stores
@@ -68,7 +79,7 @@ class LoggedTrial:
     @property
     def stopped_early(self) -> bool:
         """A scheduler stopped it (`sweeplab.stopped_early`; stores written before the prefix: `stopped_early`)."""
-        return self.tags.get(STOPPED, self.tags.get("stopped_early")) == "true"
+        return self.tags.get(STOPPED_EARLY, self.tags.get("stopped_early")) == "true"
 
     @property
     def outcome(self) -> str:
@@ -88,7 +99,7 @@ class LoggedTrial:
 
     @property
     def seed(self) -> str:
-        return self.tags.get("sweeplab.seed", self.params.get("train.seed", "0"))
+        return self.tags.get(SEED, self.params.get("train.seed", "0"))
 
     @property
     def epochs(self) -> int:
@@ -97,12 +108,12 @@ class LoggedTrial:
     def value(self, key: str) -> Any:
         """A param parsed back to its type (MLflow stores strings); `variant` is the variant's label."""
         if key == "variant":
-            return self.tags.get("sweeplab.variant", "")
+            return self.tags.get(VARIANT, "")
         return parse_value(self.params[key]) if key in self.params else None
 
     def cell(self, key: str) -> str:
         """A key's value as a table shows it: the variant's label, else the param as logged ('' without it)."""
-        return self.tags.get("sweeplab.variant", "") if key == "variant" else self.params.get(key, "")
+        return self.tags.get(VARIANT, "") if key == "variant" else self.params.get(key, "")
 
 
 def kept(found: list[LoggedTrial], smoke: bool = False) -> list[LoggedTrial]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sweeplab.analysis.runs import LoggedTrial, history, ui_link
 from sweeplab.core.fmt import number
+from sweeplab.core.names import HARDWARE, row_tag
 from sweeplab.reference import Table, match_row
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def measure(c: MlflowClient, trials: list[LoggedTrial]) -> dict[str, str]:
         "seeds": str(len(done)),
         "epochs": "/".join(map(str, epochs)),
         "time": duration(statistics.median(times)),
-        "hardware": "; ".join(sorted({t.tags.get("sweeplab.hardware", "?") for t in done})),
+        "hardware": "; ".join(sorted({t.tags.get(HARDWARE, "?") for t in done})),
     }
 
 
@@ -185,7 +186,7 @@ def rows_of(table: Table, trials: list[LoggedTrial]) -> tuple[list[list[str]], d
     table; by params for sweeplab's own tables, which grow a row for any point not in them."""
     rows = [list(r) for r in table.rows]
     if not table.match:
-        tag = f"sweeplab.row.{table.id}"
+        tag = row_tag(table.id)
         return rows, {i: [t for t in trials if t.tags.get(tag) == str(i)] for i in range(len(rows))}
     by_row: dict[int, list[LoggedTrial]] = {i: [] for i in range(len(rows))}
     for t in trials:
@@ -242,7 +243,7 @@ def caveats(table: Table, refs: list[list[str]], by_row: dict[int, list[LoggedTr
     for i, trials in by_row.items():
         for t in completed(trials):
             for other in tables_of(t):
-                row = t.tags.get(f"sweeplab.row.{other}", "")
+                row = t.tags.get(row_tag(other), "")
                 if other == table.id or other not in known or not row.isdigit():
                     continue
                 if _differs(published(table, i), published(known[other], int(row))):

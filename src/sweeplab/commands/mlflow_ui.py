@@ -41,14 +41,13 @@ from sweeplab.analysis import runs
 from sweeplab.core import quiet
 from sweeplab.core.env import no_telemetry
 from sweeplab.core.errors import ConfigError
-from sweeplab.core.names import LAUNCH, PARENT, TRIAL
+from sweeplab.core.names import LAUNCH, OUTCOME, PARENT, TRIAL, VARIANT
 from sweeplab.tracking.store import resolve_uri, sqlite_path
 
 HOST = "127.0.0.1"
 TRAINING_VIEW = "workflowType=machine_learning"
 VIEW_KEY = "sweeplab-trials"  # the shared view's key: URL-safe, one per experiment, rewritten when stale
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # the experiment tag the UI reads a shared view from
-VARIANT = "sweeplab.variant"  # a trial's variant label: a tag, not a param
 MAX_KEY_COLUMNS = 12  # varied keys shown as columns; the rest stay a click away under "Columns"
 START_S = 120.0  # the first start migrates a new store and loads the app: seconds, not minutes
 STOP_S = 10.0  # the server's grace after SIGTERM before the whole group is killed
@@ -87,7 +86,7 @@ def view_state(metric: str, mode: str, keys: list[str]) -> dict[str, Any]:
     (after run name and created, always shown) the dataset, duration, the metric, the trial's outcome
     and the varied `keys` (params; `variant` is a tag), in that order."""
     shown = [f"tags.`{VARIANT}`" if k == "variant" else f"params.`{k}`" for k in keys[:MAX_KEY_COLUMNS]]
-    dataset, outcome = "attributes.`Dataset`", f"tags.`{runs.OUTCOME}`"
+    dataset, outcome = "attributes.`Dataset`", f"tags.`{OUTCOME}`"
     return {
         **_facets(metric, mode),
         "orderByAsc": mode == "min",

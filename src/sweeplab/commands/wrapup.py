@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab.commands import listing
+from sweeplab.core.names import COMMAND, LAUNCH, SMOKE, SWEEP_FILE, TABLES
 from sweeplab.runner.launch import Result
 from sweeplab.search_spaces import Sweep
 
@@ -16,11 +17,11 @@ from sweeplab.search_spaces import Sweep
 def parent(sweep: Sweep, meta: dict[str, Any], max_concurrent: int | None) -> dict[str, Any]:
     """What the launch's parent run holds: tags, params (the sweep's settings) and text artifacts."""
     tags = {
-        "sweeplab.sweep_file": sweep.path,
-        "sweeplab.launch": meta["launch"],
-        "sweeplab.command": meta.get("command", ""),
-        "sweeplab.smoke": str(sweep.smoke).lower(),
-        "sweeplab.tables": ",".join(sweep.tables),
+        SWEEP_FILE: sweep.path,
+        LAUNCH: meta["launch"],
+        COMMAND: meta.get("command", ""),
+        SMOKE: str(sweep.smoke).lower(),
+        TABLES: ",".join(sweep.tables),
     }
     return {"tags": tags, "params": settings(sweep, max_concurrent), "files": launch_files(sweep)}
 

@@ -22,6 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab import ledger
+from sweeplab.core.names import (
+    ERROR,
+    ERROR_LOG,
+    HARDWARE,
+    LABEL,
+    OUTCOME,
+    PBT_LABEL,
+    PBT_ORIGIN,
+    SEED,
+    SMOKE,
+    TABLES,
+    TRIAL,
+    VARIANT,
+    row_tag,
+)
 from sweeplab.ledger import Outcome, Record, TrialRecord
 from sweeplab.search_spaces import Sweep, from_snapshot
 
@@ -80,14 +95,14 @@ class Follower:
             tr.trial_results(t.key, [({"epoch": e, **r}, t.reported_at.get(e)) for e, r in new])
             m.epoch = new[-1][0]
         if t.hardware and t.hardware != m.hardware:
-            tr.trial_tags(t.key, {"sweeplab.hardware": t.hardware})
+            tr.trial_tags(t.key, {HARDWARE: t.hardware})
             m.hardware = t.hardware
         if t.dataset and not m.dataset:
             tr.trial_dataset(t.key, t.dataset)
             m.dataset = True
         if len(t.origins) > m.origins:  # PBT: which checkpoint it continued from, with which point
             o = t.origins[-1]
-            tr.trial_tags(t.key, {"sweeplab.pbt.origin": json.dumps(o), "sweeplab.pbt.label": t.label})
+            tr.trial_tags(t.key, {PBT_ORIGIN: json.dumps(o), PBT_LABEL: t.label})
             m.origins = len(t.origins)
         if t.status.ended and m.outcome != t.status:
             self._end(t, m)
@@ -98,7 +113,7 @@ class Follower:
         if t.status is not Outcome.FAILED and (folder / "checkpoint.pt").is_file():
             tr.trial_checkpoint(t.key, str(folder / "checkpoint.pt"), t.last, self.sweep.log_checkpoints)
         if t.error:
-            tr.trial_tags(t.key, {"sweeplab.error": t.error[:500], **({"sweeplab.error_log": t.log} if t.log else {})})
+            tr.trial_tags(t.key, {ERROR: t.error[:500], **({ERROR_LOG: t.log} if t.log else {})})
         tr.trial_end(t.key, failed=t.status is Outcome.FAILED, stopped_early=t.status is Outcome.STOPPED, epoch=t.epoch)
         m.status = "FAILED" if t.status is Outcome.FAILED else "FINISHED"
         m.outcome = t.status
@@ -111,8 +126,8 @@ class Follower:
             return Mirror()
         run = tr.trial_run(t.key)
         tags = run.data.tags
-        outcome = _outcome_of(tags.get("sweeplab.outcome", ""), status)
-        hardware = tags.get("sweeplab.hardware")
+        outcome = _outcome_of(tags.get(OUTCOME, ""), status)
+        hardware = tags.get(HARDWARE)
         return Mirror(max(tr.logged_epochs(t.key), default=0), status, outcome, hardware, bool(run.inputs))
 
     def finish(self) -> None:
@@ -132,13 +147,13 @@ class Follower:
 
     def tags(self, t: TrialRecord, rows: dict[str, int]) -> dict[str, str]:
         return {
-            "sweeplab.trial_id": t.key,
-            "sweeplab.label": t.label,
-            "sweeplab.seed": str(t.seed),
-            "sweeplab.variant": str(t.point.get("variant", "")),
-            "sweeplab.tables": ",".join(rows),
-            "sweeplab.smoke": str(self.sweep.smoke).lower(),
-            **{f"sweeplab.row.{tid}": str(row) for tid, row in rows.items()},
+            TRIAL: t.key,
+            LABEL: t.label,
+            SEED: str(t.seed),
+            VARIANT: str(t.point.get("variant", "")),
+            TABLES: ",".join(rows),
+            SMOKE: str(self.sweep.smoke).lower(),
+            **{row_tag(tid): str(row) for tid, row in rows.items()},
         }
 
     def _try(self, key: str, fn: Any) -> bool:

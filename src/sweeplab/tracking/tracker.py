@@ -20,7 +20,20 @@ from typing import Any
 
 import yaml
 
-from sweeplab.core.names import LAUNCH, METRICS, PARENT, SWEEP, TRIAL
+from sweeplab.core.names import (
+    BEST_LABEL,
+    CHECKPOINT_PATH,
+    GIT_COMMIT,
+    LABEL,
+    LAUNCH,
+    METRICS,
+    OUTCOME,
+    PARENT,
+    STOPPED_EARLY,
+    SWEEP,
+    SWEEP_FILE,
+    TRIAL,
+)
 from sweeplab.schema import flatten
 from sweeplab.tracking.store import client, ensure_experiment, git_commit, quote, resolve_uri, search
 
@@ -38,8 +51,8 @@ class Tracker:
         self._children: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, set[int]] = {}  # trial id -> epochs in MLflow
         commit = git_commit()
-        self.standard = standard_tags(source or tags.get("sweeplab.sweep_file", ""), commit)
-        all_tags = {SWEEP: experiment, LAUNCH: launch, **tags, "sweeplab.git_commit": commit, **self.standard}
+        self.standard = standard_tags(source or tags.get(SWEEP_FILE, ""), commit)
+        all_tags = {SWEEP: experiment, LAUNCH: launch, **tags, GIT_COMMIT: commit, **self.standard}
         found = search(
             self.client, [self.experiment_id], f"tags.`{LAUNCH}` = {quote(launch)} and tags.`{PARENT}` IS NULL"
         )
@@ -178,7 +191,7 @@ class Tracker:
         checkpoint (True when copied now): a re-sent end of the same checkpoint (a resume) copies nothing."""
         run_id = self._run_id(trial_id)
         run = self.client.get_run(run_id)
-        same = run.data.tags.get(CHECKPOINT) == path
+        same = run.data.tags.get(CHECKPOINT_PATH) == path
         copy = upload and not (same and self.client.list_artifacts(run_id, "checkpoint"))
         if copy:  # before the tag: a copy cut short is made again next time
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -190,7 +203,7 @@ class Tracker:
                 (Path(d) / "metrics.json").write_text(json.dumps(metrics))
                 repo.log_artifacts(d, "checkpoint")
         if not same:
-            self._set_tags(run_id, {CHECKPOINT: path})
+            self._set_tags(run_id, {CHECKPOINT_PATH: path})
         return copy
 
     def trial_run(self, trial_id: str) -> Any:
@@ -221,7 +234,7 @@ class Tracker:
     def launch_best(self, metric: str, value: float, label: str) -> None:
         """The best trial of the launch on the parent run: metric `best/<metric>`, tag `sweeplab.best_label`."""
         self.client.log_metric(self.parent_id, f"best/{metric}", float(value))
-        self._set_tags(self.parent_id, {"sweeplab.best_label": label})
+        self._set_tags(self.parent_id, {BEST_LABEL: label})
 
     def logged_epochs(self, trial_id: str) -> set[int]:
         """The epochs MLflow holds metrics of for a trial (the steps of its `epoch` metric; one batch per epoch)."""
@@ -262,8 +275,7 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-LABEL, OUTCOME, STOPPED_EARLY = "sweeplab.label", "sweeplab.outcome", "sweeplab.stopped_early"
-CHECKPOINT, UNFINISHED = "sweeplab.checkpoint_path", "unfinished"
+UNFINISHED = "unfinished"  # the OUTCOME of a trial whose run is open or was left unfinished
 MAX_BATCH = 1000  # metrics in one log_batch: MLflow refuses more
 
 

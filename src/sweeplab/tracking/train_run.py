@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from sweeplab.core.names import METRICS
+from sweeplab.core.names import METRICS, RESUMED_WITH, RUN_FOLDER
 from sweeplab.schema import flatten
 from sweeplab.tracking import models
 from sweeplab.tracking.store import client, ensure_experiment, git_commit, resolve_uri
@@ -44,11 +44,11 @@ class TrainRun:
             changed = {k: v for k, v in flatten(config).items() if k in params and params[k] != str(v)}
             if changed:
                 tag = " ".join(f"{k}={v}" for k, v in sorted(changed.items()))
-                self.client.set_tag(self.run_id, "sweeplab.resumed_with", tag)
+                self.client.set_tag(self.run_id, RESUMED_WITH, tag)
                 self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
         else:
             exp = ensure_experiment(self.client, self.uri, experiment)
-            tags = {**standard_tags(source, git_commit()), "sweeplab.run_folder": str(folder.resolve())}
+            tags = {**standard_tags(source, git_commit()), RUN_FOLDER: str(folder.resolve())}
             self.run_id = self.client.create_run(exp, run_name=folder.name, tags=tags).info.run_id
             params = [Param(k, str(v)) for k, v in sorted(flatten(config).items())]
             self.client.log_batch(self.run_id, params=params)
