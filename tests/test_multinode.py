@@ -92,15 +92,16 @@ def stop(procs: list[subprocess.Popen], seen: set[int]) -> None:
 
 
 def trial_rows(launch_dir: Path) -> dict[str, list[dict]]:
-    """trial id -> the results Tune wrote to the trial's result.json so far."""
+    """trial key -> the epochs the launch's ledger has of it so far, each with the Ray node that ran it."""
     out: dict[str, list[dict]] = {}
-    for path in launch_dir.glob("*/result.json"):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line being written
-                continue
-            out.setdefault(row["trial_id"], []).append(row)
+    path = launch_dir / "ledger.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if row.get("ev") == "result":
+            out.setdefault(row["key"], []).append(row)
     return out
 
 

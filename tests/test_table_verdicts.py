@@ -169,10 +169,8 @@ def test_no_store_is_the_same_exit_and_hint_everywhere(tmp_path: Path, capsys, m
     for argv in (["best", "quickstart"], ["table", "quickstart"], ["export", "q", "--out", "q.parquet"], ["report"]):
         assert main([*argv, "--tracking-uri", uri]) == 2, argv
         err = capsys.readouterr().err
-        assert (
-            err
-            == f"sweeplab: error: no MLflow store at {tmp_path / 'mlflow.db'} (run a sweep first, or pass --tracking-uri)\n"
-        ), err
+        store = tmp_path / "mlflow.db"
+        assert err == f"sweeplab: error: no MLflow store at {store} (run a sweep first, or pass --tracking-uri)\n", err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, the store not made
 
 

@@ -21,8 +21,9 @@ from sweeplab.core.names import METRICS
 from sweeplab.ledger import Outcome, Record, TrialRecord, ended_as, key_of
 from sweeplab.search_spaces import Sweep, label
 
-# What a trial reports besides its metrics that the ledger keeps (once): hardware, dataset, PBT's origin.
-EXTRAS = ("hardware", "dataset", "origin", "point", "label", "notice")
+# What a trial reports besides its metrics that the ledger keeps: hardware and dataset (its first report),
+# PBT's origin, a notice (its newest checkpoint did not load), the Ray node that ran the epoch.
+EXTRAS = ("hardware", "dataset", "origin", "point", "label", "notice", "node_id")
 
 
 class LedgerFailed(RuntimeError):

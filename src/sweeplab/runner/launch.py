@@ -112,6 +112,10 @@ def session(
         executor(Session(sweep, launch_dir, record.sessions, max_concurrent, tune_reporter), driver, plan)
         budget = sweep.search.time_budget_s
         out_of_time = budget is not None and time.monotonic() - started >= budget
+        if out_of_time:  # Tune stopped the running trials without a word: they stopped early, as a scheduler's
+            for t in [t for t in record.trials.values() if t.status is Outcome.RUNNING]:
+                driver.end(t.key, {}, None)
+            driver.step()
         owed = 0 if out_of_time else plan.unfinished()
         failed = any(t.status is Outcome.FAILED for t in record.trials.values())
         status = "KILLED" if owed else "FAILED" if failed else "FINISHED"

@@ -126,7 +126,7 @@ def _run(
     extras: Callable[[Any], dict[str, Any]] | None,
 ) -> None:
     conf = sweep.resolve(job.point)
-    state, origin, notice = _start_state(job, given, trainer)
+    state, origin, notice, known = _start_state(job, given, trainer)
     if state is not None and origin is not None:
         state = adopt(state, conf)
     saved = int(state["epoch"]) if state is not None else 0
@@ -137,7 +137,7 @@ def _run(
         (job.folder / "config.yaml").write_text(yaml.safe_dump(conf.to_dict(), sort_keys=False))
         _rewrite(job.folder / METRICS, lines)
     # epochs the checkpoint holds that the ledger lacks (the driver died before their reports reached it)
-    replay = [m for m in lines if job.known_epoch < int(m["epoch"]) <= saved]
+    replay = [m for m in lines if known < int(m["epoch"]) <= saved]
     if saved >= conf.train.epochs:  # over before the driver died (or PBT handed it a finished trial's weights)
         ending = (
             replay or lines[-1:] or ([{**origin.pop("metrics", {}), **_origin_report(origin, job)}] if origin else [])
@@ -158,23 +158,26 @@ def _run(
 
 def _start_state(
     job: TrialJob, given: Path | None, trainer: Trainer
-) -> tuple[dict[str, Any] | None, dict | None, str | None]:
+) -> tuple[dict[str, Any] | None, dict | None, str | None, int]:
     """(engine state to continue from, the origin when it is another trial's checkpoint (PBT's exploit),
-    a notice when the newest checkpoint did not load and the older one is used)."""
+    a notice when the newest checkpoint did not load and the older one is used, the last epoch the
+    driver is known to have: the ledger's, or the epoch of the checkpoint Tune hands a retried trial)."""
+    known = job.known_epoch
     if given is not None:
         origin = json.loads((given / ORIGIN).read_text()) if (given / ORIGIN).is_file() else {}
         if str(origin.get("key", job.key)) != job.key:
-            return trainer.load(given / "state.pt"), origin, None
+            return trainer.load(given / "state.pt"), origin, None, known
+        known = max(known, int(origin.get("epoch", 0)))  # Tune registered it with its epoch's report
     from sweeplab.engine import CheckpointError
 
     if not _has_checkpoint(job.folder):
-        return None, None, None
+        return None, None, None, known
     try:
         state, path, problems = trainer.newest(job.folder)
     except CheckpointError as e:
         raise Unrecoverable(f"this trial cannot be resumed from its checkpoints and must be rerun: {e}") from None
     notice = f"{problems[0]}; continuing from {path} (epoch {state['epoch']})" if problems else None
-    return state, None, notice
+    return state, None, notice, known
 
 
 def _has_checkpoint(folder: Path) -> bool:
