@@ -11,7 +11,7 @@ On a machine with one NVIDIA GPU it measures, inside an overall deadline (8 minu
   wrn            WRN-28-10 training images/s (bf16 + channels_last), its training FLOPs per image
                  counted by torch.utils.flop_counter, and images/s x FLOPs as a fraction of `matmul`
   packing        1, 2 and 4 trials at once on the one GPU (gpus_per_worker 1, 0.5, 0.25) through a real
-                 local Ray and sweeplab's own runner (cluster.start, ray_backend.run, grid search):
+                 local Ray and sweeplab's own runner (cluster.start, runner.launch.session on Tune, grid search):
                  aggregate training images/s against one trial alone
   fashion_mnist  the 200-epoch ResNet-preact-20 Fashion-MNIST row (test error, wall time) if the data
                  is there (--fashion-mnist DIR) and the first epoch says the rest fits in the time left
@@ -518,7 +518,7 @@ def stage_packing(stage: Stage, prof: dict, mode: str, args: argparse.Namespace)
     import yaml
 
     from sweeplab import search_spaces
-    from sweeplab.runner import cluster, ray_backend
+    from sweeplab.runner import cluster
 
     p = prof["packing"]
     gpu = mode == "gpu"
@@ -533,7 +533,7 @@ def stage_packing(stage: Stage, prof: dict, mode: str, args: argparse.Namespace)
         epochs=p["epochs"],
         precision="bf16" if gpu else "fp32",
         ray=_version("ray"),
-        how="sweeplab.runner: cluster.start (local Ray) + ray_backend.run (Tune, grid over train.seed)",
+        how="sweeplab.runner: cluster.start (local Ray) + launch.session on tune_exec (grid over train.seed)",
     )
     cluster.start(None, num_cpus, storage, dashboard=False)
     import ray
@@ -542,12 +542,12 @@ def stage_packing(stage: Stage, prof: dict, mode: str, args: argparse.Namespace)
         # Ray finds GPUs through NVML; where that fails, name the one torch sees rather than lose the rows
         stage.result["note"] = f"Ray detected no GPU ({ray.cluster_resources()}); restarted with num_gpus=1"
         cluster.shutdown()
+        os.environ["RAY_TMPDIR"] = cluster.private_temp_dir()
         ray.init(
             address="local",
             num_cpus=num_cpus,
             num_gpus=1,
             object_store_memory=100_000_000,
-            _temp_dir=cluster.private_temp_dir(),
             include_dashboard=False,
             log_to_driver=False,
         )
@@ -557,7 +557,7 @@ def stage_packing(stage: Stage, prof: dict, mode: str, args: argparse.Namespace)
             label = f"{k} per device"
             if stage.skip_row(label, 25 if gpu else 15):
                 continue
-            stage.row(**_pack(k, p, prof, gpu, cores, storage, search_spaces, cluster, ray_backend, yaml))
+            stage.row(**_pack(k, p, prof, gpu, cores, storage, search_spaces, cluster, yaml))
     finally:
         cluster.shutdown()
     one = next((r for r in stage.result["rows"] if r.get("per_device") == 1 and "aggregate_images_per_s" in r), None)
@@ -568,30 +568,30 @@ def stage_packing(stage: Stage, prof: dict, mode: str, args: argparse.Namespace)
 
 
 class _Collect:
-    """A runner Listener that keeps each trial's epoch results with the driver's clock at arrival."""
+    """A runner View that keeps each trial's epoch results with the worker's clock at their end."""
 
     def __init__(self) -> None:
         self.results: dict[str, list[tuple[float, dict]]] = {}
         self.errors: dict[str, str] = {}
 
-    def trial_start(self, trial_id: str, point: dict) -> None:
-        self.results.setdefault(trial_id, [])
+    def start(self, t: Any, epochs: int) -> None:
+        self.results.setdefault(t.key, [])
 
-    def trial_result(self, trial_id: str, result: dict) -> None:
+    def result(self, t: Any, epochs: int, result: dict) -> None:
         keep = ("epoch", "time/epoch_s", "time/train_s", "time/images_per_s", "val/error")
         # the worker's clock when the epoch ended (same machine), else the driver's at arrival
         end = result.get("reported_at") or time.time()
-        self.results.setdefault(trial_id, []).append((end, {k: result.get(k) for k in keep}))
+        self.results.setdefault(t.key, []).append((end, {k: result.get(k) for k in keep}))
 
-    def trial_end(self, trial_id: str, result: dict, error: str | None) -> None:
-        if error:
-            self.errors[trial_id] = error[-500:]
+    def end(self, t: Any, epochs: int) -> None:
+        if t.error:
+            self.errors[t.key] = t.error[-500:]
 
-    def trial_retry(self, trial_id: str, result: dict, error: str) -> None:
-        self.errors[trial_id] = f"retried: {error[-300:]}"
+    def retry(self, t: Any, epochs: int, error: str) -> None:
+        self.errors[t.key] = f"retried: {error[-300:]}"
 
 
-def _pack(k: int, p: dict, prof: dict, gpu: bool, cores: int, storage: str, search_spaces, cluster, ray_backend, yaml):
+def _pack(k: int, p: dict, prof: dict, gpu: bool, cores: int, storage: str, search_spaces, cluster, yaml):
     c, h, w = prof["shape"]
     threads = 0 if gpu else 1
     resources = (
@@ -622,9 +622,15 @@ def _pack(k: int, p: dict, prof: dict, gpu: bool, cores: int, storage: str, sear
     path = Path(storage) / f"pack{k}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     sweep, note = cluster.fit_resources(search_spaces.load(path), local=True)
+    from sweeplab.runner import launch, tune_exec
+
     listener = _Collect()
+    folder = Path(storage) / f"pack{k}"
+    launch.write_meta(folder, {"sweep": sweep.snapshot(), "tracking_uri": "", "launch": folder.name})
     start = time.time()
-    ray_backend.run(sweep, f"pack{k}", storage, listener, max_concurrent=k)
+    # a session of sweeplab's runner on the Ray started above; nothing goes to MLflow
+    parent = {"tags": {}, "params": {}, "files": {}}
+    launch.session(sweep, folder, parent, tune_exec.execute, listener, max_concurrent=k, follow="none")
     wall = time.time() - start
     row: dict[str, Any] = {
         "label": f"{k} per device",

@@ -19,9 +19,9 @@ from mlflow_store import fresh_uri
 from sweep_cli import BASE
 from sweeplab import ledger
 from sweeplab.commands import wrapup
-from sweeplab.commands.sweep import with_study
 from sweeplab.ledger import Outcome
 from sweeplab.runner import launch as L
+from sweeplab.runner.study import with_study
 from sweeplab.search_spaces import load
 
 GRID = {"optim.lr": {"grid": [0.1, 0.2, 0.3]}}

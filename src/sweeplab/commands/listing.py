@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,6 +58,12 @@ def print_status(name: str, meta: dict[str, Any], record: Record, detail: bool, 
         state = shown.get(t.status, t.status.lower()) if t.status is Outcome.RUNNING else str(t.status)
         error = f"  {t.error}" if t.error and t.status is Outcome.FAILED else ""
         print(f"  {t.key:>5}  {state:10s}  {vals:28s}  {t.label}{error}")
+
+
+def skipped(record: Record) -> None:
+    """One line when the ledger has lines that are not sweeplab's (never fatal, never silent)."""
+    if record.skipped:
+        print(f"sweeplab: the ledger has {record.skipped} line(s) that are not sweeplab's; skipped", file=sys.stderr)
 
 
 def print_trials(sweep: Sweep) -> None:

@@ -1,4 +1,4 @@
-"""`sweeplab run | resume | status`: the command line's side of a launch; runner/launch.py runs it.
+"""`sweeplab run | resume | status`, and the Python API's `sweeplab.run | resume`: one path for both.
 
 Everything about the input is checked before anything starts (bad input exits 2). A launch is the
 folder `STORAGE/NAME` (runner/launch.py); `status` reads its ledger alone: no Ray, nothing unpickled.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,17 @@ from sweeplab.runner import launch as L
 from sweeplab.search_spaces import Sweep, from_snapshot, load
 
 DEFAULT_STORAGE = "runs/ray"
+
+
+@dataclass
+class Where:
+    """Where a launch runs and records: its storage folder, MLflow store, Ray, and what it shows."""
+
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    progress: str = "lines"  # "lines": sweeplab's; "tune": Tune's own reporter; "none": nothing but the summary
 
 
 def resolve_storage(storage: str | None) -> Path:
@@ -36,8 +47,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         raise SweepError("--json prints the compiled trials: use it with --dry-run")
-    storage = resolve_storage(args.storage)
-    launch = check_name(args.name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name")
+    where = Where(args.storage, args.tracking_uri, args.address, args.num_cpus, getattr(args, "progress", "lines"))
+    return start(sweep, where, args.name, args.max_concurrent)[1]
+
+
+def resume(args: argparse.Namespace) -> int:
+    """`sweeplab resume NAME`: continue a launch whose driver died or was stopped."""
+    where = Where(args.storage, args.tracking_uri, args.address, args.num_cpus, getattr(args, "progress", "lines"))
+    return proceed(args.name, where)[1]
+
+
+def start(sweep: Sweep, where: Where, name: str | None = None, max_concurrent: int | None = None) -> tuple[Any, int]:
+    """A new launch of a compiled sweep: (its runner.launch.Result, the exit code)."""
+    storage = resolve_storage(where.storage)
+    launch = check_name(name or f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name")
     if L.read_meta(storage / launch) is not None:
         raise SweepError(
             f"launch {launch!r} already exists in {storage}; continue it with "
@@ -45,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
         )
     from sweeplab.tracking import resolve_uri
 
-    uri = resolve_uri(args.tracking_uri)
+    uri = resolve_uri(where.tracking_uri)
     meta: dict[str, Any] = {"sweep": sweep.snapshot(), "tracking_uri": uri, "launch": launch, "command": _command()}
     if sweep.search.name == "optuna":  # where the study is, fixed at launch: `resume` continues the same one
+        from sweeplab.runner.study import with_study
+
         sweep = with_study(sweep, uri, storage, launch)
         meta["optuna"] = {"storage": sweep.search.storage, "study": sweep.search.study}
     print(
@@ -56,50 +81,38 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     L.write_meta(storage / launch, meta)
-    return _drive(sweep, storage / launch, meta, args, args.max_concurrent or sweep.max_concurrent)
+    return _drive(sweep, storage / launch, meta, where, max_concurrent or sweep.max_concurrent)
 
 
-def resume(args: argparse.Namespace) -> int:
-    """`sweeplab resume NAME`: continue a launch whose driver died or was stopped."""
-    storage = resolve_storage(args.storage)
-    check_name(args.name, "launch name")  # joined onto --storage: never a path out of it
-    meta = L.read_meta(storage / args.name)
+def proceed(name: str, where: Where) -> tuple[Any, int]:
+    """Continue launch `name`: (its runner.launch.Result, the exit code)."""
+    storage = resolve_storage(where.storage)
+    check_name(name, "launch name")  # joined onto --storage: never a path out of it
+    meta = L.read_meta(storage / name)
     if meta is None:
         known = L.launches(storage)
         raise SweepError(
-            f"no launch {args.name!r} in {storage}{suggest(args.name, known)}"
-            f"{'; launches: ' + ', '.join(known) if known else ''}"
+            f"no launch {name!r} in {storage}{suggest(name, known)}{'; launches: ' + ', '.join(known) if known else ''}"
         )
     sweep = from_snapshot(meta["sweep"])
     if meta.get("optuna"):
         sweep = replace(sweep, search=replace(sweep.search, **meta["optuna"]))
-    if args.tracking_uri:
+    if where.tracking_uri:
         from sweeplab.tracking import resolve_uri
 
-        meta["tracking_uri"] = resolve_uri(args.tracking_uri)
-        L.write_meta(storage / args.name, meta)
-    print(f"sweeplab: resuming {args.name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}")
-    return _drive(sweep, storage / args.name, meta, args, None)
+        meta["tracking_uri"] = resolve_uri(where.tracking_uri)
+        L.write_meta(storage / name, meta)
+    print(f"sweeplab: resuming {name} ({sweep.path}); storage {storage}; tracking {meta['tracking_uri']}", flush=True)
+    return _drive(sweep, storage / name, meta, where, None)
 
 
-def with_study(sweep: Sweep, tracking_uri: str, storage: Path, launch: str) -> Sweep:
-    """The sweep with its Optuna study's database and name filled in (the file's, else the defaults:
-    optuna.db beside the MLflow SQLite file, the launch's name)."""
-    from sweeplab.runner import study
-
-    s = sweep.search
-    url = study.absolute(s.storage) if s.storage else study.default_storage(tracking_uri, str(storage))
-    return replace(sweep, search=replace(s, storage=url, study=s.study or launch))
-
-
-def _drive(sweep: Sweep, launch_dir: Path, meta: dict[str, Any], args: argparse.Namespace, limit: int | None) -> int:
+def _drive(sweep: Sweep, launch_dir: Path, meta: dict[str, Any], where: Where, limit: int | None) -> tuple[Any, int]:
     from sweeplab.commands import progress, wrapup
     from sweeplab.runner.tune_exec import ray_executor
 
-    lines = getattr(args, "progress", "lines") == "lines"  # "tune": Tune's own reporter instead of ours
-    view = progress.View(sweep) if lines else None
+    view = progress.View(sweep) if where.progress == "lines" else None
     record = ledger.read(launch_dir)[0]
-    _skipped(record)
+    listing.skipped(record)
     if view is not None:
         view.seen(record)
         view.status.begin()
@@ -108,23 +121,21 @@ def _drive(sweep: Sweep, launch_dir: Path, meta: dict[str, Any], args: argparse.
             sweep,
             launch_dir,
             wrapup.parent(sweep, meta, limit),
-            ray_executor(args.address, args.num_cpus),
+            ray_executor(where.address, where.num_cpus),
             view,
             max_concurrent=limit,
-            tune_reporter=not lines,
+            tune_reporter=where.progress == "tune",
         )
     finally:
         if view is not None:
             view.status.close()  # the final status stays printed above the summary
-    return wrapup.finish(result, meta["tracking_uri"])
+    return result, wrapup.finish(result, meta["tracking_uri"])
 
 
 def status(args: argparse.Namespace) -> int:
     """`sweeplab status [NAME]`: launches and the states of their trials, from their ledgers alone."""
     storage = resolve_storage(args.storage)
     names = L.launches(storage)
-    if args.name:
-        check_name(args.name, "launch name")
     if args.name and args.name not in names:
         raise SweepError(f"no launch {args.name!r} in {storage}{suggest(args.name, names)}")
     if not names:
@@ -139,7 +150,7 @@ def status(args: argparse.Namespace) -> int:
             print(f"sweeplab: {e}", file=sys.stderr)
             continue
         record = ledger.read(storage / name)[0]
-        _skipped(record)
+        listing.skipped(record)
         running = ledger.held(storage / name)
         if not running:  # its driver is gone: so is anything its Ray left behind
             from sweeplab.runner import cluster
@@ -147,11 +158,6 @@ def status(args: argparse.Namespace) -> int:
             cluster.reap(storage / name / cluster.PROCESSES)
         listing.print_status(name, meta, record, detail=bool(args.name), running=running)
     return 0
-
-
-def _skipped(record: ledger.Record) -> None:
-    if record.skipped:  # a torn or foreign line: never fatal, never silent
-        print(f"sweeplab: the ledger has {record.skipped} line(s) that are not sweeplab's; skipped", file=sys.stderr)
 
 
 def _command() -> str:

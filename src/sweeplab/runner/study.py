@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,14 @@ def shown(url: str) -> str:
 def dashboard_hint(storage: str) -> str:
     """The command that serves the study in a browser, on this machine only."""
     return f"optuna-dashboard --host 127.0.0.1 --port 8080 '{shown(storage)}' (then open http://127.0.0.1:8080)"
+
+
+def with_study(sweep: Sweep, tracking_uri: str, storage: Path, launch: str) -> Sweep:
+    """The sweep with its study's database and name filled in (the file's, else the defaults: optuna.db
+    beside the MLflow SQLite file, the launch's name), fixed at launch so `resume` continues the same one."""
+    s = sweep.search
+    url = absolute(s.storage) if s.storage else default_storage(tracking_uri, str(storage))
+    return replace(sweep, search=replace(s, storage=url, study=s.study or launch))
 
 
 def distribution(dom: Domain) -> Any:

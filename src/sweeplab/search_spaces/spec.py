@@ -67,6 +67,12 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         spec = read_yaml(path, "sweep")
     except ConfigError as e:
         raise SweepError(str(e)) from None
+    return checked(spec, path)
+
+
+def checked(spec: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sweep's mapping (read from `path`, or given as a dict: `path` then names where it would be, for
+    messages and for finding its config file) with its top level checked, and its base config's tree."""
     if not isinstance(spec, dict):
         raise SweepError(f"{path}: a sweep file is a mapping of {', '.join(TOP)}")
     if convert.is_wandb(spec):

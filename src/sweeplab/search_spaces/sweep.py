@@ -392,10 +392,18 @@ def check_optuna_space(space: dict[str, Domain], search: Search, path: str) -> N
         )
 
 
-def load(path: str | Path, smoke: bool = False, max_trials: int | None = None) -> Sweep:
-    """Read, check and compile a sweep file; every trial config is validated. Raises SweepError.
-    More than `max_trials` trials (default MAX_TRIALS) is refused before any is enumerated."""
-    spec, config_tree = S.read(path)
+def load(path: str | Path | dict[str, Any], smoke: bool = False, max_trials: int | None = None) -> Sweep:
+    """Read, check and compile a sweep file (or a sweep given as a dict, whose `config` is found from the
+    working folder); every trial config is validated. Raises SweepError. More than `max_trials` trials
+    (default MAX_TRIALS) is refused before any is enumerated."""
+    if isinstance(path, dict):  # the Python API's sweep: checked as a file's would be, named by its `name`
+        import copy
+
+        where = Path.cwd() / f"{path.get('name', 'sweep')}.yaml (a dict)"
+        spec, config_tree = S.checked(copy.deepcopy(path), where)
+        path = where
+    else:
+        spec, config_tree = S.read(path)
     sweep = build(spec, config_tree, str(path), smoke)
     cap = MAX_TRIALS if max_trials is None else max_trials
     n, parts = sweep.size()
