@@ -91,7 +91,11 @@ def ours(name: str, **opts) -> int:
 def main() -> None:
     """Print source vs sweeplab counts, one line per architecture difference."""
     rows = [
-        ("VGG-15 BN 64 (cifar10_paper_settings)", source_vgg(), ours("vgg", n_channels=64, n_layers=15, use_bn=True)),
+        (
+            "VGG-15 BN 64 (cifar10_paper_settings)",
+            source_vgg(),
+            ours("vgg", stage_channels=[64, 128, 256, 512, 512], stage_layers=[2, 2, 3, 3, 3], bn_scale_init="uniform"),
+        ),
         ("Flax wrn26_10 vs wrn 28-10", flax_wrn(), ours("wrn", depth=28, widening_factor=10, drop_rate=0.3)),
         (
             "Flax wrn26_6_ss vs shake_shake 26 96",

@@ -42,6 +42,32 @@ def test_a_variant_sweep_shows_each_variants_settings():
         by_label.setdefault(rec["point"]["variant"], set()).add(rec["config"]["train.precision"])
     assert set(by_label) == {"FP32", "FP16", "mixed"}
     assert all(len(precisions) == 1 for precisions in by_label.values())  # one precision per variant label
+    # the FP16 table's code (the reference's `--fp16`): a half model with BatchNorm in float32, no loss scaling
+    fp16 = [rec["config"] for rec in records if rec["point"]["variant"] == "FP16"]
+    assert len(fp16) == 7 and all(c["train.fp32_batchnorm"] and c["train.loss_scale"] == 1.0 for c in fp16)
+    assert not any(rec["config"]["train.fp32_batchnorm"] for rec in records if rec["point"]["variant"] != "FP16")
+
+
+def _configs(sweep: str) -> list[dict]:
+    r = dry_run_json(sweep)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line)["config"] for line in r.stdout.splitlines()]
+
+
+def test_the_sources_settings_reach_the_trials():
+    # the Flax example's L2 sums over tensors with more than one dimension
+    for sweep in ROOT.glob("sweeps/flax_*.yaml"):
+        assert {c["optim.weight_decay_on"] for c in _configs(str(sweep.relative_to(ROOT)))} == {"kernels"}, sweep
+    # the reference's 5-stage VGG
+    (vgg,) = _configs("sweeps/cifar10_paper_settings_vgg.yaml")[:1]
+    assert vgg["model.stage_channels"] == [64, 128, 256, 512, 512] and vgg["model.stage_layers"] == [2, 2, 3, 3, 3]
+    # DAWNBench: no cutout at 10 epochs, 5x5 at 13, the frozen-scale net's output scale 1/16; row 3 as before
+    dawn = {c["train.epochs"]: c for c in _configs("sweeps/dawnbench_resnet9.yaml")}
+    assert [dawn[e]["augment.cutout"] for e in (10, 13, 30)] == [0, 5, 8]
+    assert [dawn[e]["model.output_scale"] for e in (10, 13, 30)] == [0.0625, 0.0625, 0.125]
+    # no decay on BN: the reference spared BatchNorm's parameters only
+    rules = {c["optim.weight_decay_on"] for c in _configs("sweeps/no_wd_on_bn.yaml")}
+    assert rules == {"all", "not_bn"}
 
 
 def test_json_without_dry_run_is_bad_input():

@@ -1,6 +1,7 @@
-"""The general keys that encode the sources' recipes: pure fp16 (apex O3), CELU for ReLU, frozen BatchNorm
-scales, BatchNorm-bias lr factors that follow the schedule. Checked by hand on toy tensors and through a
-`Trainer` on a few synthetic images (on the CPU)."""
+"""The general keys that encode the sources' recipes: pure fp16 (apex O3) and its float32-BatchNorm variant (the
+reference's argparse-era `--fp16`), CELU for ReLU, frozen BatchNorm scales, BatchNorm-bias lr factors that follow
+the schedule, which tensors weight decay applies to. Checked by hand on toy tensors and through a `Trainer` on a
+few synthetic images (on the CPU)."""
 
 from __future__ import annotations
 
@@ -148,6 +149,68 @@ def test_fp16_pure_trains_the_whole_model_in_half_on_cpu():
     assert math.isfinite(t.evaluate()["val/loss"])
 
 
+# --- fp16 with BatchNorm in float32 (the reference's `--fp16`) ------------------------------------------
+
+
+def _half_conv_bn() -> nn.Sequential:
+    """conv1x1 (weight 1) -> BatchNorm, halved, then the BatchNorm back in float32 as the reference did."""
+    net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    net.half()
+    assert tweaks.float_batchnorm(net) == 1
+    return net
+
+
+def test_fp32_batchnorm_by_hand():
+    net = _half_conv_bn()
+    assert net[0].weight.dtype == torch.float16
+    assert {t.dtype for t in (net[1].weight, net[1].bias, net[1].running_mean, net[1].running_var)} == {torch.float32}
+    # a batch of 1, 2, 3, 10: mean 4, biased variance 12.5, unbiased 50/3
+    x = torch.tensor([1.0, 2.0, 3.0, 10.0]).view(4, 1, 1, 1).half()
+    y = net(x)
+    assert y.dtype == torch.float16  # half in, half out: the next half layer takes it as is
+    hand = [(v - 4) / math.sqrt(12.5 + 1e-5) for v in (1, 2, 3, 10)]
+    assert y.flatten().tolist() == pytest.approx(hand, abs=1e-3)
+    # running statistics kept in float32: 0.1 x 4 and 0.9 x 1 + 0.1 x 50/3 = 2.5666667 (fp16 would store 2.5664)
+    assert net[1].running_mean.item() == pytest.approx(0.4, abs=1e-7)
+    assert net[1].running_var.item() == pytest.approx(0.9 + 5 / 3, abs=1e-6)
+    # one SGD step of lr 0.01 on the scale 1 with gradient 0.01: 1 - 1e-4 = 0.9999 in float32; in fp16 (spacing
+    # 2^-11 just below 1) the step would be lost and the scale would stay 1
+    net[1].weight.grad = torch.tensor([0.01])
+    torch.optim.SGD([net[1].weight], lr=0.01).step()
+    assert net[1].weight.item() == pytest.approx(0.9999, abs=1e-7)
+    half_scale = torch.ones(1, dtype=torch.float16)
+    assert (half_scale - torch.tensor([1e-4], dtype=torch.float16)).item() == 1.0
+
+
+def test_fp32_batchnorm_in_a_trainer():
+    t = trainer("train.precision=fp16_pure", "train.fp32_batchnorm=true", "train.loss_scale=1.0")
+    bn = {id(p) for m in t.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    assert bn and {p.dtype for p in t.model.parameters() if id(p) in bn} == {torch.float32}
+    assert {p.dtype for p in t.model.parameters() if id(p) not in bn} == {torch.float16}
+    assert {b.dtype for b in t.model.buffers() if b.is_floating_point()} == {torch.float32}  # BN statistics
+    out = t.train_epoch()
+    assert math.isfinite(out["train/loss"])
+    state = {id(p): s["momentum_buffer"].dtype for p, s in t.optimizer.state.items()}
+    assert {state[i] for i in bn} == {torch.float32} and torch.float16 in set(state.values())
+    assert math.isfinite(t.evaluate()["val/loss"])
+
+
+# --- which tensors weight decay applies to ---------------------------------------------------------------
+
+
+def test_weight_decay_on_kernels_and_not_bn_in_a_trainer():
+    # resnet9 here: bias-free convs, BatchNorm, a bias-free linear layer; kernels = everything but BN
+    t = trainer("optim.weight_decay_on=kernels")
+    decay = {id(p): g["weight_decay"] for g in t.optimizer.param_groups for p in g["params"]}
+    for name, p in t.model.named_parameters():
+        assert decay[id(p)] == (5e-4 if p.ndim > 1 else 0.0), name
+    same = trainer("optim.weight_decay_on=not_bn")  # no other 1-D tensor in this net: the same split
+    sizes = [len(g["params"]) for g in t.optimizer.param_groups]
+    assert [len(g["params"]) for g in same.optimizer.param_groups] == sizes
+
+
 # --- validation: one line naming the key ------------------------------------------------------------------
 
 
@@ -162,8 +225,11 @@ def test_fp16_pure_trains_the_whole_model_in_half_on_cpu():
         ("optim.bn_bias_lr_factor=0", "optim.bn_bias_lr_factor"),
         ("optim.bn_bias_weight_decay_factor=-1", "optim.bn_bias_weight_decay_factor"),
         ("optim.lars_threshold=-0.1", "optim.lars_threshold"),
+        ("train.fp32_batchnorm=true", "train.fp32_batchnorm"),  # with fp32
+        ("optim.weight_decay_on=bn", "optim.weight_decay_on"),
+        ("optim.no_weight_decay_on_bn=true optim.weight_decay_on=not_bn", "optim.weight_decay_on"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
-        config.load(None, TINY + [override])
+        config.load(None, TINY + override.split())

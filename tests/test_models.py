@@ -49,6 +49,7 @@ VARIANTS: list[tuple[str, dict]] = [
     ("se_resnet_preact", dict(depth=11, block_type="bottleneck", initial_channels=4, se_reduction=4)),
     ("shake_shake", dict(depth=8, initial_channels=8, shake_backward=False, shake_image=False)),
     ("vgg", dict(n_channels=8, n_layers=6, use_bn=False)),
+    ("vgg", dict(stage_channels=[8, 8, 16, 16, 16], stage_layers=[1, 1, 2, 1, 1], bn_scale_init="uniform")),
     ("resnet9", dict(channels=8, celu_alpha=0.075)),
     ("wrn", dict(depth=10, widening_factor=1, drop_rate=0.3)),
 ]
@@ -111,14 +112,15 @@ LISTING = [
     "densenet             depth=100, block_type='bottleneck', growth_rate=12, compression_rate=0.5, drop_rate=0.0",
     "pyramidnet           depth=272, block_type='bottleneck', alpha=200, shakedrop=0.0",
     "resnet               depth=110, block_type='basic', initial_channels=16",
-    "resnet9              channels=64, celu_alpha=0.0",
+    "resnet9              channels=64, celu_alpha=0.0, output_scale=0.125",
     "resnet_preact        depth=20, block_type='basic', initial_channels=16,"
     " remove_first_relu=False, add_last_bn=False, preact_stage=(True, True, True)",
     "resnext              depth=29, cardinality=8, base_channels=64",
     "se_resnet_preact     depth=110, block_type='basic', initial_channels=16,"
     " remove_first_relu=False, add_last_bn=False, preact_stage=(True, True, True), se_reduction=16",
     "shake_shake          depth=26, initial_channels=96, shake_forward=True, shake_backward=True, shake_image=True",
-    "vgg                  n_channels=64, n_layers=15, use_bn=True",
+    "vgg                  n_channels=64, n_layers=15, use_bn=True, stage_channels=(), stage_layers=(),"
+    " bn_scale_init='ones'",
     "wrn                  depth=28, widening_factor=10, drop_rate=0.0",
 ]
 
@@ -220,6 +222,8 @@ EXACT_COUNTS = [
     ("resnext", dict(depth=29, cardinality=16, base_channels=64), 68_155_210),
     ("shake_shake", dict(depth=26, initial_channels=32), 2_923_162),
     ("resnet9", dict(), 6_573_120),
+    # the reference's VGG (configs/vgg.json): 13 biased convs + BN, fc 512 -> 10; benchmarks/source_param_counts.py
+    ("vgg", dict(stage_channels=[64, 128, 256, 512, 512], stage_layers=[2, 2, 3, 3, 3]), 14_728_266),
 ]
 
 
@@ -254,6 +258,10 @@ BAD_VALUES = [
     ("pyramidnet", dict(shakedrop=1.0)),
     ("densenet", dict(compression_rate=0)),
     ("resnet9", dict(celu_alpha=-1.0)),
+    ("resnet9", dict(output_scale=0.0)),
+    ("vgg", dict(stage_channels=[64, 128], stage_layers=[2])),
+    ("vgg", dict(stage_channels=[64, 0], stage_layers=[2, 2])),
+    ("vgg", dict(bn_scale_init="normal")),
 ]
 
 
@@ -316,3 +324,31 @@ def test_shakedrop_eval_scales_by_the_keep_probability() -> None:
     layer = ShakeDrop(0.25).eval()
     assert torch.equal(layer(torch.ones(3)), torch.full((3,), 0.75))
     assert math.isclose(ShakeDrop(0.0).train()(torch.ones(1)).item(), 1.0)
+
+
+def test_vgg_source_layout_is_the_references_net() -> None:
+    """Five stages of conv3x3 (with bias) + BN + ReLU and a max-pool, as configs/vgg.json builds it, with
+    BatchNorm scales drawn from U(0, 1) under bn_scale_init uniform (the source's `weight.data.uniform_()`)."""
+    torch.manual_seed(0)
+    model = models.build("vgg", stage_channels=[64, 128, 256, 512, 512], stage_layers=[2, 2, 3, 3, 3])
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    assert all(c.bias is not None for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 5
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in bns)  # this package's init by default
+    torch.manual_seed(0)
+    uniform = models.build("vgg", stage_channels=[8, 8], stage_layers=[1, 1], bn_scale_init="uniform")
+    scales = torch.cat([m.weight.detach() for m in uniform.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert 0 <= scales.min() and scales.max() < 1 and scales.std() > 0.1
+    assert models.build("vgg", stage_channels=[8, 8], stage_layers=[1, 1])(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet9_output_scale_multiplies_the_logits() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    eighth = models.build("resnet9", channels=8).eval()
+    torch.manual_seed(0)
+    sixteenth = models.build("resnet9", channels=8, output_scale=1 / 16).eval()
+    with torch.no_grad():
+        assert torch.allclose(sixteenth(x), eighth(x) / 2)

@@ -180,6 +180,32 @@ def test_weight_decay_groups(exclude):
     assert decay[id(bn.weight)] == decay[id(bn.bias)] == decay[id(conv.bias)] == decay[id(lin.bias)] == off
 
 
+@pytest.mark.parametrize(
+    ("rule", "decayed"),
+    [
+        ("all", {"0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"}),
+        # the Flax example's `x.ndim > 1`: conv and linear weights only
+        ("kernels", {"0.weight", "3.weight"}),
+        # the reference's `--no_weight_decay_on_bn` ('bn' not in the name): all but BatchNorm, biases included
+        ("not_bn", {"0.weight", "0.bias", "3.weight", "3.bias"}),
+    ],
+)
+def test_weight_decay_on(rule, decayed):
+    net = small_net()
+    opt = optim.build(net, OptimConfig(name="sgd", weight_decay=0.1, weight_decay_on=rule))
+    decay = _decay_of(opt)
+    assert {n for n, p in net.named_parameters() if decay[id(p)] == 0.1} == decayed
+    spared = {n for n, _ in net.named_parameters()} - decayed
+    assert {n for n, p in net.named_parameters() if decay[id(p)] == 0.0} == spared
+    if rule == "kernels":  # the older key says the same
+        legacy = optim.build(net, OptimConfig(name="sgd", weight_decay=0.1, no_weight_decay_on_bn=True))
+        assert _decay_of(legacy) == decay
+    # BatchNorm-bias factors: the shift group is spared under every rule but `all`
+    factors = OptimConfig(name="sgd", weight_decay=0.1, weight_decay_on=rule, bn_bias_weight_decay_factor=0.5)
+    shift = next(g for g in optim.build(net, factors).param_groups if any(p is net[1].bias for p in g["params"]))
+    assert shift["weight_decay"] == (pytest.approx(0.05) if rule == "all" else 0.0)
+
+
 @pytest.mark.parametrize("name", optim.names())
 def test_excluded_parameters_are_not_decayed_by_any_optimiser(name):
     # With zero gradients only weight decay moves a parameter.

@@ -49,8 +49,9 @@ def tiny_model(model: ModelConfig) -> dict[str, Any]:
         return {"depth": 11, "cardinality": 2, "base_channels": 2}
     if name == "shake_shake":
         return {"depth": 8, "initial_channels": 4}
-    if name == "vgg":
-        return {"n_channels": 4, "n_layers": 6}
+    if name == "vgg":  # the source layout (stage lists) keeps its number of stages, each 4 wide, 1 conv deep
+        stages = len(model.options.get("stage_channels", ()))
+        return {"n_channels": 4, "n_layers": 6, "stage_channels": [4] * stages, "stage_layers": [1] * stages}
     if name == "resnet9":
         return {"channels": 4}
     raise AssertionError(f"tiny_model does not know model {name!r}: add its small size here")

@@ -164,7 +164,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list every table id and the sweep that fills it")
     p.add_argument("--all", action="store_true", help="every table with runs behind it")
     p.add_argument(
-        "--summary", action="store_true", help="only the verdict line (within noise / better / worse) of each table"
+        "--summary",
+        action="store_true",
+        help="only the verdict line (consistent / better / worse / needs more seeds) of each table",
     )
     p.add_argument("--format", choices=("md", "csv", "html"), default="md")
     p.add_argument("--out", help="also write the table (and its figures) into this folder")

@@ -231,8 +231,10 @@ class Trainer:
             self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
         )
         self.half = c.train.precision == "fp16_pure"
-        if self.half:  # weights, BatchNorm, gradients and optimiser state all in fp16 (apex O3)
+        if self.half:  # weights, BatchNorm, gradients and optimiser state all in fp16 (apex O3) ...
             self.model.half()
+            if c.train.fp32_batchnorm:  # ... or BatchNorm back in fp32: it takes half inputs, gives half outputs
+                tweaks.float_batchnorm(self.model)
         forward: nn.Module = self.model
         if self.world > 1:  # DDP averages gradients across ranks; its constructor broadcasts rank 0's weights
             forward = DistributedDataParallel(forward, device_ids=[self.device] if self.device.type == "cuda" else None)

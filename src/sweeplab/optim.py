@@ -1,5 +1,5 @@
-"""Optimisers by name, over parameter groups that can spare BatchNorm and biases from weight decay and
-give BatchNorm biases their own lr and weight-decay factors."""
+"""Optimisers by name, over parameter groups that can spare BatchNorm and biases from weight decay (or decay
+only what `optim.weight_decay_on` names) and give BatchNorm biases their own lr and weight-decay factors."""
 
 from __future__ import annotations
 
@@ -31,18 +31,35 @@ def bn_biases(model: nn.Module) -> set[int]:
     }
 
 
+def decayed(model: nn.Module, rule: str) -> set[int]:
+    """ids of the parameters weight decay applies to under `rule` (schema.WEIGHT_DECAY_ON): every one
+    (`all`), those with more than one dimension (`kernels`), or all but BatchNorm scales and shifts (`not_bn`)."""
+    params = list(model.parameters())
+    if rule == "kernels":
+        return {id(p) for p in params if p.ndim > 1}
+    if rule == "not_bn":
+        bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+        return {id(p) for p in params if id(p) not in bn}
+    if rule != "all":
+        raise ValueError(f"unknown weight decay rule {rule!r}")
+    return {id(p) for p in params}
+
+
 def param_groups(
     model: nn.Module,
     weight_decay: float,
     no_decay_on_bn: bool,
     bn_bias_lr_factor: float = 1.0,
     bn_bias_weight_decay_factor: float = 1.0,
+    decay_on: str = "all",
 ) -> list[dict]:
-    """Decay every weight (conv and linear alike, unlike the reference's `conv.weight` filter);
-    optionally exempt 1-D tensors, i.e. BatchNorm scales/shifts and biases. With factors other than 1,
-    BatchNorm biases form a group of their own whose lr is `lr_factor` x the scheduled lr (`set_lr`)
-    and whose decay is factor x weight_decay. Frozen (requires_grad False) parameters are left out."""
+    """Decay every weight (conv and linear alike, unlike the reference's `conv.weight` filter), or only
+    those `decay_on` names (`decayed`); `no_decay_on_bn` is `decay_on="kernels"`: 1-D tensors, i.e.
+    BatchNorm scales/shifts and biases, are exempt. With factors other than 1, BatchNorm biases form a
+    group of their own whose lr is `lr_factor` x the scheduled lr (`set_lr`) and whose decay is factor x
+    weight_decay (0 where the rule spares them). Frozen (requires_grad False) parameters are left out."""
     special = bn_biases(model) if (bn_bias_lr_factor, bn_bias_weight_decay_factor) != (1.0, 1.0) else set()
+    keep = decayed(model, "kernels" if no_decay_on_bn else decay_on)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
@@ -52,13 +69,14 @@ def param_groups(
         if id(p) in special:
             biases.append(p)
         else:
-            (no_decay if (no_decay_on_bn and p.ndim <= 1) else decay).append(p)
+            (decay if id(p) in keep else no_decay).append(p)
     # The groups keep their old order and layout when no factor is set: older checkpoints still load.
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
     if biases:
-        wd = 0.0 if no_decay_on_bn else weight_decay * bn_bias_weight_decay_factor
+        spared = any(id(p) not in keep for p in biases)  # every rule but `all` spares BatchNorm shifts
+        wd = 0.0 if spared else weight_decay * bn_bias_weight_decay_factor
         groups.append({"params": biases, "weight_decay": wd, "lr_factor": bn_bias_lr_factor, "lars_exclude": True})
     return groups
 
@@ -72,7 +90,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def build(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimiser `cfg.name` over `model`'s trainable parameters."""
     groups = param_groups(
-        model, cfg.weight_decay, cfg.no_weight_decay_on_bn, cfg.bn_bias_lr_factor, cfg.bn_bias_weight_decay_factor
+        model,
+        cfg.weight_decay,
+        cfg.no_weight_decay_on_bn,
+        cfg.bn_bias_lr_factor,
+        cfg.bn_bias_weight_decay_factor,
+        cfg.weight_decay_on,
     )
     opt = _OPTIMS[cfg.name](groups, cfg)
     set_lr(opt, cfg.lr)

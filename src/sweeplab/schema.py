@@ -13,12 +13,18 @@ from typing import Any
 
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "synthetic")
 # fp16 / bf16 = torch.autocast (fp32 weights; fp16 adds GradScaler) = apex O1; fp16_pure = apex O3: the whole model,
-# BatchNorm included, its gradients and the optimiser state in half precision, no fp32 master weights
+# BatchNorm included (unless train.fp32_batchnorm), its gradients and the optimiser state in half precision, no fp32
+# master weights
 PRECISIONS = ("fp32", "fp16", "bf16", "fp16_pure")
 ACTIVATIONS = ("relu", "celu")
 MIXERS = ("mixup", "cutmix", "ricap", "dual_cutout")  # augment keys that mix a batch: one per run
 WARMUP_KINDS = ("linear", "exponential")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+# optim.weight_decay_on: which trainable tensors weight decay applies to. all = every one; kernels = only those
+# with more than one dimension (conv and linear weights: biases and BatchNorm scales/shifts are spared, as the
+# Flax CIFAR-10 example's `x.ndim > 1` L2); not_bn = all but BatchNorm scales and shifts (the reference's
+# argparse-era `--no_weight_decay_on_bn`, which spared the parameters named `bn`; biases elsewhere decay)
+WEIGHT_DECAY_ON = ("all", "kernels", "not_bn")
 
 
 @dataclass
@@ -64,7 +70,8 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    no_weight_decay_on_bn: bool = False  # exclude BatchNorm and bias parameters from decay
+    no_weight_decay_on_bn: bool = False  # exclude BatchNorm and bias parameters (every 1-D tensor) from decay
+    weight_decay_on: str = "all"  # all, kernels or not_bn (WEIGHT_DECAY_ON); no_weight_decay_on_bn true = kernels
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     lars_eps: float = 1e-9
     lars_trust_coefficient: float = 0.0  # 0 = plain layer-wise ratio (the reference's default)
@@ -95,6 +102,9 @@ class TrainConfig:
     epochs: int = 160
     precision: str = "fp32"  # fp32, fp16 or bf16 (torch.autocast), fp16_pure (all in half; see PRECISIONS)
     loss_scale: float = 0.0  # fp16_pure only: static loss scale (apex O3's default is 1), 0 = dynamic (GradScaler's)
+    # fp16_pure only: every BatchNorm layer (scale, shift, running statistics) stays float32 while the rest of the
+    # model is half, as the reference's argparse-era `--fp16` (model.half(), then each BatchNorm2d .float())
+    fp32_batchnorm: bool = False
     seed: int = 0
     channels_last: bool = (
         True  # NHWC: what tensor cores want, 1.3x on AVX-512 CPUs; AVX2 CPUs stay NCHW (engine.nhwc_is_safe)

@@ -6,7 +6,16 @@ from sweeplab import models, schedules  # torch-free registries: validating a co
 from sweeplab.core.errors import ConfigError
 from sweeplab.core.inputs import MAX_CPUS
 from sweeplab.models import catalog, rules
-from sweeplab.schema import ACTIVATIONS, COMPILE_MODES, DATASETS, MIXERS, PRECISIONS, WARMUP_KINDS, Config
+from sweeplab.schema import (
+    ACTIVATIONS,
+    COMPILE_MODES,
+    DATASETS,
+    MIXERS,
+    PRECISIONS,
+    WARMUP_KINDS,
+    WEIGHT_DECAY_ON,
+    Config,
+)
 
 
 def _require(ok: bool, key: str, message: str, where: str) -> None:
@@ -88,6 +97,13 @@ def check(c: Config, where: str = "") -> None:
     _require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}", where)
     _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}", where)
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)", where)
+    _one_of(o.weight_decay_on, WEIGHT_DECAY_ON, "optim.weight_decay_on", where)
+    _require(
+        not o.no_weight_decay_on_bn or o.weight_decay_on in ("all", "kernels"),
+        "optim.weight_decay_on",
+        f"is {o.weight_decay_on!r} while optim.no_weight_decay_on_bn is true (which means 'kernels'): set one of them",
+        where,
+    )
     _require(
         len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
         "optim.betas",
@@ -129,6 +145,12 @@ def check(c: Config, where: str = "") -> None:
         t.loss_scale == 0 or t.precision == "fp16_pure",
         "train.loss_scale",
         f"applies to train.precision fp16_pure only (fp16 scales dynamically), not {t.precision!r}",
+        where,
+    )
+    _require(
+        not t.fp32_batchnorm or t.precision == "fp16_pure",
+        "train.fp32_batchnorm",
+        f"applies to train.precision fp16_pure only (the other precisions keep BatchNorm in fp32), not {t.precision!r}",
         where,
     )
     _one_of(t.activation, ACTIVATIONS, "train.activation", where)

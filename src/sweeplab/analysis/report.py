@@ -137,7 +137,7 @@ def report(c: MlflowClient | None, out: Path, uri: str, smoke: bool = False, ui_
     for tid, table in reference.tables(smoke).items():
         mine = [t for t in everything if tid in runs.tables_of(t)]
         if mine:
-            built = tables.build(c, table, mine, smoke=smoke)
+            built = tables.build(c, table, mine, smoke=smoke, related=lambda: everything)
             sections.append((built, write_table(c, built, out, ui_url=ui_url, drawn=drawn)))
     sweeps: list[tuple[Built, list[Path]]] = []
     for name in sorted({t.experiment for t in everything}):

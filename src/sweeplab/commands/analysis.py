@@ -129,7 +129,9 @@ def table(args: argparse.Namespace) -> int:
     if ref is None:
         return _all_tables(c, args)
     found = runs.table_trials(c, ref.id) if c is not None else []
-    built = tables.build(c, ref, runs.kept(found, args.smoke), smoke=args.smoke)
+    # the store's other trials, read only if no row of this table has seeds (for the seed noise)
+    related = (lambda: runs.kept(runs.all_trials(c), args.smoke)) if c is not None else None
+    built = tables.build(c, ref, runs.kept(found, args.smoke), smoke=args.smoke, related=related)
     if not args.summary:
         _refuse_overwrite([built], args.out, args.force)  # before anything is printed: a refusal prints nothing
     if not built.has_runs:
@@ -154,7 +156,7 @@ def _all_tables(c: runs.MlflowClient | None, args: argparse.Namespace) -> int:
     for tid, ref in reference.tables(args.smoke).items():
         behind = [t for t in mine if tid in runs.tables_of(t)]
         if behind:
-            built.append(tables.build(c, ref, behind, smoke=args.smoke))
+            built.append(tables.build(c, ref, behind, smoke=args.smoke, related=lambda: mine))
     if not built:
         return nothing_found("any table", everything, args.smoke, "sweeplab table --all")
     if args.summary:

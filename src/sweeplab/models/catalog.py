@@ -41,7 +41,7 @@ MODELS: dict[str, ModelEntry] = {
     ),
     "pyramidnet": ModelEntry("pyramidnet", {"depth": 272, "block_type": "bottleneck", "alpha": 200, "shakedrop": 0.0}),
     "resnet": ModelEntry("resnet", {"depth": 110, "block_type": "basic", "initial_channels": 16}),
-    "resnet9": ModelEntry("resnet9", {"channels": 64, "celu_alpha": 0.0}),
+    "resnet9": ModelEntry("resnet9", {"channels": 64, "celu_alpha": 0.0, "output_scale": 0.125}),
     "resnet_preact": ModelEntry("resnet_preact", {"depth": 20, **_PREACT}),
     "resnext": ModelEntry("resnext", {"depth": 29, "cardinality": 8, "base_channels": 64}),
     "se_resnet_preact": ModelEntry("se_resnet_preact", {"depth": 110, **_PREACT, "se_reduction": 16}),
@@ -49,7 +49,17 @@ MODELS: dict[str, ModelEntry] = {
         "shake_shake",
         {"depth": 26, "initial_channels": 96, "shake_forward": True, "shake_backward": True, "shake_image": True},
     ),
-    "vgg": ModelEntry("vgg", {"n_channels": 64, "n_layers": 15, "use_bn": True}),
+    "vgg": ModelEntry(
+        "vgg",
+        {
+            "n_channels": 64,
+            "n_layers": 15,
+            "use_bn": True,
+            "stage_channels": (),
+            "stage_layers": (),
+            "bn_scale_init": "ones",
+        },
+    ),
     "wrn": ModelEntry("wrn", {"depth": 28, "widening_factor": 10, "drop_rate": 0.0}),
 }
 

@@ -3,7 +3,9 @@ https://myrtle.ai/learn/how-to-train-your-resnet/
 
 prep conv 64; layer1 conv 128 + max-pool + residual(2 convs); layer2 conv 256 + max-pool;
 layer3 conv 512 + max-pool + residual(2 convs); global max-pool; a bias-free linear layer whose
-logits are scaled by 0.125. Every conv is conv3x3-BN-activation; the pool follows the activation.
+logits are scaled by `output_scale`: the posts' 0.125, and 1/16 in their frozen-BatchNorm-scale nets
+(cifar10-fast bag_of_tricks.ipynb, commit 37a13cc: `network(..., scale=1/16, ...)`, where the frozen
+scales no longer amplify the last layer). Every conv is conv3x3-BN-activation; the pool follows the activation.
 `channels` is the prep width (the rest double from it); the convs get this package's He init
 rather than PyTorch's default, which the posts used.
 """
@@ -46,9 +48,15 @@ class Scale(nn.Module):
 
 
 @register_model
-def resnet9(num_classes: int = 10, in_channels: int = 3, channels: int = 64, celu_alpha: float = 0.0) -> nn.Module:
+def resnet9(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    channels: int = 64,
+    celu_alpha: float = 0.0,
+    output_scale: float = 0.125,
+) -> nn.Module:
     """ResNet-9 (Page 2018, DAWNBench): https://myrtle.ai/learn/how-to-train-your-resnet/"""
-    rules.resnet9(channels=channels, celu_alpha=celu_alpha)
+    rules.resnet9(channels=channels, celu_alpha=celu_alpha, output_scale=output_scale)
     c1, c2, c3, c4 = channels, 2 * channels, 4 * channels, 8 * channels
 
     def block(cin: int, cout: int) -> list[nn.Module]:
@@ -72,4 +80,4 @@ def resnet9(num_classes: int = 10, in_channels: int = 3, channels: int = 64, cel
     )
     init_weights(features)
     # the head keeps PyTorch's default init, as in the posts (and it has no bias to zero)
-    return nn.Sequential(*features, nn.Linear(c4, num_classes, bias=False), Scale(0.125))
+    return nn.Sequential(*features, nn.Linear(c4, num_classes, bias=False), Scale(output_scale))

@@ -101,19 +101,43 @@ def shake_shake(depth: int, initial_channels: int, **_: Any) -> int:
     return stage_depth(depth, "basic", {"basic": 2})
 
 
-def vgg(n_channels: int, n_layers: int, **_: Any) -> int:
-    """Convs per stage of the VGG-like net."""
+def vgg(
+    n_channels: int,
+    n_layers: int,
+    stage_channels: Sequence[int] = (),
+    stage_layers: Sequence[int] = (),
+    bn_scale_init: str = "ones",
+    **_: Any,
+) -> list[tuple[int, int]]:
+    """(width, convs) of each stage of the VGG-like net: from `stage_channels` and `stage_layers` when given,
+    else three stages n, 2n, 4n of (n_layers - 3) / 3 convs."""
+    if bn_scale_init not in ("ones", "uniform"):
+        raise OptionError("bn_scale_init", f"must be 'ones' or 'uniform', got {bn_scale_init!r}")
+    if stage_channels or stage_layers:
+        if len(stage_channels) != len(stage_layers):
+            raise OptionError(
+                "stage_layers",
+                f"needs one conv count per stage of model.stage_channels ({len(stage_channels)}), "
+                f"got {len(stage_layers)}",
+            )
+        for key, values in (("stage_channels", stage_channels), ("stage_layers", stage_layers)):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise OptionError(key, f"must be integers >= 1, got {list(values)}")
+        return list(zip(stage_channels, stage_layers))
     positive("n_channels", n_channels)
     if n_layers < 6 or n_layers % 3:
         raise OptionError("n_layers", f"must be 3n+3 (n convs in each of 3 stages: 6, 9, 12, ...), got {n_layers}")
-    return (n_layers - 3) // 3
+    per_stage = (n_layers - 3) // 3
+    return [(n_channels * 2**i, per_stage) for i in range(3)]
 
 
-def resnet9(channels: int, celu_alpha: float, **_: Any) -> None:
-    """ResNet-9's prep width and activation."""
+def resnet9(channels: int, celu_alpha: float, output_scale: float = 0.125, **_: Any) -> None:
+    """ResNet-9's prep width, activation and output scale."""
     positive("channels", channels)
     if celu_alpha < 0:
         raise OptionError("celu_alpha", f"must be >= 0 (0 = ReLU), got {celu_alpha}")
+    if not output_scale > 0:
+        raise OptionError("output_scale", f"must be > 0, got {output_scale}")
 
 
 RULES: dict[str, Callable[..., Any]] = {

@@ -1,4 +1,5 @@
-"""Changes the engine applies to any built model: CELU for ReLU, frozen BatchNorm scales.
+"""Changes the engine applies to any built model: CELU for ReLU, frozen BatchNorm scales, BatchNorm kept in
+float32 in a half-precision model.
 
 They act on the built module tree (or its forward), so every model gets them without an option of
 its own, and a model's parameters and state_dict keys stay what they were.
@@ -48,5 +49,17 @@ def freeze_bn_scales(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
             m.weight.requires_grad_(False)
+            n += 1
+    return n
+
+
+def float_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm layer (scale, shift, running statistics) back in float32, after `model.half()`:
+    the reference's argparse-era `--fp16`. The layers normalise half inputs in float32 and return half
+    outputs, and the optimiser updates their parameters in float32. Returns how many."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.float()
             n += 1
     return n
