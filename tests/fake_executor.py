@@ -61,6 +61,9 @@ class FakeTrainer(worker.Engine):
     def save(self, folder: Path, state: dict[str, Any]) -> Path:
         return checkpoints.save(folder, state)
 
+    def export(self, folder: Path, conf: Any) -> None:
+        pass  # a stand-in network has no model to export
+
 
 @dataclass
 class FakeExecutor:

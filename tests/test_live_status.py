@@ -135,19 +135,22 @@ def test_a_terminal_gets_a_block_redrawn_in_place_under_the_event_lines(monkeypa
     first = out.getvalue()
     assert first.startswith("[     1s] lr=0.1  start  (trial x_00000)\n") and "\x1b[" not in first.splitlines()[0]
     block = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in first.splitlines()[1:]]
-    assert len(block) == 3 and block[0].startswith("-- trials 8: 1 running, 0 done")
+    assert len(block) == 4 and block[0].startswith("-- trials 8: 1 running, 0 done")
     assert "best   val/error -" in block[1] and "epochs 0/24" in block[2] and "left ?" in block[2]
+    assert block[3] == "   > lr=0.1  epoch 0/3  val/error -  0s"  # the running trial, like Tune's table
     clock.now += 3
-    s.tick()  # the timer: cursor up over the 3 lines, clear, draw again
-    assert out.getvalue()[len(first) :].startswith("\x1b[3A\r\x1b[J")
+    s.tick()  # the timer: cursor up over the 4 lines, clear, draw again
+    assert out.getvalue()[len(first) :].startswith("\x1b[4A\r\x1b[J")
     mark = len(out.getvalue())
+    s.result("a", "lr=0.1", 3, {"epoch": 1, "val/error": 42.0})
     s.line("[     5s] lr=0.1  epoch 1/3")  # an event line replaces the block, which is drawn under it
     after = out.getvalue()[mark:]
-    assert after.startswith("\x1b[3A\r\x1b[J[     5s] lr=0.1  epoch 1/3\n") and after.count("\n") == 4
+    assert after.startswith("\x1b[4A\r\x1b[J[     5s] lr=0.1  epoch 1/3\n") and after.count("\n") == 5
+    assert "   > lr=0.1  epoch 1/3  val/error 42  3s" in re.sub(r"\x1b\[[0-9;]*m", "", after)
     s.close()
     end = len(out.getvalue())
     s.tick()  # after close, what follows (the summary) prints under the block: nothing is cleared
-    assert "\x1b[3A" not in out.getvalue()[end:]
+    assert "\x1b[4A" not in out.getvalue()[end:]
 
 
 def test_long_block_lines_are_cut_to_the_terminal_width(monkeypatch) -> None:
@@ -157,7 +160,7 @@ def test_long_block_lines_are_cut_to_the_terminal_width(monkeypatch) -> None:
     s.result("a", "x" * 100, 3, {"epoch": 1, "val/error": 1.0})
     s.tick()
     rows = [re.sub(r"\x1b\[[0-9;]*m", "", r) for r in out.getvalue().splitlines()]
-    assert len(rows) == 3 and all(len(r) <= 39 for r in rows)
+    assert len(rows) == 4 and all(len(r) <= 39 for r in rows)
 
 
 def _view() -> tuple[View, io.StringIO]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweeplab.analysis.runs import SEED_KEY, LoggedTrial, history, ui_link
 from sweeplab.core.fmt import number
-from sweeplab.core.names import HARDWARE, row_tag
+from sweeplab.core.names import HARDWARE, VARIANT, row_tag
 from sweeplab.reference import Table, match_row
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ def related_groups(trials: list[LoggedTrial]) -> dict[tuple[str, str], list[list
     variant) among `trials`: the store's evidence of seed noise for a table none of whose rows has seeds."""
     configs: dict[tuple[Any, ...], list[LoggedTrial]] = {}
     for t in trials:
-        key = (t.tags.get("sweeplab.variant", ""), *sorted((k, v) for k, v in t.params.items() if k != SEED_KEY))
+        key = (t.tags.get(VARIANT, ""), *sorted((k, v) for k, v in t.params.items() if k != SEED_KEY))
         configs.setdefault(key, []).append(t)
     out: dict[tuple[str, str], list[list[float]]] = {}
     for found in configs.values():

@@ -15,9 +15,9 @@ from sweeplab.schema import flatten
 from sweeplab.search_spaces import Sweep, label
 
 
-def print_summary(sweep: Sweep, record: Record) -> None:
-    """Counts of trial outcomes (the same the status block ended with) and the best finished trial with a
-    command that reproduces it."""
+def print_summary(sweep: Sweep, record: Record, run_id: str | None = None) -> None:
+    """Counts of trial outcomes (the same the status block ended with) and the best finished trial: its
+    label, MLflow run id, and the commands that rerun it (from the run, or from the sweep's config)."""
     counts = _counts(record.trials.values())
     unfinished = sum(n for o, n in counts.items() if not o.ended)
     print(
@@ -28,7 +28,10 @@ def print_summary(sweep: Sweep, record: Record) -> None:
     best = best_trial(sweep, record)
     if best is None:
         return
-    print(f"best: trial {best.key}  {sweep.metric} {best.last[sweep.metric]:.4g}  {best.label}")
+    run = f"  (MLflow run {run_id})" if run_id else ""
+    print(f"best: trial {best.key}  {sweep.metric} {best.last[sweep.metric]:.4g}  {best.label}{run}")
+    if run_id:
+        print(f"rerun it: sweeplab train --from-run {run_id}")
     print(f"best config: {best_command(sweep, best.point)}")
 
 

@@ -24,6 +24,7 @@ from sweeplab.ledger import Outcome
 
 REDRAW_S = 2.0  # a terminal's block is redrawn this often
 PLAIN_EVERY = 30.0  # elsewhere, at most one status line this often between trial ends
+RUNNING_SHOWN = 8  # running trials listed under a terminal's block
 STATES = ("running", "done", "stopped early", "failed")  # and "pending": the trials not started yet
 ENDED = {Outcome.FINISHED: "done", Outcome.STOPPED: "stopped early", Outcome.FAILED: "failed"}
 
@@ -35,6 +36,7 @@ class TrialState:
     epoch: int = 0  # the last epoch it reported
     state: str = "running"
     value: float | None = None  # its last reported value of the sweep's metric
+    since: float = 0.0  # when this driver saw it start (its clock), for the running trials' lines
 
 
 class Status:
@@ -69,7 +71,7 @@ class Status:
     def start(self, trial_id: str, label: str, epochs: int) -> None:
         with self.lock:
             t = self.trials.setdefault(trial_id, TrialState(label, epochs))
-            t.label, t.epochs, t.state = label, epochs, "running"
+            t.label, t.epochs, t.state, t.since = label, epochs, "running", self.clock()
 
     def result(self, trial_id: str, label: str, epochs: int, result: dict[str, Any]) -> None:
         """An epoch's result (a trial started by an earlier driver is added here)."""
@@ -143,18 +145,29 @@ class Status:
         return (budget - done) * elapsed / self.run_epochs
 
     def lines(self) -> list[str]:
-        """The terminal's block: trials, best, epochs and time."""
+        """The terminal's block: trials, best, epochs and time, then one line per running trial (at most
+        RUNNING_SHOWN): its label, epoch, last value of the metric and how long it has run."""
         c = self.counts()
         done, budget = self.epochs()
         left = self.left()
         best = self.best()
         pct = f" ({100 * done / budget:.0f}%)" if budget else ""
-        return [
+        block = [
             f"-- trials {self.total}: " + ", ".join(f"{c[s]} {s}" for s in (*STATES, "pending")),
             f"   best   {self.metric} {best[0]:.4g}  {best[1]}" if best else f"   best   {self.metric} -",
             f"   epochs {done}/{budget}{pct}   elapsed {duration(self.clock() - self.t0)}"
             f"   left {'?' if left is None else '~' + duration(left)}",
         ]
+        with self.lock:
+            running = [t for t in self.trials.values() if t.state == "running"]
+        now = self.clock()
+        for t in running[:RUNNING_SHOWN]:
+            value = f"{self.metric} {t.value:.4g}" if t.value is not None else f"{self.metric} -"
+            ran = duration(now - t.since) if t.since else "-"
+            block.append(f"   > {t.label}  epoch {t.epoch}/{t.epochs}  {value}  {ran}")
+        if len(running) > RUNNING_SHOWN:
+            block.append(f"   > ... and {len(running) - RUNNING_SHOWN} more running")
+        return block
 
     def plain(self) -> str:
         """One line for a pipe or a file (elapsed is its prefix, as on the event lines)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from sweeplab.commands import listing
 from sweeplab.core.names import COMMAND, LAUNCH, SMOKE, SWEEP_FILE, TABLES
+from sweeplab.runner.driver import best_trial
 from sweeplab.runner.launch import Result
 from sweeplab.search_spaces import Sweep
 
@@ -72,7 +73,8 @@ def finish(result: Result, uri: str) -> int:
     sweep, launch = result.sweep, result.launch
     if not result.lost:
         result.lost = _log_report(uri, launch)
-    listing.print_summary(sweep, result.record)
+    best = best_trial(sweep, result.record)
+    listing.print_summary(sweep, result.record, _run_id(uri, launch, best.key) if best is not None else None)
     if result.out_of_time:
         print(
             f"sweeplab: the time budget (search.time_budget_s {sweep.search.time_budget_s:g} s) ran out: "
@@ -115,6 +117,18 @@ def finish(result: Result, uri: str) -> int:
             file=sys.stderr,
         )
     return 1 if failed or result.lost else 0
+
+
+def _run_id(uri: str, launch: str, key: str) -> str | None:
+    """The MLflow run id of trial `key` of the launch (None when MLflow does not have it)."""
+    from sweeplab.analysis import runs
+
+    try:
+        c = runs.open_client(uri)
+        found = [t for t in runs.trials(c, launch) if t.trial_id == key] if c is not None else []
+    except Exception:
+        return None
+    return found[0].run_id if found else None
 
 
 def _log_report(uri: str, launch: str) -> list[str]:

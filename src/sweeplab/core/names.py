@@ -58,6 +58,7 @@ ERROR = "sweeplab.error"  # a failed child run: its error, at most 500 character
 ERROR_LOG = "sweeplab.error_log"  # a failed child run: the file holding the error's whole traceback
 PBT_ORIGIN = "sweeplab.pbt.origin"  # a PBT child run: whose checkpoint it last continued from, at which epoch (JSON)
 PBT_LABEL = "sweeplab.pbt.label"  # a PBT child run: the label of the point it explored to then
+OPTUNA_TRIAL = "sweeplab.optuna_trial"  # an Optuna sweep's child run: its study trial's number
 RUN_FOLDER = "sweeplab.run_folder"  # a `sweeplab train` run: its run folder's absolute path
 RESUMED_WITH = "sweeplab.resumed_with"  # a `sweeplab train` run: the keys a --resume changed ("train.epochs=30")
 ROW_PREFIX = "sweeplab.row."  # + a table id: see `row_tag`

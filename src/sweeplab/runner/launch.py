@@ -97,8 +97,10 @@ def session(
     study = None
     if sweep.search.name == "optuna":
         from sweeplab.runner.study import Study
+        from sweeplab.tracking.follow import run_ids
 
         study = Study(sweep, launch_dir.name)
+        study.run_ids = lambda: run_ids(launch_dir)
     driver = Driver(sweep, writer, record, study, view)
     driver.write({"ev": "session", "pid": os.getpid(), "host": socket.gethostname()})
     driver.step()

@@ -6,7 +6,8 @@ A trial's ledger key is its study trial number. The ledger comes first: a trial 
 the ledger (and synced) before it runs; an outcome is told to the study only once the ledger has the
 trial's end, and told again on resume (`skip_if_finished`), so after any kill the two agree.
 A trial the scheduler stopped early is PRUNED, one that failed FAIL, the others COMPLETE; each
-epoch's value is an intermediate value. User attributes: `label`, `launch`, `key`.
+epoch's value is an intermediate value. User attributes: `label`, `launch`, and `mlflow_run_id` (its
+MLflow child run, which carries the trial number as `sweeplab.optuna_trial`).
 https://optuna.readthedocs.io/en/stable/reference/storages.html
 """
 
@@ -22,7 +23,7 @@ from sweeplab.ledger import Outcome, key_of
 from sweeplab.search_spaces import Choice, Domain, Grid, LogUniform, QUniform, RandInt, Sweep, Uniform, label
 
 DB = "optuna.db"
-LABEL, LAUNCH = "label", "launch"  # the study trial's user attributes
+LABEL, LAUNCH, RUN_ID = "label", "launch", "mlflow_run_id"  # the study trial's user attributes
 
 
 def default_storage(tracking_uri: str, storage: str) -> str:
@@ -130,6 +131,7 @@ class Study:
             warnings.simplefilter("ignore")
             self.study.set_metric_names([sweep.metric])
         self.live: dict[str, Any] = {}  # key -> the optuna.Trial this driver asked (it takes intermediate values)
+        self.run_ids: Any = lambda: {}  # key -> MLflow run id, as the follower wrote them down (launch.session)
 
     def ask(self) -> tuple[str, dict[str, Any]]:
         """A new study trial: its key (the trial number) and point."""
@@ -166,6 +168,9 @@ class Study:
         if state is TrialState.COMPLETE and not isinstance(value, (int, float)):
             state = TrialState.FAIL  # finished without the metric: nothing to rank it by
         told = float(value) if state is TrialState.COMPLETE else None
+        trial, run_id = self.live.get(key), self.run_ids().get(key)
+        if trial is not None and run_id:  # the study trial names its MLflow run (a live one only: see report)
+            trial.set_user_attr(RUN_ID, run_id)
         self.study.tell(int(key), told, state=state, skip_if_finished=True)
         self.live.pop(key, None)
 

@@ -24,7 +24,7 @@ import yaml
 
 from sweeplab.search_spaces import Sweep, label
 
-ORIGIN, ERROR_LOG, METRICS = "origin.json", "error.log", "metrics.jsonl"
+ORIGIN, ERROR_LOG, METRICS, MODEL = "origin.json", "error.log", "metrics.jsonl", "model"
 TUNE_DIR = "tune"  # Tune's own experiments, one per session, inside the launch folder; never read back
 Report = Callable[[dict[str, Any], Path | None], None]
 
@@ -47,6 +47,7 @@ class Trainer(Protocol):
     def save(self, folder: Path, state: dict[str, Any]) -> Path: ...
     def newest(self, folder: Path) -> tuple[dict[str, Any], Path, list[str]]: ...
     def load(self, path: Path) -> dict[str, Any]: ...
+    def export(self, folder: Path, conf: Any) -> None: ...
 
 
 class Engine:
@@ -71,6 +72,24 @@ class Engine:
         from sweeplab.engine import load_checkpoint
 
         return load_checkpoint(path)
+
+    def export(self, folder: Path, conf: Any) -> None:
+        """The finished trial's final weights as an MLflow PyTorch model in `folder/model` (local disk; the
+        MLflow follower logs it to the trial's run): the network with its normalisation and tricks inside
+        (models/classifier.py), float images in [0, 1] in, logits out."""
+        from sweeplab.data import datasets
+        from sweeplab.models import classifier
+        from sweeplab.tracking import models
+
+        state = self.newest(folder)[0]
+        data = datasets.load(conf.data)
+        module = classifier.from_state(state, data.shape, data.num_classes, data.mean, data.std)
+        example = (data.test_x[:4].float() / 255).numpy()  # a few test images: the batch size stays free
+        tmp = folder / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        models.save_model(module, example, tmp)
+        shutil.rmtree(folder / MODEL, ignore_errors=True)
+        os.replace(tmp, folder / MODEL)
 
 
 class Unrecoverable(RuntimeError):
@@ -154,6 +173,16 @@ def _run(
     }
     reporter = Reporter(job, report, trainer, first)
     trainer.fit(conf, reporter, state)
+    if job.rank == 0:
+        _export(job, conf, trainer)
+
+
+def _export(job: TrialJob, conf: Any, trainer: Trainer) -> None:
+    """The finished trial's model (trainer.export); a failure there leaves a note, never fails the trial."""
+    try:
+        trainer.export(job.folder, conf)
+    except Exception as e:
+        (job.folder / "model.error").write_text(f"{type(e).__name__}: {_first_line(e)}\n")
 
 
 def _start_state(

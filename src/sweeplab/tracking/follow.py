@@ -27,6 +27,7 @@ from sweeplab.core.names import (
     ERROR_LOG,
     HARDWARE,
     LABEL,
+    OPTUNA_TRIAL,
     OUTCOME,
     PBT_LABEL,
     PBT_ORIGIN,
@@ -43,6 +44,23 @@ from sweeplab.search_spaces import Sweep, from_snapshot
 POLL_S = 0.5
 RETRY_DELAYS = (0.25, 1.0, 2.0)  # a locked SQLite file or a restarting server recovers in seconds
 PARENT = "parent.json"  # in the launch folder: the parent run's tags, params and text artifacts
+RUN_IDS = "mlflow_runs.jsonl"  # in the launch folder: each trial's MLflow run id, as the follower made it
+
+
+def run_ids(launch_dir: Path) -> dict[str, str]:
+    """Trial key -> MLflow run id, as the follower wrote them down (a torn last line is skipped)."""
+    out = {}
+    try:
+        lines = (launch_dir / RUN_IDS).read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+            out[str(row["key"])] = str(row["run_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 @dataclass
@@ -87,6 +105,7 @@ class Follower:
         if m.status is None:
             tr.ensure_trial(t.key, trial.config.to_dict(), self.tags(t, trial.rows))
             m.status = "RUNNING"
+            self._said_run(t.key)
         elif t.status is Outcome.RUNNING and m.status != "RUNNING":  # resumed: its run is open again
             tr.trial_start(t.key, {}, {})
             m.status, m.outcome = "RUNNING", None
@@ -112,11 +131,20 @@ class Follower:
         folder = self.launch_dir / "trials" / t.key
         if t.status is not Outcome.FAILED and (folder / "checkpoint.pt").is_file():
             tr.trial_checkpoint(t.key, str(folder / "checkpoint.pt"), t.last, self.sweep.log_checkpoints)
+        if t.status is Outcome.FINISHED and (folder / "model" / "MLmodel").is_file():  # runner/worker.py's export
+            tr.trial_model(t.key, folder / "model", t.epoch)
         if t.error:
             tr.trial_tags(t.key, {ERROR: t.error[:500], **({ERROR_LOG: t.log} if t.log else {})})
         tr.trial_end(t.key, failed=t.status is Outcome.FAILED, stopped_early=t.status is Outcome.STOPPED, epoch=t.epoch)
         m.status = "FAILED" if t.status is Outcome.FAILED else "FINISHED"
         m.outcome = t.status
+
+    def _said_run(self, key: str) -> None:
+        """Write down the trial's MLflow run id beside the ledger (RUN_IDS), for the driver (an Optuna study
+        trial carries it as a user attribute) and for anyone who has only the launch folder."""
+        run_id = self.tracker.trial_run(key).info.run_id
+        with (self.launch_dir / RUN_IDS).open("a") as f:
+            f.write(json.dumps({"key": key, "run_id": run_id}) + "\n")
 
     def _mirror(self, t: TrialRecord) -> Mirror:
         """What MLflow holds of a trial the first time this follower sees it (a resume: maybe all of it)."""
@@ -154,6 +182,7 @@ class Follower:
             TABLES: ",".join(rows),
             SMOKE: str(self.sweep.smoke).lower(),
             **{row_tag(tid): str(row) for tid, row in rows.items()},
+            **({OPTUNA_TRIAL: t.key} if self.sweep.search.name == "optuna" else {}),  # its key is the number
         }
 
     def _try(self, key: str, fn: Any) -> bool:

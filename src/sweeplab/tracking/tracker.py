@@ -206,6 +206,20 @@ class Tracker:
             self._set_tags(run_id, {CHECKPOINT_PATH: path})
         return copy
 
+    def trial_model(self, trial_id: str, folder: Path, step: int) -> bool:
+        """Log the trial's saved MLflow model folder as its run's logged model `model`, once (True when now):
+        a resumed follower finds the one logged before and logs nothing."""
+        from sweeplab.tracking import models
+
+        run = self.trial_run(trial_id)
+        logged = self.client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"name = '{models.NAME}' AND source_run_id = '{run.info.run_id}'"
+        )
+        if any(str(m.status) == "READY" for m in logged):
+            return False
+        models.log_saved_model(self.uri, run.info.run_id, folder, step=step)
+        return True
+
     def trial_run(self, trial_id: str) -> Any:
         """The trial's MLflow run (mlflow.entities.Run); KeyError when it has none."""
         run_id = self._find(trial_id)
