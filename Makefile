@@ -18,7 +18,7 @@ quickstart: setup
 	.venv/bin/sweeplab run sweeps/quickstart.yaml --smoke
 	.venv/bin/sweeplab table quickstart --smoke
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 # The quick loop while editing: everything but the tests marked slow (CI runs them all, via `make test`).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
