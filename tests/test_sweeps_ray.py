@@ -142,6 +142,9 @@ def test_the_record_a_user_finds_in_mlflow(asha_sweep):
         assert files == ["checkpoint/metrics.json", "checkpoint/state.pt"]
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/error"))
         assert steps == sorted(t.results) == list(range(1, t.epoch + 1))
+        # a trial that ran all its epochs logged its final weights as an MLflow PyTorch model
+        models = client.search_logged_models([r.info.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
+        assert [str(m.status) for m in models] == (["READY"] if t.status == "FINISHED" else []), (t.key, models)
     (parent,) = client.search_runs(
         [runs[0].info.experiment_id], "tags.`sweeplab.launch` = 'asha' and tags.`mlflow.parentRunId` IS NULL"
     )

@@ -32,7 +32,7 @@ class Trainer(worker.Engine):
     the config's; `fail` makes an epoch raise. What `fit` was handed and when `save` ran are recorded."""
 
     def __init__(self, fail: int | None = None) -> None:
-        self.fail, self.given, self.saves = fail, [], []
+        self.fail, self.given, self.saves, self.exports = fail, [], [], []
 
     def fit(self, conf: Any, on_epoch: Callable[..., None], checkpoint: dict[str, Any] | None) -> Any:
         self.given.append(checkpoint)
@@ -49,6 +49,9 @@ class Trainer(worker.Engine):
         lines = (folder / worker.METRICS).read_text().splitlines()
         self.saves.append((s["epoch"], json.loads(lines[-1])["epoch"]))  # (checkpoint's epoch, metrics' last)
         return super().save(folder, s)
+
+    def export(self, folder: Path, conf: Any) -> None:
+        self.exports.append(self.newest(folder)[0]["epoch"])  # the MLflow model of the final weights
 
 
 def group(conf: Any) -> dict[str, Any]:
@@ -391,3 +394,21 @@ def test_a_real_trial_cut_after_an_epoch_ends_as_one_run_straight_through(tmp_pa
     a, b = (engine.load_checkpoint(j.folder / "checkpoint.pt") for j in (straight, cut))
     assert b["epoch"] == 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [m["epoch"] for m in metrics_lines(cut.folder)] == [1, 2]
+
+
+def test_a_finished_trial_exports_its_final_weights_and_a_failed_export_is_a_note(tmp_path):
+    sweep, point = SWEEP, POINT
+    t = Trainer()
+    worker.run_trial(worker.TrialJob("0", point, tmp_path / "0"), sweep, lambda m, f: None, trainer=t)
+    assert t.exports == [sweep.resolve(point).train.epochs]  # once, after the last epoch
+    assert not (tmp_path / "0" / "model.error").exists()
+
+    class Broken(Trainer):
+        def export(self, folder: Path, conf: Any) -> None:
+            raise RuntimeError("torch.export cannot trace it\nline two")
+
+    reports: list = []
+    job = worker.TrialJob("1", point, tmp_path / "1")
+    worker.run_trial(job, sweep, lambda m, f: reports.append(m), trainer=Broken())
+    assert (tmp_path / "1" / "model.error").read_text() == "RuntimeError: torch.export cannot trace it\n"
+    assert len(reports) == sweep.resolve(point).train.epochs and "trial_failed" not in reports[-1]  # the trial stands
