@@ -179,6 +179,22 @@ def assert_logged_once(uri: str, launch: str, n: int, epochs: int) -> None:
             assert steps == list(range(1, epochs + 1)), f"trial {key}: {metric} logged at steps {steps}"
 
 
+def assert_mlflow_matches_ledger(uri: str, launch_dir: Path) -> ledger.Record:
+    """Every trial of the ledger ended once, with epochs 1..its last; MLflow holds one FINISHED child run per
+    trial and exactly the ledger's epochs of it, each once, and a FINISHED parent. Returns the record."""
+    record = ledger.read(launch_dir)[0]
+    client, parents, runs = mlflow_runs(uri, launch_dir.name)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(r.data.tags["sweeplab.trial_id"] for r in runs) == sorted(record.trials)
+    for run in runs:
+        t = record.trials[run.data.tags["sweeplab.trial_id"]]
+        assert t.status.ended and sorted(t.results) == list(range(1, t.epoch + 1)), (t.key, t.status, t.results)
+        assert run.info.status == "FINISHED", (t.key, run.info.status)
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/error"))
+        assert steps == sorted(t.results), (t.key, steps)
+    return record
+
+
 def assert_ledger_finished(storage: Path, launch: str, n: int, epochs: int) -> None:
     """`sweeplab status` and the ledger: exactly the trials 0..n-1, each FINISHED once with every epoch."""
     r = sweeplab([sys.executable, "-m", "sweeplab.cli", "status", launch, "--storage", str(storage)], 120)
@@ -313,11 +329,16 @@ def test_a_killed_driver_and_a_hostile_launch_folder(tmp_path, drivers):
 
 @pytest.mark.slow
 def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, drivers):
+    """SIGTERM mid-sweep: one clean stop, every run KILLED until `resume`, which ends every trial once.
+    The sweep uses ASHA, to measure what a resumed scheduler decides differently (docs/architecture.md,
+    "The ledger"): its rungs start empty, so it never stops a trial at a rung the trial had already
+    passed before the kill, and the test says how many it stopped in each session."""
     path = write_sweep(
         tmp_path,
         name="term",
         overrides={"train.epochs": 4, **SLOW},
-        space={"optim.lr": {"grid": [0.01, 0.1, 0.3]}},
+        space={"optim.lr": {"grid": [0.5, 0.3, 0.001, 0.0001]}},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
         max_concurrent=2,
     )
     d = Driver(cli(tmp_path, "run", str(path), "--name", "term", "--num-cpus", "2"), tmp_path / "err")
@@ -338,14 +359,21 @@ def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, driver
         (r.data.tags["sweeplab.trial_id"], r.info.status) for r in runs
     ]
     assert any(r.info.status == "KILLED" for r in runs)
-    assert ledger.read(tmp_path / "ray" / "term")[0].stopped == "KILLED"
+    before = ledger.read(tmp_path / "ray" / "term")[0]
+    assert before.stopped == "KILLED"
+    reached = {k: t.epoch for k, t in before.trials.items()}
 
     r = sweeplab(cli(tmp_path, "resume", "term", "--num-cpus", "2"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 trials: 3 finished" in r.stdout, r.stdout + r.stderr
+    assert re.search(r"4 trials: \d finished, \d stopped early, 0 failed\n", r.stdout), r.stdout + r.stderr
     assert "WARNING" not in r.stdout + r.stderr, r.stdout + r.stderr
-    assert_logged_once(uri, "term", 3, 4)
-    assert_ledger_finished(tmp_path / "ray", "term", 3, 4)
+    after = assert_mlflow_matches_ledger(uri, tmp_path / "ray" / "term")
+    resumed = [t for k, t in after.trials.items() if not (k in before.trials and before.trials[k].status.ended)]
+    for t in resumed:  # the resumed ASHA judged each trial only past where the kill left it
+        if t.status == "STOPPED":
+            assert t.epoch > reached.get(t.key, 0), (t.key, t.epoch, reached.get(t.key))
+    stopped = (sum(t.status == "STOPPED" for t in before.trials.values()), sum(t.status == "STOPPED" for t in resumed))
+    print(f"ASHA across the kill: stopped {stopped[0]} before it, {stopped[1]} of {len(resumed)} resumed trials after")
 
 
 # ---- 3. two first sweeps on one new store and storage folder -------------------------------------
