@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from sweeplab.commands import analysis, models, sweep, train
+from sweeplab.commands import analysis, models, status, sweep, train
 from sweeplab.core import inputs, quiet
 from sweeplab.core.errors import ConfigError
 from sweeplab.core.names import check_name
@@ -146,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="list sweeps and the states of their trials")
     p.add_argument("name", nargs="?", help="launch name; default: all launches")
     p.add_argument("--storage", help="Tune storage folder or URI (default: ./runs/ray)")
-    p.set_defaults(fn=sweep.status)
+    p.set_defaults(fn=status.status)
 
     p = sub.add_parser("best", help="the best trials of a sweep or launch")
     p.add_argument("target", metavar="SWEEP_OR_LAUNCH")

@@ -1,7 +1,7 @@
-"""`sweeplab run | resume | status`, and the Python API's `sweeplab.run | resume`: one path for both.
+"""`sweeplab run | resume`, and the Python API's `sweeplab.run | resume`: one path for both.
 
 Everything about the input is checked before anything starts (bad input exits 2). A launch is the
-folder `STORAGE/NAME` (runner/launch.py); `status` reads its ledger alone: no Ray, nothing unpickled.
+folder `STORAGE/NAME` (runner/launch.py); `sweeplab status` is commands/status.py.
 """
 
 from __future__ import annotations
@@ -130,34 +130,6 @@ def _drive(sweep: Sweep, launch_dir: Path, meta: dict[str, Any], where: Where, l
         if view is not None:
             view.status.close()  # the final status stays printed above the summary
     return result, wrapup.finish(result, meta["tracking_uri"])
-
-
-def status(args: argparse.Namespace) -> int:
-    """`sweeplab status [NAME]`: launches and the states of their trials, from their ledgers alone."""
-    storage = resolve_storage(args.storage)
-    names = L.launches(storage)
-    if args.name and args.name not in names:
-        raise SweepError(f"no launch {args.name!r} in {storage}{suggest(args.name, names)}")
-    if not names:
-        print(f"no launches in {storage}")
-        return 0
-    for name in [args.name] if args.name else names:
-        try:
-            meta = L.read_meta(storage / name) or {}
-        except SweepError as e:
-            if args.name:
-                raise
-            print(f"sweeplab: {e}", file=sys.stderr)
-            continue
-        record = ledger.read(storage / name)[0]
-        listing.skipped(record)
-        running = ledger.held(storage / name)
-        if not running:  # its driver is gone: so is anything its Ray left behind
-            from sweeplab.runner import cluster
-
-            cluster.reap(storage / name / cluster.PROCESSES)
-        listing.print_status(name, meta, record, detail=bool(args.name), running=running)
-    return 0
 
 
 def _command() -> str:
