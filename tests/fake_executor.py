@@ -31,7 +31,15 @@ def metrics_of(point: dict[str, Any], epoch: int) -> dict[str, float]:
     """A deterministic epoch of a trial: the error falls with the epoch, faster for larger lr."""
     lr = float(point.get("optim.lr", 0.1))
     err = 90.0 / (1.0 + lr * 10 * epoch)
-    return {"epoch": epoch, "lr": lr, "train/loss": err / 30, "val/error": round(err, 4), "time/epoch_s": 0.001}
+    err = round(err, 4)
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train/loss": err / 30,
+        "val/error": err,
+        "val/accuracy": 100 - err,
+        "time/epoch_s": 0.001,
+    }
 
 
 class FakeTrainer(worker.Engine):

@@ -1,6 +1,6 @@
 """MLflow on a real database server, as on a cluster: a throwaway PostgreSQL and `mlflow server` on it
-(tests/pg_server.py), real sweeps logging over HTTP (checkpoints uploaded through the server), two at
-once, and a driver given the database's URI directly. The record must read back as with SQLite."""
+(tests/pg_server.py), two real sweeps at once, one logging over HTTP (checkpoints uploaded through the
+server), one given the database's URI directly. The record must read back as with SQLite."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def server() -> Iterator[Server]:
 
 
 def _sweep(tmp_path: Path, launch: str, epochs: int, name: str = "pg", train: int = 256) -> Path:
+    """A two-trial sweep file of its own folder (the launches share the sweep's name, so its experiment)."""
     folder = tmp_path / launch
     folder.mkdir()
     return write_sweep(
@@ -42,38 +43,6 @@ def _sweep(tmp_path: Path, launch: str, epochs: int, name: str = "pg", train: in
         space={"optim.lr": {"grid": [0.1, 0.01]}},
         max_concurrent=2,
     )
-
-
-def _argv(tmp_path: Path, sweep: Path, launch: str, uri: str) -> list[str]:
-    return cli(tmp_path, "run", str(sweep), "--name", launch, "--num-cpus", "1", tracking_uri=uri)
-
-
-@pytest.mark.slow
-def test_a_sweep_logged_through_the_server_is_whole(server: Server, tmp_path: Path) -> None:
-    """The SQLite record, on PostgreSQL behind `mlflow server`; checkpoints land in the server's artifact store."""
-    sweep = _sweep(tmp_path, "via-http", epochs=2)
-    run = subprocess.run(_argv(tmp_path, sweep, "via-http", server.url), capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "View run" not in run.stdout, "MLflow's links to each run, amid the progress lines"
-    client, runs = child_runs(tmp_path, "via-http", server.url)
-    check_trials(client, runs, ["lr=0.1", "lr=0.01"], 2, sweep)
-    check_parent(client, runs, "via-http", sweep, tmp_path / "download")
-    for r in runs:  # uploaded through the server to its --artifacts-destination, not written by the driver
-        assert r.info.artifact_uri.startswith("mlflow-artifacts:/"), r.info.artifact_uri
-        stored = server.artifacts / r.info.experiment_id / r.info.run_id / "artifacts" / "checkpoint"
-        assert sorted(p.name for p in stored.iterdir()) == ["metrics.json", "state.pt"]
-    # the same runs, read from the database itself (the route of `sweeplab table` on the head)
-    argv = [sys.executable, "-m", "sweeplab.cli", "best", "via-http", "--json", "--tracking-uri", server.db_uri]
-    best = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=server.env,
-    )
-    assert best.returncode == 0, best.stdout + best.stderr
-    best_run = min(runs, key=lambda r: r.data.metrics["val/error"])
-    assert best_run.info.run_name in best.stdout
 
 
 @pytest.mark.slow
@@ -86,21 +55,26 @@ def test_the_database_and_the_server_listen_on_loopback_only(server: Server) -> 
 
 
 @pytest.mark.slow
-def test_two_sweeps_logging_at_once_lose_nothing(server: Server, tmp_path: Path) -> None:
-    """Two drivers on one Ray cluster, one experiment, one server (cluster.yaml's head with two jobs):
-    both launches whole, every epoch of every trial once."""
+def test_two_sweeps_at_once_through_the_server_and_on_the_database_lose_nothing(server: Server, tmp_path: Path) -> None:
+    """Two drivers on one Ray cluster logging to one experiment at the same time (cluster.yaml's head with two
+    jobs): one through `mlflow server` over HTTP (checkpoints uploaded through it to its artifact store),
+    one given the database's URI directly (`postgresql://USER@HOST/DB`, the password in $PGPASSFILE;
+    artifacts where MLflow puts them, ./mlruns). Both launches read back whole, as with SQLite, every
+    epoch of every trial once; `sweeplab best` reads the runs from the database itself."""
     # epochs long enough (~1 s) that one driver's start-up skew does not let the other finish first
-    launches = {name: _sweep(tmp_path, name, epochs=3, train=1024) for name in ("both-a", "both-b")}
+    launches = {name: _sweep(tmp_path, name, epochs=3, train=1024) for name in ("via-http", "direct")}
+    uris = {"via-http": server.url, "direct": server.db_uri.replace("+psycopg", "")}  # SQLAlchemy picks psycopg 3
     outs = {}
     # a CPU for each trial of both sweeps: neither waits for the other's trials to end
     with ray_head(tmp_path / "ray-head.log", num_cpus=4) as (address, env):
         procs = {
             name: subprocess.Popen(
-                cli(tmp_path, "run", str(sweep), "--name", name, "--address", address, tracking_uri=server.url),
+                cli(tmp_path, "run", str(sweep), "--name", name, "--address", address, tracking_uri=uris[name]),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env=env,
+                env={**env, **server.env},
+                cwd=tmp_path,
             )
             for name, sweep in launches.items()
         }
@@ -114,6 +88,7 @@ def test_two_sweeps_logging_at_once_lose_nothing(server: Server, tmp_path: Path)
                     proc.wait()
     for name, proc in procs.items():
         assert proc.returncode == 0, f"{name}:\n{outs[name]}"
+        assert "View run" not in outs[name], "MLflow's links to each run, amid the progress lines"
     ids, spans = set(), []
     for name, sweep in launches.items():
         client, runs = child_runs(tmp_path, name, server.url)
@@ -124,22 +99,18 @@ def test_two_sweeps_logging_at_once_lose_nothing(server: Server, tmp_path: Path)
     assert len(ids) == 1, "both launches log to the one experiment of their sweep"
     (a0, a1), (b0, b1) = spans
     assert a0 < b1 and b0 < a1, f"the two launches' trials never logged at the same time: {spans}"
-
-
-@pytest.mark.slow
-def test_a_driver_given_the_database_uri_logs_to_it(server: Server, tmp_path: Path) -> None:
-    """`--tracking-uri postgresql://USER@HOST/DB` with the password in $PGPASSFILE: the runs are in the
-    server's database (read back through the server); artifacts go where MLflow puts them, ./mlruns."""
-    sweep = _sweep(tmp_path, "direct", epochs=1, name="pg-direct")
-    uri = server.db_uri.replace("+psycopg", "")  # the plain URI a user writes: SQLAlchemy picks psycopg 3
-    run = subprocess.run(
-        _argv(tmp_path, sweep, "direct", uri), capture_output=True, text=True, timeout=900, env=server.env, cwd=tmp_path
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    client, runs = child_runs(tmp_path, "direct", server.url)
-    check_trials(client, runs, ["lr=0.1", "lr=0.01"], 1, sweep)
-    for r in runs:
+    client, runs = child_runs(tmp_path, "via-http", server.url)
+    for r in runs:  # uploaded through the server to its --artifacts-destination, not written by the driver
+        assert r.info.artifact_uri.startswith("mlflow-artifacts:/"), r.info.artifact_uri
+        stored = server.artifacts / r.info.experiment_id / r.info.run_id / "artifacts" / "checkpoint"
+        assert sorted(p.name for p in stored.iterdir()) == ["metrics.json", "state.pt"]
+    for r in child_runs(tmp_path, "direct", server.url)[1]:
         assert r.info.artifact_uri.startswith(str(tmp_path / "mlruns") + "/"), r.info.artifact_uri
+    # the same runs, read from the database itself (the route of `sweeplab table` on the head)
+    argv = [sys.executable, "-m", "sweeplab.cli", "best", "via-http", "--json", "--tracking-uri", server.db_uri]
+    best = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=server.env)
+    assert best.returncode == 0, best.stdout + best.stderr
+    assert min(runs, key=lambda r: r.data.metrics["val/error"]).info.run_name in best.stdout
 
 
 def test_a_password_in_the_tracking_uri_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,10 +30,12 @@ STOP = {"1": 2}  # the scheduler stops trial 1 at its epoch 2
 EVENTS = 14
 
 
-def make_launch(tmp_path: Path, factory, space=None, search=None, name: str = "fake", follow: str = "inline") -> tuple:
+def make_launch(
+    tmp_path: Path, factory, space=None, search=None, name: str = "fake", follow: str = "inline", **more
+) -> tuple:
     """A compiled 3-trial sweep of 3 epochs, its launch folder written as `sweeplab run` does, and the
     `session(executor)` that runs (or resumes) it with the MLflow follower inline."""
-    spec = {"config": BASE, "name": name, "overrides": {"train.epochs": 3}, "space": space or GRID}
+    spec = {"config": BASE, "name": name, "overrides": {"train.epochs": 3}, "space": space or GRID, **more}
     if search:
         spec["search"] = search
     path = tmp_path / "sweep.yaml"
@@ -214,3 +216,29 @@ def test_a_killed_optuna_launch_tells_the_study_each_outcome_once_as_the_ledger_
         if t.status is Outcome.FINISHED:
             assert found[key].value == pytest.approx(t.last["val/error"])
         assert found[key].params == t.point
+
+
+def test_a_sweep_ranked_by_val_accuracy_maximises_it(tmp_path, tmp_path_factory, capsys):
+    """`metric: val/accuracy`: mode max by default; the ledger's best, the summary and the parent run pick the
+    highest accuracy; `sweeplab best` ranks by val/error (lowest first) unless told the metric."""
+    from sweeplab.cli import main
+
+    sweep, launch_dir, uri, session = make_launch(tmp_path, tmp_path_factory, metric="val/accuracy")
+    assert sweep.mode == "max"
+    result = session(FakeExecutor(stop=STOP))
+    accuracy = {k: t.last["val/accuracy"] for k, t in result.record.trials.items() if t.status is Outcome.FINISHED}
+    top = max(accuracy, key=accuracy.get)
+    assert result.record.best == {"key": top, "label": result.record.trials[top].label, "value": accuracy[top]}
+    runs = child_runs(uri, "fake")
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(uri).get_run(next(iter(runs.values())).data.tags["mlflow.parentRunId"])
+    assert parent.data.params["metric"] == "val/accuracy" and parent.data.params["mode"] == "max"
+    assert parent.data.metrics["best/val/accuracy"] == accuracy[top]
+    capsys.readouterr()
+    assert main(["best", "fake", "--metric", "val/accuracy", "--json", "--top", "3", "--tracking-uri", uri]) == 0
+    values = [row["value"] for row in json.loads(capsys.readouterr().out)]
+    assert values == sorted(values, reverse=True) and values[0] == max(accuracy.values())
+    assert main(["best", "fake", "--json", "--top", "3", "--tracking-uri", uri]) == 0
+    errors = [row["value"] for row in json.loads(capsys.readouterr().out)]
+    assert errors == sorted(errors)  # `best` alone ranks by val/error, whatever the sweep ranked by

@@ -6,14 +6,12 @@ Nothing here starts Ray but the one slow test, which runs a tiny real sweep rank
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sweep_cli import child_runs, cli, write_sweep
 from sweeplab import config
 from sweeplab.core.errors import SweepError
 from sweeplab.core.names import METRICS, default_mode
@@ -398,69 +396,3 @@ def test_a_trial_carries_val_accuracy_forward_for_the_scheduler(tmp_path):
     r({"epoch": 2, "train/error": 20.0}, dict)  # eval_every 2: no evaluation this epoch
     assert reports[1]["val/accuracy"] == 70.0 and reports[1]["val_stale"] is True
     assert "val_stale" not in reports[0]
-
-
-@pytest.mark.slow
-def test_a_real_sweep_ranked_by_val_accuracy_maximises_it(tmp_path):
-    """Tune's TuneConfig and ASHA get val/accuracy and max: ASHA stops the second trial only when its
-    accuracy at the rung is below the first's; the summary, the parent run and `best` rank highest first;
-    `best` by default still ranks by val/error."""
-    path = write_sweep(
-        tmp_path,
-        name="acc",
-        overrides={"train.epochs": 2},
-        space={"optim.lr": {"grid": [0.3, 0.0001]}},
-        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
-        metric="val/accuracy",
-        max_concurrent=1,
-    )
-    run = subprocess.run(
-        cli(tmp_path, "run", str(path), "--name", "acc", "--num-cpus", "1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    client, children = child_runs(tmp_path, "acc")
-    assert len(children) == 2
-    by_lr = {float(r.data.params["optim.lr"]): r for r in children}
-    first, second = by_lr[0.3], by_lr[0.0001]  # the grid's order; one trial at a time
-
-    def at(r, key, epoch):
-        return {m.step: m.value for m in client.get_metric_history(r.info.run_id, key)}[epoch]
-
-    for r in children:
-        assert at(r, "val/accuracy", 1) == pytest.approx(100.0 - at(r, "val/error", 1))
-    stopped = second.data.tags.get("sweeplab.stopped_early") == "true"
-    assert stopped == (at(second, "val/accuracy", 1) < at(first, "val/accuracy", 1)), run.stdout
-    finished = [r for r in children if r.data.tags.get("sweeplab.stopped_early") != "true"]
-    top = max(finished, key=lambda r: r.data.metrics["val/accuracy"])
-    parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
-    assert parent.data.params["metric"] == "val/accuracy" and parent.data.params["mode"] == "max"
-    assert parent.data.metrics["best/val/accuracy"] == top.data.metrics["val/accuracy"]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-    def best(*flags: str) -> list[float]:
-        argv = [
-            sys.executable,
-            "-m",
-            "sweeplab.cli",
-            "best",
-            "acc",
-            *flags,
-            "--json",
-            "--top",
-            "2",
-            "--tracking-uri",
-            uri,
-        ]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return [row["value"] for row in json.loads(out.stdout)]
-
-    accuracy = best("--metric", "val/accuracy")
-    assert accuracy == sorted(accuracy, reverse=True) and accuracy[0] == max(
-        r.data.metrics["val/accuracy"] for r in children
-    )
-    error_first = best()  # `best` alone ranks by val/error, lowest first, whatever the sweep ranked by
-    assert error_first == sorted(error_first) and error_first[0] == min(r.data.metrics["val/error"] for r in children)
