@@ -16,7 +16,7 @@ import pytest
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
 from mlflow_store import fresh_uri, run_trial
 from sweeplab import reference
-from sweeplab.analysis import tables
+from sweeplab.analysis import tables, verdicts
 from sweeplab.cli import main
 from sweeplab.tracking import Tracker
 
@@ -28,34 +28,34 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
 
 def test_binomial_sd_median_variance_and_t_quantiles() -> None:
     # sqrt(7 x 93 / 10000) = sqrt(0.0651); at 0% the count is kept one image in
-    assert tables.binomial_sd(7.0) == pytest.approx(0.255147, abs=1e-6)
-    assert tables.binomial_sd(0.0) == tables.binomial_sd(0.01) == pytest.approx(math.sqrt(0.01 * 99.99 / 1e4))
-    assert [tables.median_variance(n) for n in (1, 2, 3)] == [1.0, 0.5, 0.4487]
-    assert tables.median_variance(20) == pytest.approx(math.pi / 40)
+    assert verdicts.binomial_sd(7.0) == pytest.approx(0.255147, abs=1e-6)
+    assert verdicts.binomial_sd(0.0) == verdicts.binomial_sd(0.01) == pytest.approx(math.sqrt(0.01 * 99.99 / 1e4))
+    assert [verdicts.median_variance(n) for n in (1, 2, 3)] == [1.0, 0.5, 0.4487]
+    assert verdicts.median_variance(20) == pytest.approx(math.pi / 40)
     # two-sided 96% quantiles of Student's t (the 98th percentile of the tables): 4.849, 2.998, 2.612, 2.172
     for dof, t in ((2, 4.8487), (4, 2.9985), (6, 2.6122), (24, 2.1715), (1, 15.8945)):
-        assert tables.t_quantile(0.96, dof) == pytest.approx(t, abs=1e-4)
-    assert tables.t_coverage(tables.t_quantile(0.96, 7), 7) == pytest.approx(0.96)
+        assert verdicts.t_quantile(0.96, dof) == pytest.approx(t, abs=1e-4)
+    assert verdicts.t_coverage(verdicts.t_quantile(0.96, 7), 7) == pytest.approx(0.96)
 
 
 def test_a_one_seed_row_judged_by_the_prior_alone() -> None:
     # sd(7.5) = 0.65 x sqrt(7.5 x 92.5) / 100 = 0.17120, sd(7.0) = 0.65 x 0.255147 = 0.16585;
     # band = t(96%, 4 dof) 2.99853 x sqrt(0.17120^2 + 0.16585^2) = 0.7147
-    word, band = tables.verdict([7.5], 7.0)
+    word, band = verdicts.verdict([7.5], 7.0)
     assert word == "consistent" and band == pytest.approx(0.7147, abs=1e-4)
     # beyond the band, with no seed spread measured: no claim either way
-    assert tables.verdict([9.5], 7.0)[0] == "needs more seeds"
-    assert tables.verdict([5.0], 7.0)[0] == "needs more seeds"
-    assert tables.verdict([], 7.0) == ("-", None) and tables.verdict([7.5], None) == ("-", None)
+    assert verdicts.verdict([9.5], 7.0)[0] == "needs more seeds"
+    assert verdicts.verdict([5.0], 7.0)[0] == "needs more seeds"
+    assert verdicts.verdict([], 7.0) == ("-", None) and verdicts.verdict([7.5], None) == ("-", None)
 
 
 def test_three_tight_seeds_are_not_a_difference() -> None:
     # The case a row's own sd got wrong: [8.0, 8.02, 8.01] (sd 0.01) against 8.2 was "better" for a 0.19 gap.
     # r^2 = (2 x 0.0001 / binomial_sd(8.01)^2 + 4 x 0.65^2) / (2 + 4) = (0.0027143 + 1.69) / 6: r = 0.53115;
     # band = t(96%, 6) 2.61224 x sqrt(0.4487 x (r x 0.27145)^2 + (r x 0.27436)^2) = 0.4567
-    pooled = tables.noise([[8.0, 8.02, 8.01]], "this row")
+    pooled = verdicts.noise([[8.0, 8.02, 8.01]], "this row")
     assert (pooled.ratio, pooled.dof) == (pytest.approx(0.53115, abs=1e-5), 2)
-    word, band = tables.verdict([8.0, 8.02, 8.01], 8.2, 1, pooled)
+    word, band = verdicts.verdict([8.0, 8.02, 8.01], 8.2, 1, pooled)
     assert word == "consistent" and band == pytest.approx(0.4567, abs=1e-4)
 
 
@@ -63,20 +63,20 @@ def test_noise_pools_scaled_variances_with_the_prior() -> None:
     # variances 0.04 at mean 5.2 (2 dof) and 0.08 at mean 1.2 (1 dof), each over binomial_sd(mean)^2
     groups = [[5.0, 5.2, 5.4], [1.0, 1.4], [9.0]]
     ss = 2 * 0.04 / (5.2 * 94.8 / 1e4) + 0.08 / (1.2 * 98.8 / 1e4)
-    found = tables.noise(groups, "test")
+    found = verdicts.noise(groups, "test")
     assert found.dof == 3 and found.ratio == pytest.approx(math.sqrt((ss + 4 * 0.65**2) / 7))
-    assert tables.noise([[9.0], [], [3.0]]) == tables.PRIOR and not tables.PRIOR.measured
+    assert verdicts.noise([[9.0], [], [3.0]]) == verdicts.PRIOR and not verdicts.PRIOR.measured
     assert found.sd(50.0) == pytest.approx(found.ratio * 0.5)
 
 
 def test_measured_noise_allows_better_and_worse_and_a_median_of_k_narrows_nothing_it_should_not() -> None:
-    pooled = tables.Noise(0.65, 20, "test")  # t(96%, 24) = 2.17154
+    pooled = verdicts.Noise(0.65, 20, "test")  # t(96%, 24) = 2.17154
     # one seed vs one run at 7%: band = 2.17154 x 0.65 x sqrt(0.255147^2 x 2) = 0.5094
-    assert tables.verdict([7.0], 7.5, 1, pooled)[0] == "consistent"
-    assert tables.verdict([7.0], 7.8, 1, pooled)[0] == "better"
-    assert tables.verdict([8.0], 7.0, 1, pooled)[0] == "worse"
+    assert verdicts.verdict([7.0], 7.5, 1, pooled)[0] == "consistent"
+    assert verdicts.verdict([7.0], 7.8, 1, pooled)[0] == "better"
+    assert verdicts.verdict([8.0], 7.0, 1, pooled)[0] == "worse"
     # a published median of 3 is less noisy than one run: the band shrinks
-    assert tables.verdict([7.0], 7.0, 3, pooled)[1] < tables.verdict([7.0], 7.0, 1, pooled)[1]
+    assert verdicts.verdict([7.0], 7.0, 3, pooled)[1] < verdicts.verdict([7.0], 7.0, 1, pooled)[1]
 
 
 def test_published_runs_read_from_the_column_and_the_cell() -> None:
@@ -98,17 +98,18 @@ def test_published_cells_read_as_errors() -> None:
 
 
 def test_summary_line() -> None:
-    verdicts = ["consistent", "consistent", "better", "worse", "needs more seeds", "-", "-", "-", "-"]
-    assert tables.summary(verdicts, measured=6, total=9) == (
+    words = ["consistent", "consistent", "better", "worse", "needs more seeds", "-", "-", "-", "-"]
+    assert verdicts.summary(words, measured=6, total=9) == (
         "2 of 5 rows consistent, 1 better, 1 worse, 1 needs more seeds "
         "(1 measured without a published value; 3 without a finished run)"
     )
-    assert tables.summary(["consistent"] * 14 + ["better"] * 3 + ["worse"] * 3, 20, 20) == (
+    assert verdicts.summary(["consistent"] * 14 + ["better"] * 3 + ["worse"] * 3, 20, 20) == (
         "14 of 20 rows consistent, 3 better, 3 worse, 0 need more seeds"
     )
-    assert tables.summary(["-"] * 3, measured=0, total=3) == "no row has a finished run yet"
+    assert verdicts.summary(["-"] * 3, measured=0, total=3) == "no row has a finished run yet"
     assert (
-        tables.summary(["-"] * 3, measured=2, total=3) == "no measured row has a published value (2 of 3 rows measured)"
+        verdicts.summary(["-"] * 3, measured=2, total=3)
+        == "no measured row has a published value (2 of 3 rows measured)"
     )
 
 
@@ -128,23 +129,23 @@ def _simulate(seeds: int, ratio: float, gap: float = 0.0, related: bool = False,
     for _ in range(TABLES):
         drawn = []
         for i, level in enumerate(LEVELS):
-            sd = ratio * tables.binomial_sd(level)
+            sd = ratio * verdicts.binomial_sd(level)
             ours = level + gap * sd * (1 if i % 2 else -1)
             drawn.append(([rng.gauss(ours, sd) for _ in range(seeds)], rng.gauss(level, sd)))
-        pooled = tables.noise([ours for ours, _ in drawn])
+        pooled = verdicts.noise([ours for ours, _ in drawn])
         if related:
             assert not pooled.measured
-            other = [[rng.gauss(level, ratio * tables.binomial_sd(level)) for _ in range(3)] for level in LEVELS]
-            pooled = tables.noise(other, "other configs")
+            other = [[rng.gauss(level, ratio * verdicts.binomial_sd(level)) for _ in range(3)] for level in LEVELS]
+            pooled = verdicts.noise(other, "other configs")
         for ours, value in drawn:
-            counts[tables.verdict(ours, value, 1, pooled)[0]] += 1
+            counts[verdicts.verdict(ours, value, 1, pooled)[0]] += 1
     total = sum(counts.values())
-    found = {word: counts[word] / total for word in tables.VERDICTS}
+    found = {word: counts[word] / total for word in verdicts.VERDICTS}
     return found | {"flagged": found["better"] + found["worse"]}
 
 
 @pytest.mark.parametrize("seeds", [1, 3, 5])
-@pytest.mark.parametrize("ratio", [tables.PRIOR_RATIO, 0.45])
+@pytest.mark.parametrize("ratio", [verdicts.PRIOR_RATIO, 0.45])
 def test_same_distribution_is_consistent_at_least_95_percent(seeds: int, ratio: float) -> None:
     # the noise the prior assumes, and quieter noise (ours and the published run drawn alike)
     found = _simulate(seeds, ratio)
@@ -152,11 +153,11 @@ def test_same_distribution_is_consistent_at_least_95_percent(seeds: int, ratio: 
 
 
 def test_one_seed_rows_judged_by_other_tables_are_consistent_at_least_95_percent() -> None:
-    found = _simulate(1, tables.PRIOR_RATIO, related=True)
+    found = _simulate(1, verdicts.PRIOR_RATIO, related=True)
     assert found["consistent"] >= 0.95 and found["needs more seeds"] == 0, found
 
 
-@pytest.mark.parametrize("ratio", [tables.PRIOR_RATIO, 0.5])
+@pytest.mark.parametrize("ratio", [verdicts.PRIOR_RATIO, 0.5])
 def test_a_gap_of_4_sd_is_flagged_at_least_80_percent_with_3_seeds(ratio: float) -> None:
     found = _simulate(3, ratio, gap=4.0)
     assert found["flagged"] >= 0.80, found

@@ -3,9 +3,10 @@
 d = median(ours) - published, and Var(d) = m(n) sd(ours)^2 + m(k) sd(published)^2 for n our seeds and k
 published runs, m(n) the variance of a median of n draws in single-run units. The seed sd at an error of p% is
 r x binomial_sd(p) (noise grows with the error as counting noise on a 10,000-image test set does), r pooled over
-the table's rows with >= 2 seeds, else the store's other configs of the row's dataset and model, else the
-prior alone, and always shrunk towards the prior. band = t x sqrt(Var(d)), t Student's two-sided 96% quantile.
-|d| <= band: consistent; beyond it, better or worse once r is measured, needs more seeds while it is the prior.
+the table's rows with >= 2 seeds, else the store's other configs of the row's dataset and model, else the prior
+alone, and always shrunk towards the prior r = 0.65 (4 pseudo degrees of freedom). band = t x sqrt(Var(d)), t
+Student's two-sided 96% quantile. |d| <= band: consistent; beyond it, better or worse (ours lower or higher) once
+r is measured, needs more seeds while it is the prior alone. docs/fidelity.md, "Verdicts", gives the reasons.
 """
 
 from __future__ import annotations
