@@ -14,9 +14,10 @@ from sweeplab.search_spaces.domains import (
     Uniform,
     Variant,
 )
+from sweeplab.search_spaces.loading import from_snapshot, load
 from sweeplab.search_spaces.schedulers import SCHEDULERS, Scheduler, SchedulerKind
 from sweeplab.search_spaces.settings import Resources, Search
-from sweeplab.search_spaces.sweep import Sweep, Trial, from_snapshot, label, load
+from sweeplab.search_spaces.sweep import Sweep, Trial, label
 
 __all__ = [
     "SCHEDULERS",
