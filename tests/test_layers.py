@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sweeplab.optim",
             "sweeplab.schedules",
             "sweeplab.ghost_bn",
+            "sweeplab.precision",
             "sweeplab.engine",
             "sweeplab.checkpoints",
         ),

@@ -3,18 +3,66 @@
 A folder keeps the newest two: `checkpoint.pt` and the one before it, `checkpoint.prev.pt`. Each is
 written to a temporary file, fsynced, then renamed over, so a kill or a full disk never leaves a
 torn newest one; and when the newest does not load anyway (a bit flipped, a file cut by hand) the
-older one is there. Both load as tensors and plain data only (`engine.load_checkpoint`).
+older one is there. Both load as tensors and plain data only (`load_checkpoint`, which refuses anything
+else unread, and a file of another CHECKPOINT_VERSION). The engine re-exports `load_checkpoint` and
+`CheckpointError` for its callers.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from sweeplab.engine import CheckpointError, load_checkpoint
-
 CHECKPOINT, PREVIOUS, TMP = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.tmp"
+CHECKPOINT_VERSION = 1
+_STATE_KEYS = {"version", "epoch", "step", "model", "optimizer", "scaler", "config"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, truncated, corrupt, refused or of another version."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state, read as tensors and plain data only: with weights_only a file that names
+    any other object (a crafted pickle calling os.system, say) is refused, never unpickled."""
+    import torch
+
+    try:
+        # torch.load does not check the zip's CRCs: a flipped bit in the weights would load silently
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if (bad := z.testzip()) is not None:
+                    raise CheckpointError(f"{path}: corrupt (checksum mismatch in {bad})")
+        with warnings.catch_warnings():  # torch warns about a crafted file's pickle protocol: say it once, below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except pickle.UnpicklingError as e:  # torch's safe unpickler met something it does not allow
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        what = (
+            f"it names code ({code.group(1)}), not only tensors and plain data"
+            if code
+            else "corrupt, or it holds objects other than tensors and plain data"
+        )
+        raise CheckpointError(f"{path}: refused: {what}; it was not unpickled") from None
+    except Exception as e:  # a truncated zip, an empty file, a read error: torch raises many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: truncated or corrupt ({first[:120]})") from None
+    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+        raise CheckpointError(f"{path}: not a sweeplab checkpoint")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {state['version']!r}, this sweeplab reads {CHECKPOINT_VERSION}"
+        )
+    return state
 
 
 def save(folder: Path, state: dict[str, Any]) -> Path:

@@ -8,13 +8,8 @@ a checkpoint continues bit for bit as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
-import pickle
-import re
 import time
-import warnings
-import zipfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,9 +18,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sweeplab import ghost_bn, models, optim, schedules
+from sweeplab.checkpoints import CHECKPOINT_VERSION
+from sweeplab.checkpoints import CheckpointError as CheckpointError  # re-exported: callers load through the engine
+from sweeplab.checkpoints import load_checkpoint as load_checkpoint
 from sweeplab.data import augment, datasets
 from sweeplab.data.loader import DeviceLoader
 from sweeplab.models import tweaks
+from sweeplab.precision import HalfScaler, autocast
 from sweeplab.schema import Config
 
 # on_epoch(metrics, checkpoint) where checkpoint() builds the resumable state only if asked for.
@@ -33,48 +32,6 @@ EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 # on_step(step, steps, images): after each optimiser step of an epoch (1-based, of `steps`; `images` this
 # rank has trained on so far), from shapes alone: no device sync, so a progress bar costs no speed.
 StepCallback = Callable[[int, int, int], None]
-CHECKPOINT_VERSION = 1
-_STATE_KEYS = {"version", "epoch", "step", "model", "optimizer", "scaler", "config"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: missing, truncated, corrupt, refused or of another version."""
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's state, read as tensors and plain data only: with weights_only a file that names
-    any other object (a crafted pickle calling os.system, say) is refused, never unpickled."""
-    try:
-        # torch.load does not check the zip's CRCs: a flipped bit in the weights would load silently
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                if (bad := z.testzip()) is not None:
-                    raise CheckpointError(f"{path}: corrupt (checksum mismatch in {bad})")
-        with warnings.catch_warnings():  # torch warns about a crafted file's pickle protocol: say it once, below
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except pickle.UnpicklingError as e:  # torch's safe unpickler met something it does not allow
-        code = re.search(r"GLOBAL (\S+)", str(e))
-        what = (
-            f"it names code ({code.group(1)}), not only tensors and plain data"
-            if code
-            else "corrupt, or it holds objects other than tensors and plain data"
-        )
-        raise CheckpointError(f"{path}: refused: {what}; it was not unpickled") from None
-    except Exception as e:  # a truncated zip, an empty file, a read error: torch raises many kinds
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: truncated or corrupt ({first[:120]})") from None
-    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
-        raise CheckpointError(f"{path}: not a sweeplab checkpoint")
-    if state["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {state['version']!r}, this sweeplab reads {CHECKPOINT_VERSION}"
-        )
-    return state
 
 
 def nhwc_is_safe(device: torch.device) -> bool:
@@ -104,68 +61,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision via torch.autocast; fp32 and fp16_pure (the model itself is half) are no-op contexts."""
-    if precision in ("fp32", "fp16_pure"):
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class HalfScaler:
-    """Loss scaling for pure half precision (apex O3), where GradScaler refuses fp16 gradients.
-
-    A static scale multiplies the loss and divides the gradients, nothing else (apex's static scaler).
-    Dynamic (static = 0) works as GradScaler's defaults: start at 2^16, skip a step whose gradients are
-    not finite and halve the scale, double it after 2000 finite steps in a row.
-    """
-
-    GROWTH_INTERVAL = 2000
-
-    def __init__(self, static: float = 0.0) -> None:
-        self.dynamic = static <= 0
-        self.scale_value = 2.0**16 if self.dynamic else static
-        self.good_steps = 0
-        self._unscaled = self._found_inf = False
-
-    def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale_value
-
-    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        """Divide the gradients by the scale (once per step); note whether any is not finite."""
-        if self._unscaled:
-            return
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if self.scale_value != 1.0:
-            for g in grads:
-                g.div_(self.scale_value)
-        if self.dynamic and grads:  # one host sync per step: the price of skipping overflowed steps
-            self._found_inf = not bool(torch.stack([g.isfinite().all() for g in grads]).all())
-        self._unscaled = True
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.unscale_(optimizer)
-        if not self._found_inf:
-            optimizer.step()
-
-    def update(self) -> None:
-        if self.dynamic:
-            if self._found_inf:
-                self.scale_value, self.good_steps = self.scale_value / 2, 0
-            else:
-                self.good_steps += 1
-                if self.good_steps == self.GROWTH_INTERVAL:
-                    self.scale_value, self.good_steps = self.scale_value * 2, 0
-        self._unscaled = self._found_inf = False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale_value, "good_steps": self.good_steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale_value = state.get("scale", self.scale_value)
-        self.good_steps = state.get("good_steps", 0)
 
 
 def subset(data: datasets.Dataset, n_train: int, n_test: int, seed: int) -> datasets.Dataset:
