@@ -60,6 +60,7 @@ SERVER_START_S = 180  # a server's first start (MLflow migrates a new store)
 STOP_S = 20  # a stopped server must be gone within this
 PORT_WAIT_S = 60  # a server's port taken by someone else: wait this long for it, then fail
 SMOKE_TRIALS = 8  # quickstart's smoke grid (README: "the smoke grid's 8 rows")
+API_TRIALS = 2  # the README's Python API sweep: two learning rates
 TAIL = 3000  # characters of a command's stdout and stderr shown when it fails
 
 
@@ -444,7 +445,8 @@ assert torch.allclose(a, b, atol=1e-5), "sweeplab.load_model and mlflow.pytorch.
 """
 PROBE_API = f"""
 import torch
-assert len(trials) == {SMOKE_TRIALS}, f"sweeplab.run returned {{len(trials)}} trials, not {SMOKE_TRIALS}"
+assert len(trials) == {API_TRIALS}, f"sweeplab.run returned {{len(trials)}} trials, not {API_TRIALS}"
+assert set(trials["status"]) == {{"FINISHED"}}, f"the notebook's trials ended {{set(trials['status'])}}"
 assert best and best[0]["run_id"], "sweeplab.best found nothing"
 assert isinstance(model, torch.nn.Module) and not model.training, "load_model gave no nn.Module in eval mode"
 with torch.no_grad():
@@ -463,7 +465,7 @@ def check_api_table(ran: Ran) -> None:
     ran.expect(head is not None, "the trials table was not printed")
     assert head is not None
     rows = [line for line in lines[head + 1 :] if line.strip()]
-    ran.expect(len(rows) == SMOKE_TRIALS, f"{len(rows)} rows printed, not {SMOKE_TRIALS}")
+    ran.expect(len(rows) == API_TRIALS, f"{len(rows)} rows printed, not {API_TRIALS}")
 
 
 def check_frame(ran: Ran) -> None:

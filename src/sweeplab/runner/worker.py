@@ -171,10 +171,10 @@ def _run(
         **_origin_report(origin, job),
         **({"notice": notice} if notice else {}),
     }
-    reporter = Reporter(job, report, trainer, first)
+    # the model is exported before the last epoch's report: a scheduler (ASHA at max_t) may end the trial
+    # on that report, and nothing after it would run
+    reporter = Reporter(job, report, trainer, first, lambda: _export(job, conf, trainer), conf.train.epochs)
     trainer.fit(conf, reporter, state)
-    if job.rank == 0:
-        _export(job, conf, trainer)
 
 
 def _export(job: TrialJob, conf: Any, trainer: Trainer) -> None:
@@ -246,10 +246,20 @@ def _rewrite(path: Path, lines: list[dict[str, Any]]) -> None:
 
 class Reporter:
     """The engine's on_epoch for a trial: the epoch's line in metrics.jsonl, then its checkpoint in the
-    folder, then the report (rank 0; other DDP ranks only report, as Train's barrier needs)."""
+    folder, after the last epoch the model (`last`), then the report (rank 0; other DDP ranks only
+    report, as Train's barrier needs)."""
 
-    def __init__(self, job: TrialJob, report: Report, trainer: Trainer, first: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        job: TrialJob,
+        report: Report,
+        trainer: Trainer,
+        first: dict[str, Any],
+        last: Callable[[], None] | None = None,
+        epochs: int = 0,
+    ) -> None:
         self.job, self.report, self.trainer, self.first = job, report, trainer, first
+        self.last, self.epochs = last, epochs
         self.val: dict[str, float] = {}
 
     def __call__(
@@ -272,6 +282,8 @@ class Reporter:
         with (folder / METRICS).open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         newest = self.trainer.save(folder, state())
+        if self.last is not None and int(metrics["epoch"]) >= self.epochs:
+            self.last()
         handed = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
         try:  # Tune copies the folder into its own storage for retries and PBT; a hard link costs nothing
             _link_or_copy(newest, handed / "state.pt")
