@@ -274,7 +274,12 @@ def test_a_killed_driver_and_a_hostile_launch_folder(tmp_path, drivers):
     probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(Payload(probe)))
     assert probe.exists()  # the payload does run when unpickled
-    planted = [p for p in (launch / "tune").rglob("*") if p.is_file()]
+    # Tune's own files: its experiment (in this user's private temp folder, for a local Ray) and the keys
+    # sweeplab keeps beside the launch (runner/worker.own_key)
+    from sweeplab.runner.cluster import private_temp_dir
+
+    tune_dir = Path(private_temp_dir()) / "tune" / "hostile"
+    planted = [p for p in [*(launch / "tune").rglob("*"), *tune_dir.rglob("*")] if p.is_file()]
     assert any(p.name == "tuner.pkl" for p in planted), planted
     for p in [*planted, launch / "tuner.pkl", launch / "trials" / "0" / "state.pkl", launch / "experiment_state.pkl"]:
         p.parent.mkdir(parents=True, exist_ok=True)
