@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -112,20 +113,29 @@ def remember(record: Path) -> None:
     `status`) can stop any that a killed driver left behind."""
     ours = descendants(os.getpid()) - _BEFORE
     tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(sorted([pid, start] for pid, start in ours)))
+    tmp.write_text(json.dumps({"host": socket.gethostname(), "processes": sorted([p, s] for p, s in ours)}))
     os.replace(tmp, record)
 
 
 def reap(record: Path) -> int:
-    """Stop what a killed driver's Ray left running (only processes in `record` with their own start time:
-    never a process that merely reuses a pid); returns how many were stopped."""
+    """Stop what a killed driver's Ray left running: the processes in `record` that are still the ones it
+    wrote down (by start time: never a process that merely reuses a pid), and every process below them
+    (workers and agents Ray started after the record was last written); returns how many were stopped."""
     try:
-        listed = json.loads(record.read_text())
-    except (OSError, ValueError):
+        written = json.loads(record.read_text())
+        listed = written["processes"] if written.get("host") == socket.gethostname() else []  # this machine's only
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0
+    alive = {
+        (pid, start)
+        for pid, start in (listed if isinstance(listed, list) else [])
+        if isinstance(pid, int) and isinstance(start, str) and _running(pid, start)
+    }
+    for pid, _ in list(alive):
+        alive |= descendants(pid)
     stopped = 0
-    for pid, start in listed if isinstance(listed, list) else []:
-        if isinstance(pid, int) and isinstance(start, str) and _running(pid, start):
+    for pid, start in alive:
+        if _running(pid, start):
             try:
                 os.kill(pid, signal.SIGKILL)
                 stopped += 1

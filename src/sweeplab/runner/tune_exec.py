@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,7 @@ def forward(driver: Driver, launch_dir: Path) -> Any:
     from ray import tune
 
     keys: dict[str, str] = {}  # Tune trial id -> ledger key, from its config when it first started (see own_key)
+    seen = [time.monotonic()]  # when the processes were last written down
 
     def key_of(trial: Any) -> str:
         return keys.setdefault(trial.trial_id, str(trial.config["trial"]["key"]))
@@ -253,5 +255,9 @@ def forward(driver: Driver, launch_dir: Path) -> Any:
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             driver.step()
+            now = time.monotonic()
+            if now - seen[0] > 5:  # Ray starts workers and agents as it goes: written down for `reap`
+                seen[0] = now
+                cluster.remember(launch_dir / cluster.PROCESSES)
 
     return Forward()
