@@ -70,9 +70,10 @@ def execute(session: Session, driver: Driver, plan: Plan, trainable: Any = None)
     # the result grid `fit` returns reads trial folders sweeplab asks Tune not to fill (no result.json)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # Tune's own experiment state and its copies of it, which sweeplab never reads: failing to save them (a
-    # full disk) is not news; what matters (the ledger, a trial's checkpoint) is said by sweeplab
-    for name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # full disk) is not news (a traceback per try, at warning level from Train's syncer); what matters (the
+    # ledger, a trial's checkpoint) is said by sweeplab
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.train").setLevel(logging.ERROR)
     if sweep.search.name == "optuna":
         searcher, space, n = ask(plan.asked()), {}, plan.remaining()
     else:
