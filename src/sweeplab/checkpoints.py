@@ -10,6 +10,7 @@ else unread, and a file of another CHECKPOINT_VERSION). The engine re-exports `l
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -74,7 +75,10 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
     newest, tmp = folder / CHECKPOINT, folder / TMP
     try:
         with tmp.open("wb") as f:  # through a Python file: a full disk raises OSError, not torch's RuntimeError
-            torch.save(state, f)
+            try:
+                torch.save(state, f)
+            except RuntimeError as e:
+                raise _write_error(e, tmp) from e
             f.flush()
             os.fsync(f.fileno())  # on disk before it replaces anything
         if newest.exists():
@@ -84,6 +88,21 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return newest
+
+
+def _write_error(e: RuntimeError, path: Path) -> BaseException:
+    """torch's zip writer reports a failed write as a RuntimeError ("unexpected pos ..."), sometimes with the
+    OSError behind it, sometimes without: the OSError when there is one, ENOSPC when the disk is full."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        cause = cause.__context__
+    try:
+        full = os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) if full else e
 
 
 def exists(folder: Path) -> bool:
