@@ -1,4 +1,5 @@
-"""Test helpers: a fresh SQLite MLflow store per test, and a sweep simulated through the Tracker.
+"""Test helpers: a fresh SQLite MLflow store per test, a sweep simulated through the Tracker, and ledger
+events written as a launch's driver writes them (for the MLflow follower to copy).
 
 Creating an MLflow database takes seconds (schema migrations), so one empty database is built
 per test session and copied for each test.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
-from sweeplab import reference
+from sweeplab import ledger, reference
 from sweeplab.tracking import Tracker
 from sweeplab.tracking.store import client
 
@@ -25,6 +27,17 @@ def fresh_uri(folder: Path, factory) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(_TEMPLATE[0], folder / "mlflow.db")
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def append(launch_dir: Path, *events: dict[str, Any]) -> None:
+    """Events as the launch's driver writes them: appended to its ledger and synced."""
+    w = ledger.Writer(launch_dir)
+    try:
+        for e in events:
+            w.append(e)
+        w.sync()
+    finally:
+        w.close()
 
 
 def trial_config(lr: float, wd: float, seed: int, epochs: int = 3, smoothing: float | None = None) -> dict:

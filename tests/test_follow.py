@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
-from mlflow_store import fresh_uri
-from sweeplab import ledger
+from mlflow_store import append, fresh_uri
 from sweeplab.commands import wrapup
 from sweeplab.runner import launch as L
 from sweeplab.schema import flatten
@@ -64,17 +63,6 @@ def follower(launch_dir: Path, uri: str) -> tuple[Follower, Watched]:
     watched = Watched(tracker.client)
     tracker.client = watched
     return Follower(launch_dir, SWEEP, tracker), watched
-
-
-def append(launch_dir: Path, *events: dict[str, Any]) -> None:
-    """Events as the launch's driver writes them: appended and synced."""
-    w = ledger.Writer(launch_dir)
-    try:
-        for e in events:
-            w.append(e)
-        w.sync()
-    finally:
-        w.close()
 
 
 def trial(i: int) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 import sweeplab.tracking  # noqa: F401 - first: it turns MLflow telemetry off before mlflow loads
-from mlflow_store import fresh_uri
-from sweeplab import ledger
+from mlflow_store import append, fresh_uri
 from sweeplab.cli import main
 from sweeplab.search_spaces import label, load
 from sweeplab.tracking import Tracker, follow
@@ -168,16 +167,6 @@ def _follower(launch_dir: Path, uri: str, launch: str = "qs-x") -> tuple[Followe
     return Follower(launch_dir, SWEEP, tracker), failing
 
 
-def _append(launch_dir: Path, *events: dict[str, Any]) -> None:
-    w = ledger.Writer(launch_dir)
-    try:
-        for e in events:
-            w.append(e)
-        w.sync()
-    finally:
-        w.close()
-
-
 def _trial_events(i: int, epochs: int = 3, end: bool = True) -> list[dict[str, Any]]:
     point = POINTS[i]
     events: list[dict[str, Any]] = [
@@ -218,7 +207,7 @@ def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("failing", [{1, 2, 3}, {6, 7, 8}, {9, 10}])
 def test_a_store_failing_briefly_loses_nothing(tmp_path, tmp_path_factory, capsys, no_waits, failing) -> None:
     uri = fresh_uri(tmp_path / "store", tmp_path_factory)
-    _append(tmp_path, {"ev": "session"}, *_trial_events(0), *_trial_events(1))
+    append(tmp_path, {"ev": "session"}, *_trial_events(0), *_trial_events(1))
     f, store = _follower(tmp_path, uri)
     store.fail = failing  # three tries of one change at most: the fourth works
     f.poll()
@@ -237,11 +226,11 @@ def test_a_store_down_for_good_is_remembered_said_once_retried_and_reported_lost
 ) -> None:
     uri = fresh_uri(tmp_path / "store", tmp_path_factory)
     f, store = _follower(tmp_path, uri)
-    _append(tmp_path, {"ev": "session"}, *_trial_events(0, end=False))
+    append(tmp_path, {"ev": "session"}, *_trial_events(0, end=False))
     f.poll()
     assert _epochs(uri, _runs(uri)["0"]) == [1, 2, 3]
     store.fail_from = store.calls + 1  # from here on every call fails
-    _append(tmp_path, {"ev": "end", "key": "0", "outcome": "FINISHED", "epoch": 3}, *_trial_events(1))
+    append(tmp_path, {"ev": "end", "key": "0", "outcome": "FINISHED", "epoch": 3}, *_trial_events(1))
     f.poll()
     assert sorted(f.lost) == ["0", "1"]
     err = capsys.readouterr().err.splitlines()
@@ -253,7 +242,7 @@ def test_a_store_down_for_good_is_remembered_said_once_retried_and_reported_lost
     calls = store.calls
     f.poll()  # no new line in the ledger: what was lost is tried again, and said no more
     assert store.calls > calls and sorted(f.lost) == ["0", "1"] and capsys.readouterr().err == ""
-    _append(tmp_path, {"ev": "stop", "status": "FINISHED", "best": None})
+    append(tmp_path, {"ev": "stop", "status": "FINISHED", "best": None})
     f.finish()
     assert sorted(f.lost) == ["", "0", "1"]  # '' : the parent run's end
     assert capsys.readouterr().err.splitlines() == [
@@ -294,14 +283,14 @@ def test_a_full_mlflow_disk_loses_nothing_of_the_ledger(tmpfs, tmp_path, tmp_pat
     uri = fresh_uri(tmpfs, tmp_path_factory)
     launch_dir = tmp_path / "launch"
     f, _ = _follower(launch_dir, uri, "qs-full")
-    _append(launch_dir, {"ev": "session"}, *_trial_events(0), *_trial_events(1, epochs=1, end=False))
+    append(launch_dir, {"ev": "session"}, *_trial_events(0), *_trial_events(1, epochs=1, end=False))
     f.poll()  # trial 0 whole, trial 1's start and epoch 1 in MLflow
     assert f.lost == {}
     _fill(tmpfs)
     more = [{"ev": "result", "key": "1", "epoch": e, "metrics": {"epoch": e, "val/error": 40.0 - e}} for e in (2, 3)]
-    _append(launch_dir, *more, {"ev": "end", "key": "1", "outcome": "FINISHED", "epoch": 3}, *_trial_events(2))
+    append(launch_dir, *more, {"ev": "end", "key": "1", "outcome": "FINISHED", "epoch": 3}, *_trial_events(2))
     f.poll()
-    _append(launch_dir, {"ev": "stop", "status": "FINISHED", "best": None})
+    append(launch_dir, {"ev": "stop", "status": "FINISHED", "best": None})
     f.finish()
     assert sorted(f.lost) == ["", "1", "2"]
     err = capsys.readouterr().err
