@@ -133,16 +133,27 @@ def reap(record: Path) -> int:
     }
     for pid, _ in list(alive):
         alive |= descendants(pid)
-    stopped = 0
-    for pid, start in alive:
+    stopped = _kill(alive)
+    record.unlink(missing_ok=True)
+    return stopped
+
+
+def _kill(processes: set[tuple[int, str]], wait_s: float = 10.0) -> int:
+    """SIGKILL `processes` and wait until they are gone: a killed process with a large heap can take seconds
+    to exit on a busy machine, and whoever said "stopped" next would find it still there; returns how many."""
+    stopped = set()
+    for pid, start in processes:
         if _running(pid, start):
             try:
                 os.kill(pid, signal.SIGKILL)
-                stopped += 1
+                stopped.add((pid, start))
             except (ProcessLookupError, PermissionError):
                 pass
-    record.unlink(missing_ok=True)
-    return stopped
+    deadline, left = time.monotonic() + wait_s, set(stopped)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = {p for p in left if _running(*p)}
+    return len(stopped)
 
 
 def shutdown(wait_s: float = 5.0) -> None:
@@ -160,12 +171,7 @@ def shutdown(wait_s: float = 5.0) -> None:
     while ours and time.monotonic() < deadline:
         ours = {p for p in ours if _running(*p)}
         time.sleep(0.1)
-    for pid, started in ours:
-        if _running(pid, started):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    _kill(ours)
 
 
 def descendants(root: int) -> set[tuple[int, str]]:
