@@ -109,6 +109,20 @@ def test_a_whole_launch_records_every_trial_and_epoch(tmp_path, tmp_path_factory
     assert {p.name for p in folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt"}
 
 
+def test_resuming_a_launch_with_nothing_left_starts_no_executor(tmp_path, tmp_path_factory):
+    """`sweeplab resume` of a finished launch starts no Ray: the ledger says nothing is owed."""
+    sweep, launch_dir, uri, session = make_launch(tmp_path, tmp_path_factory)
+    session(FakeExecutor(stop=STOP))
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the executor was started for a launch with nothing left to run")
+
+    result = session(refuse)  # type: ignore[arg-type]
+    assert result.status == "FINISHED" and result.owed == 0 and result.lost == []
+    record = assert_once(uri, launch_dir)
+    assert record.sessions == 2 and record.stopped == "FINISHED"
+
+
 @pytest.mark.parametrize("synced", [True, False], ids=["synced", "unsynced"])
 @pytest.mark.parametrize("n", range(1, EVENTS + 1))
 def test_a_driver_killed_after_any_event_resumes_with_every_trial_and_epoch_once(tmp_path, tmp_path_factory, n, synced):

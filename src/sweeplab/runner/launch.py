@@ -111,7 +111,9 @@ def session(
     # SIGTERM (a scheduler's kill, `timeout`, `ray job stop`) ends the session as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
-        executor(Session(sweep, launch_dir, record.sessions, max_concurrent, tune_reporter), driver, plan)
+        if study is not None or plan.remaining():  # a launch with nothing left starts no Ray (an Optuna one
+            # does: its study may hold a trial the ledger lacks, and is told the ended ones again)
+            executor(Session(sweep, launch_dir, record.sessions, max_concurrent, tune_reporter), driver, plan)
         budget = sweep.search.time_budget_s
         out_of_time = budget is not None and time.monotonic() - started >= budget
         if out_of_time:  # Tune stopped the running trials without a word: they stopped early, as a scheduler's
