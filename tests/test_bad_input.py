@@ -4,23 +4,22 @@ A table of bad config files, `key=value` overrides, sweep files and command-line
 the real `sweeplab` command in its own empty working folder and asserts: exit code 2, stderr is exactly
 one line starting "sweeplab: error:" that names the key or the file, no traceback, and no new file or
 folder (the run folder, `--storage`, the MLflow store and `runs/` would all land in that folder).
-The cases run as parallel subprocesses (validation never imports torch: ~0.3 s each).
+Each case is a `python -m sweeplab.cli` forked from a server that imported sweeplab once
+(tests/forked_cli.py); validation never imports torch.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from forked_cli import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/fashion_mnist/resnet_preact20.yaml"
@@ -716,11 +715,10 @@ def _listing(folder: Path) -> list[str]:
     return sorted(str(Path(d, n).relative_to(folder)) for d, dirs, files in os.walk(folder) for n in dirs + files)
 
 
-def _limit_memory() -> None:  # a case that enumerates a billion trials fails instead of eating the machine
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+MEMORY = 4 << 30  # a case that enumerates a billion trials fails instead of eating the machine
 
 
-def _run(c: Case, folder: Path, store: Path | None, busy: int) -> dict[str, object]:
+def _run(c: Case, folder: Path, store: Path | None, busy: int, server: Server) -> dict[str, object]:
     folder.mkdir()
     for name, content in c.files.items():
         path = folder / name
@@ -740,32 +738,22 @@ def _run(c: Case, folder: Path, store: Path | None, busy: int) -> dict[str, obje
         else:
             path.write_text(str(content))
     before = _listing(folder)
-    # a warning printed on bad input breaks the one line; $MLFLOW_TRACKING_URI only where a case sets it
+    argv = [a.replace(BUSY, str(busy)) for a in c.argv]
+    r = server.run(argv, folder, {**_env(), **c.env}, MEMORY, timeout=60)
+    return {**r, "before": before, "after": _listing(folder)}
+
+
+def _env() -> dict[str, str]:
+    """A case's environment: a warning printed on bad input breaks the one line; $MLFLOW_TRACKING_URI
+    only where a case sets it."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PYTHONWARNINGS="default", **c.env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeplab.cli", *(a.replace(BUSY, str(busy)) for a in c.argv)],
-        cwd=folder,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=_limit_memory,
-    )
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the case's own process group, which this test started
-        out, err = proc.communicate()
-        err += "\n(timed out after 60 s)"
-    return {"code": proc.returncode, "stdout": out, "stderr": err, "before": before, "after": _listing(folder)}
+    return {**env, "PYTHONWARNINGS": "default"}
 
 
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory) -> dict[str, dict[str, object]]:
-    """Run the selected cases, 4 at a time (each is mostly process start-up)."""
+    """Run the selected cases, 2 at a time, each a `python -m sweeplab.cli` forked from a server that
+    imported sweeplab once (tests/forked_cli.py: start-up was most of a case's time)."""
     selected = {
         item.callspec.params["c"].id
         for item in request.session.items
@@ -778,12 +766,22 @@ def results(request, tmp_path_factory) -> dict[str, dict[str, object]]:
         from mlflow_store import fresh_uri
 
         store = Path(fresh_uri(base / "store", tmp_path_factory)[len("sqlite:///") :])
-    with socket.socket() as taken, ThreadPoolExecutor(max_workers=4) as pool:
-        taken.bind(("127.0.0.1", 0))  # a port in use: a `ui` case that got through would not start a server
-        taken.listen()
-        busy = taken.getsockname()[1]
-        done = pool.map(lambda ic: _run(ic[1], base / f"case{ic[0]}", store, busy), enumerate(todo))
-        return {c.id: r for c, r in zip(todo, done)}
+    servers = [Server(_env(), base / f"server{i}") for i in range(2)]
+    try:
+        with socket.socket() as taken, ThreadPoolExecutor(max_workers=len(servers)) as pool:
+            taken.bind(("127.0.0.1", 0))  # a port in use: a `ui` case that got through would not start a server
+            taken.listen()
+            busy = taken.getsockname()[1]
+            halves = [list(enumerate(todo))[i :: len(servers)] for i in range(len(servers))]
+
+            def run_half(half: list[tuple[int, Case]], server: Server) -> dict[str, dict[str, object]]:
+                return {c.id: _run(c, base / f"case{i}", store, busy, server) for i, c in half}
+
+            done = pool.map(run_half, halves, servers)
+            return {k: v for part in done for k, v in part.items()}
+    finally:
+        for s in servers:
+            s.close()
 
 
 def test_the_table_holds_at_least_100_cases():
