@@ -113,8 +113,11 @@ def remember(record: Path) -> None:
     `status`) can stop any that a killed driver left behind."""
     ours = descendants(os.getpid()) - _BEFORE
     tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"host": socket.gethostname(), "processes": sorted([p, s] for p, s in ours)}))
-    os.replace(tmp, record)
+    try:
+        tmp.write_text(json.dumps({"host": socket.gethostname(), "processes": sorted([p, s] for p, s in ours)}))
+        os.replace(tmp, record)
+    except OSError:  # a full disk: the record written last stands (a trial's checkpoint says the disk is full)
+        tmp.unlink(missing_ok=True)
 
 
 def reap(record: Path) -> int:

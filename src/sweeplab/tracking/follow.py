@@ -246,7 +246,10 @@ def main(argv: list[str]) -> int:
             break
         time.sleep(POLL_S)
     follower.finish()
-    print(json.dumps({"lost": sorted(follower.lost)}), flush=True)
+    try:
+        print(json.dumps({"lost": sorted(follower.lost)}), flush=True)
+    except BrokenPipeError:  # the driver died before reading it: the next `resume` fills what MLflow lacks
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
     return 1 if follower.lost else 0
 
 
