@@ -30,7 +30,8 @@ from sweeplab.runner.tune_exec import Session
 from sweeplab.search_spaces import Sweep
 
 META = "sweeplab.json"
-Executor = Callable[[Session, Driver, Plan], None]
+# runs a session's trials; may return what to call once the ledger's `stop` is written (e.g. stop Ray)
+Executor = Callable[[Session, Driver, Plan], Callable[[], None] | None]
 
 
 @dataclass
@@ -110,10 +111,11 @@ def session(
     status, started = "KILLED", time.monotonic()
     # SIGTERM (a scheduler's kill, `timeout`, `ray job stop`) ends the session as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    close: Callable[[], None] | None = None
     try:
         if study is not None or plan.remaining():  # a launch with nothing left starts no Ray (an Optuna one
             # does: its study may hold a trial the ledger lacks, and is told the ended ones again)
-            executor(Session(sweep, launch_dir, record.sessions, max_concurrent, tune_reporter), driver, plan)
+            close = executor(Session(sweep, launch_dir, record.sessions, max_concurrent, tune_reporter), driver, plan)
         budget = sweep.search.time_budget_s
         out_of_time = budget is not None and time.monotonic() - started >= budget
         if out_of_time:  # Tune stopped the running trials without a word: they stopped early, as a scheduler's
@@ -131,7 +133,11 @@ def session(
         out_of_time, owed = False, plan.unfinished()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop(driver, writer, sweep, record, status)
+        try:
+            _stop(driver, writer, sweep, record, status)
+        finally:
+            if close is not None:
+                close()
     lost = follower() if follower is not None else []
     return Result(sweep, launch_dir.name, launch_dir, record, status, owed, out_of_time, lost, driver.failure)
 
