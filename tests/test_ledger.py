@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_store import append as write  # events as the launch's one driver writes them, synced
 from sweeplab import ledger
 from sweeplab.cli import main
 from sweeplab.commands import listing
@@ -35,17 +36,6 @@ def trial(key: str, i: int | None = None) -> dict:
 
 def result(key: str, epoch: int, err: float, **extra: object) -> dict:
     return {"ev": "result", "key": key, "epoch": epoch, "metrics": {"epoch": epoch, "val/error": err}, **extra}
-
-
-def write(launch_dir: Path, *events: dict) -> None:
-    """Append `events` as the launch's one driver would, synced, and let the next driver in."""
-    w = Writer(launch_dir)
-    try:
-        for e in events:
-            w.append(e)
-        w.sync()
-    finally:
-        w.close()
 
 
 def lines(launch_dir: Path) -> list[dict]:
