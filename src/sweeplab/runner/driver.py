@@ -48,7 +48,7 @@ class Driver:
         self.sweep, self.writer, self.record, self.study, self.view = sweep, writer, record, study, view
         self._untold: list[str] = []  # keys ended in the buffer: told to the study after the sync
         self._ended: set[str] = set()  # keys this session has ended
-        self._epochs: dict[str, tuple[str, int]] = {}  # key -> (the point's label, its train.epochs)
+        self._epochs: dict[str, tuple[str, int]] = {}  # key -> (its point, as text; its train.epochs)
         self._reports: list[tuple[str, int, Any]] = []  # intermediate values, likewise after the sync
         self.synced: list[Any] = []  # called after each sync (a test's inline MLflow follower)
         self.failure: str | None = None  # why the ledger could not be written, once it could not
@@ -61,9 +61,9 @@ class Driver:
     def epochs(self, t: TrialRecord) -> int:
         """The trial's train.epochs, resolved once per point (resolving validates the whole config: ~0.7 ms,
         too much for every result on Tune's loop); a PBT trial's new point is resolved again."""
-        label = t.label or repr(sorted(t.point.items()))
-        if self._epochs.get(t.key, ("", 0))[0] != label:
-            self._epochs[t.key] = (label, self.sweep.resolve(t.point).train.epochs)
+        point = repr(sorted(t.point.items()))
+        if self._epochs.get(t.key, ("", 0))[0] != point:
+            self._epochs[t.key] = (point, self.sweep.resolve(t.point).train.epochs)
         return self._epochs[t.key][1]
 
     def plan(self, key: str, point: dict[str, Any]) -> TrialRecord:
