@@ -37,6 +37,14 @@ def check_trials(client, runs: list, labels: list[str], epochs: int, sweep: Path
         files = sorted(a.path for a in client.list_artifacts(r.info.run_id, "checkpoint"))
         assert files == ["checkpoint/metrics.json", "checkpoint/state.pt"]
         assert sorted(a.path for a in client.list_artifacts(r.info.run_id)) == ["checkpoint", "config.yaml"]
+        # its final weights as an MLflow model, unless the sweep says `mlflow: {log_models: false}`
+        models = client.search_logged_models([r.info.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
+        assert [str(m.status) for m in models] == (["READY"] if logs_models(sweep) else []), models
+
+
+def logs_models(sweep: Path) -> bool:
+    """Whether the sweep file asks for each finished trial's model in MLflow (`mlflow.log_models`, default true)."""
+    return (yaml.safe_load(sweep.read_text()).get("mlflow") or {}).get("log_models", True)
 
 
 def check_parent(client, runs: list, launch: str, sweep: Path, folder: Path) -> None:
@@ -47,6 +55,7 @@ def check_parent(client, runs: list, launch: str, sweep: Path, folder: Path) -> 
     assert parent.info.run_name == launch and parent.info.status == "FINISHED"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert parent.data.params["metric"] == "val/error" and parent.data.params["mlflow.log_checkpoints"] == "true"
+    assert parent.data.params["mlflow.log_models"] == str(logs_models(sweep)).lower()
     assert parent.data.tags["mlflow.source.name"] == str(sweep)
     best = min(runs, key=lambda r: r.data.metrics["val/error"])
     assert parent.data.metrics["best/val/error"] == best.data.metrics["val/error"]

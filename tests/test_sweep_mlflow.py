@@ -23,6 +23,14 @@ def test_log_checkpoints_key_defaults_true_and_smoke_overrides(tmp_path: Path) -
     assert from_snapshot(snap).log_checkpoints is True
 
 
+def test_log_models_key_defaults_true_and_smoke_overrides(tmp_path: Path) -> None:
+    assert load(write_sweep(tmp_path, mlflow={})).log_models is True
+    path = write_sweep(tmp_path, mlflow={"log_models": False}, smoke={"mlflow": {"log_models": True}})
+    assert load(path).log_models is False and load(path).log_checkpoints is True
+    assert load(path, smoke=True).log_models is True
+    assert from_snapshot(load(path).snapshot()).log_models is False
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -30,6 +38,8 @@ def test_log_checkpoints_key_defaults_true_and_smoke_overrides(tmp_path: Path) -
         ({"mlflow": {"log_checkpoints": "no"}}, "'mlflow.log_checkpoints' must be true or false"),
         ({"mlflow": True}, "'mlflow' must be a mapping"),
         ({"smoke": {"mlflow": {"log_checkpoints": 0}}}, "'smoke.mlflow.log_checkpoints' must be true or false"),
+        ({"mlflow": {"log_models": "false"}}, "'mlflow.log_models' must be true or false"),
+        ({"mlflow": {"log_model": False}}, "unknown key 'mlflow.log_model'; did you mean 'mlflow.log_models'"),
     ],
 )
 def test_bad_mlflow_key_names_it(tmp_path: Path, spec: dict, message: str) -> None:

@@ -49,6 +49,7 @@ def asha_sweep(tmp_path_factory):
         scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
         max_concurrent=2,
         tables={"quickstart": {"match": {"initial lr": "optim.lr"}}},
+        mlflow={},  # the default: each finished trial logs its model
     )
     rc, out, err, sockets, pids = _run_watching(
         cli(tmp_path, "run", str(path), "--name", "asha", "--num-cpus", "2"), " start "
@@ -150,6 +151,7 @@ def test_the_record_a_user_finds_in_mlflow(asha_sweep):
     )
     assert parent.info.status == "FINISHED"
     assert parent.data.params["search.name"] == "grid" and parent.data.params["scheduler.name"] == "asha"
+    assert parent.data.params["mlflow.log_models"] == "true"
     finished = [r for r in runs if r.data.tags["sweeplab.outcome"] == "finished"]
     best = min(finished, key=lambda r: r.data.metrics["val/error"])
     assert parent.data.metrics["best/val/error"] == best.data.metrics["val/error"]

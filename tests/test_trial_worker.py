@@ -7,6 +7,7 @@ Most tests use a stand-in trainer whose epochs take microseconds but whose check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -412,3 +413,10 @@ def test_a_finished_trial_exports_its_final_weights_and_a_failed_export_is_a_not
     worker.run_trial(job, sweep, lambda m, f: reports.append(m), trainer=Broken())
     assert (tmp_path / "1" / "model.error").read_text() == "RuntimeError: torch.export cannot trace it\n"
     assert len(reports) == sweep.resolve(point).train.epochs and "trial_failed" not in reports[-1]  # the trial stands
+
+
+def test_a_sweep_that_logs_no_models_exports_none(tmp_path):
+    t = Trainer()
+    sweep = dataclasses.replace(SWEEP, log_models=False)
+    worker.run_trial(worker.TrialJob("0", POINT, tmp_path / "0"), sweep, lambda m, f: None, trainer=t)
+    assert t.exports == [] and saved_epoch(tmp_path / "0" / "checkpoint.pt") == sweep.resolve(POINT).train.epochs

@@ -53,6 +53,7 @@ def settings(sweep: Sweep, max_concurrent: int | None) -> dict[str, Any]:
         "smoke": str(sweep.smoke).lower(),
         "max_concurrent": max_concurrent or "unlimited",
         "mlflow.log_checkpoints": str(sweep.log_checkpoints).lower(),
+        "mlflow.log_models": str(sweep.log_models).lower(),
     }
 
 

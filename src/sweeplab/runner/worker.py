@@ -172,8 +172,10 @@ def _run(
         **({"notice": notice} if notice else {}),
     }
     # the model is exported before the last epoch's report: a scheduler (ASHA at max_t) may end the trial
-    # on that report, and nothing after it would run
-    reporter = Reporter(job, report, trainer, first, lambda: _export(job, conf, trainer), conf.train.epochs)
+    # on that report, and nothing after it would run. Not at all under `mlflow: {log_models: false}`: an
+    # export costs a trial seconds of CPU (torch.export, and MLflow's own imports in a fresh worker)
+    export = (lambda: _export(job, conf, trainer)) if sweep.log_models else None
+    reporter = Reporter(job, report, trainer, first, export, conf.train.epochs)
     trainer.fit(conf, reporter, state)
 
 

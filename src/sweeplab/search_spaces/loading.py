@@ -111,6 +111,7 @@ def build(spec: dict[str, Any], config_tree: dict[str, Any], path: str, smoke: b
         max_concurrent,
         matches,
         tracking["log_checkpoints"],
+        tracking["log_models"],
     )
 
 

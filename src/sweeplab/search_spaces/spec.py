@@ -44,7 +44,7 @@ SMOKE_EXAMPLE = (
     "{overrides: {train.epochs: 1, data.train_subset: 2000, data.test_subset: 1000}} "
     "(smoke.space or smoke.search: {num_samples: N} runs fewer trials; docs/sweeps.md)"
 )
-MLFLOW = {"log_checkpoints": bool}
+MLFLOW = {"log_checkpoints": bool, "log_models": bool}
 SEARCH = {
     "name": str,
     "num_samples": int,
@@ -257,12 +257,13 @@ def resources(section: dict[str, Any], path: Any, where: str = "resources.") -> 
 
 
 def mlflow(section: dict[str, Any], path: Any, where: str = "mlflow.") -> dict[str, Any]:
-    """What MLflow keeps of each trial: `log_checkpoints` (default true) uploads its final checkpoint."""
+    """What MLflow keeps of each trial: `log_checkpoints` (default true) uploads its final checkpoint,
+    `log_models` (default true) a finished trial's weights as an MLflow PyTorch model."""
     unknown(section, MLFLOW, where, path)
     for key, value in section.items():
         if not isinstance(value, MLFLOW[key]):
             raise SweepError(f"{path}: '{where}{key}' must be true or false, got {value!r}")
-    return {"log_checkpoints": True, **section}
+    return {"log_checkpoints": True, "log_models": True, **section}
 
 
 def metric(spec: dict[str, Any], path: Any) -> tuple[str, str]:

@@ -65,6 +65,7 @@ class Sweep:
     max_concurrent: int | None
     tables: dict[str, dict[str, str]]
     log_checkpoints: bool = True  # `mlflow.log_checkpoints`: each trial's final checkpoint uploaded to MLflow
+    log_models: bool = True  # `mlflow.log_models`: each finished trial's model exported and logged to MLflow
 
     def resolve(self, point: dict[str, Any]) -> Config:
         """The validated Config of a point (a trial's Tune config)."""

@@ -131,7 +131,8 @@ class Follower:
         folder = self.launch_dir / "trials" / t.key
         if t.status is not Outcome.FAILED and (folder / "checkpoint.pt").is_file():
             tr.trial_checkpoint(t.key, str(folder / "checkpoint.pt"), t.last, self.sweep.log_checkpoints)
-        if t.status is Outcome.FINISHED and (folder / "model" / "MLmodel").is_file():  # runner/worker.py's export
+        model = folder / "model" / "MLmodel"  # runner/worker.py's export, unless `mlflow: {log_models: false}`
+        if t.status is Outcome.FINISHED and self.sweep.log_models and model.is_file():
             tr.trial_model(t.key, folder / "model", t.epoch)
         if t.error:
             tr.trial_tags(t.key, {ERROR: t.error[:500], **({ERROR_LOG: t.log} if t.log else {})})
