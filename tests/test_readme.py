@@ -444,13 +444,28 @@ assert a.shape == (4, 10), f"logits of shape {tuple(a.shape)} for 4 images"
 assert torch.allclose(a, b, atol=1e-5), "sweeplab.load_model and mlflow.pytorch.load_model disagree on a batch"
 """
 PROBE_API = f"""
+import mlflow
+import mlflow.pytorch
 import torch
-assert len(trials) == {API_TRIALS}, f"sweeplab.run returned {{len(trials)}} trials, not {API_TRIALS}"
-assert set(trials["status"]) == {{"FINISHED"}}, f"the notebook's trials ended {{set(trials['status'])}}"
-assert best and best[0]["run_id"], "sweeplab.best found nothing"
+rows = trials.to_dict("records")
+assert len(rows) == {API_TRIALS}, f"sweeplab.run returned {{len(rows)}} trials, not {API_TRIALS}"
+assert {{"key", "label", "status", "epochs", "optim.lr", "val/error", "run_id"}} <= set(trials.columns), trials.columns
+assert sorted(r["optim.lr"] for r in rows) == sorted(sweep["space"]["optim.lr"]["grid"]), rows
+epochs = sweep["overrides"]["train.epochs"]
+assert all(r["status"] == "FINISHED" and r["epochs"] == epochs and r["run_id"] for r in rows), rows
+assert trials.attrs["status"] == "FINISHED" and trials.attrs["exit_code"] == 0, trials.attrs
+top = min(rows, key=lambda r: r["val/error"])
+assert best[0]["run_id"] == top["run_id"] and best[0]["value"] == top["val/error"], (best, top)
+assert best[0]["config"]["optim"]["lr"] == top["optim.lr"] and best[0]["config"]["train"]["epochs"] == epochs
 assert isinstance(model, torch.nn.Module) and not model.training, "load_model gave no nn.Module in eval mode"
+mlflow.set_tracking_uri("sqlite:///mlflow.db")
+same = mlflow.pytorch.load_model(f"runs:/{{best[0]['run_id']}}/model")
+x = torch.rand(5, 1, 28, 28)
 with torch.no_grad():
-    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    a, b = model(x), same(x)
+assert a.shape == (5, 10) and torch.equal(a, b), "sweeplab.load_model and mlflow.pytorch.load_model disagree"
+again = sweeplab.trials(trials.attrs["launch"])[["key", "status", "run_id"]].to_dict("records")
+assert again == [{{"key": r["key"], "status": "FINISHED", "run_id": r["run_id"]}} for r in rows], again
 """
 PROBE_QUERIES = """
 assert len(best) == 1, f"the best-trial query returned {len(best)} runs"
@@ -466,6 +481,8 @@ def check_api_table(ran: Ran) -> None:
     assert head is not None
     rows = [line for line in lines[head + 1 :] if line.strip()]
     ran.expect(len(rows) == API_TRIALS, f"{len(rows)} rows printed, not {API_TRIALS}")
+    # progress="none" leaves out the live lines, not the end: the best trial and the command that reruns it
+    ran.expect(re.search(r"^best: trial .*\n^rerun it: sweeplab train --from-run \w+$", ran.out, re.M), "no summary")
 
 
 def check_frame(ran: Ran) -> None:
