@@ -17,11 +17,16 @@ quickstart: setup
 	.venv/bin/sweeplab train configs/fashion_mnist/resnet_preact20.yaml train.epochs=1 optim.lr=0.1 --output runs/quickstart-train
 	.venv/bin/sweeplab run sweeps/quickstart.yaml --smoke
 	.venv/bin/sweeplab table quickstart --smoke
+# Two pytest-xdist workers, a whole test file at a time (a file's module fixtures run once), the longest
+# files first (tests/conftest.py): most of the suite waits on processes it started (Ray, MLflow, servers),
+# so two workers keep a 2-core machine busy. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(XDIST) --durations=15
 # The quick loop while editing: everything but the tests marked slow (CI runs them all, via `make test`).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 # What CI checks besides the tests: lint rules, formatting, and types (settings in pyproject.toml).
 lint: setup
 	.venv/bin/ruff check src tests benchmarks

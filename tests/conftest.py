@@ -20,3 +20,22 @@ from pathlib import Path
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+# `make test` runs two pytest-xdist workers, each taking a whole file at a time in collection order: the
+# longest files are collected first, so that neither worker is handed one of them when the other is done.
+LONGEST_FIRST = (
+    "test_readme.py",
+    "test_faults.py",
+    "test_sweeps_ray.py",
+    "test_mlflow_postgres.py",
+    "test_gpu_check.py",
+    "test_multinode.py",
+    "test_optuna.py",
+    "test_runner.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The files of LONGEST_FIRST first, in its order; every other file after them, as collected."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
