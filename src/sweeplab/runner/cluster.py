@@ -20,6 +20,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from sweeplab.search_spaces import Sweep
@@ -129,21 +130,23 @@ def reap(record: Path) -> int:
         listed = written["processes"] if written.get("host") == socket.gethostname() else []  # this machine's only
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0
-    alive = {
+    roots = [
         (pid, start)
         for pid, start in (listed if isinstance(listed, list) else [])
         if isinstance(pid, int) and isinstance(start, str) and _running(pid, start)
-    }
-    for pid, _ in list(alive):
-        alive |= descendants(pid)
+    ]
+    # parents before their children: a raylet whose worker dies first may start another, and a parent that
+    # sees its child die may exit by itself before its own turn (it is gone all the same, but uncounted)
+    alive = list(dict.fromkeys(roots + [p for pid, _ in roots for p in _tree(pid)]))
     stopped = _kill(alive)
     record.unlink(missing_ok=True)
     return stopped
 
 
-def _kill(processes: set[tuple[int, str]], wait_s: float = 10.0) -> int:
-    """SIGKILL `processes` and wait until they are gone: a killed process with a large heap can take seconds
-    to exit on a busy machine, and whoever said "stopped" next would find it still there; returns how many."""
+def _kill(processes: Iterable[tuple[int, str]], wait_s: float = 10.0) -> int:
+    """SIGKILL `processes`, in their order, and wait until they are gone: a killed process with a large heap
+    can take seconds to exit on a busy machine, and whoever said "stopped" next would find it still there;
+    returns how many."""
     stopped = set()
     for pid, start in processes:
         if _running(pid, start):
@@ -179,6 +182,11 @@ def shutdown(wait_s: float = 5.0) -> None:
 
 def descendants(root: int) -> set[tuple[int, str]]:
     """(pid, start time) of every process below `root`, from /proc (none where there is no /proc)."""
+    return set(_tree(root))
+
+
+def _tree(root: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `root`, each after its parent."""
     children: dict[int, list[tuple[int, str]]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -187,10 +195,11 @@ def descendants(root: int) -> set[tuple[int, str]]:
             children.setdefault(int(fields[1]), []).append((int(pid), fields[19]))
         except (OSError, IndexError, ValueError):
             continue
-    out, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.add(child)
+    out: list[tuple[int, str]] = []
+    todo = [root]
+    while todo:  # breadth first: a process's parent is listed before it
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
             todo.append(child[0])
     return out
 
