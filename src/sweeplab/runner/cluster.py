@@ -29,7 +29,6 @@ LOCAL_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # a local node binds 127.0.0.1, not the external address
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved often: `resume` loses little
     # Tune's default TensorBoard logger imports torch in the driver (1.5 s, just as the first trial is
     # scheduled) to write what MLflow already has; `_loggers()` keeps the JSON and CSV ones.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
