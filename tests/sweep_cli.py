@@ -44,7 +44,7 @@ def free_ports(n: int) -> list[int]:
 def write_sweep(tmp_path: Path, **spec) -> Path:
     """tmp_path/sweep.yaml from `spec`, on the quickstart config shrunk by TINY (spec's overrides win). Its
     trials log no model unless `spec` says `mlflow` (a trial's first export costs its worker ~4 CPU-seconds:
-    the tests of models say `mlflow: {}`, or use the README's and the API's sweeps, which log them)."""
+    the tests of models say `mlflow: {}`; the README's sweeps, run by test_readme, log them)."""
     spec = {"config": BASE, "mlflow": {"log_models": False}, **spec, "overrides": {**TINY, **spec.get("overrides", {})}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
