@@ -20,6 +20,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def reap(record: Path) -> int:
     ]
     # parents before their children: a raylet whose worker dies first may start another, and a parent that
     # sees its child die may exit by itself before its own turn (it is gone all the same, but uncounted)
-    alive = list(dict.fromkeys(roots + [p for pid, _ in roots for p in _tree(pid)]))
+    alive = list(dict.fromkeys(roots + _tree(*(pid for pid, _ in roots))))
     stopped = _kill(alive)
     record.unlink(missing_ok=True)
     return stopped
@@ -184,8 +185,8 @@ def descendants(root: int) -> set[tuple[int, str]]:
     return set(_tree(root))
 
 
-def _tree(root: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every process below `root`, each after its parent."""
+def _tree(*roots: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below the `roots`, each after its parent, from one read of /proc."""
     children: dict[int, list[tuple[int, str]]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -195,9 +196,9 @@ def _tree(root: int) -> list[tuple[int, str]]:
         except (OSError, IndexError, ValueError):
             continue
     out: list[tuple[int, str]] = []
-    todo = [root]
+    todo = deque(roots)
     while todo:  # breadth first: a process's parent is listed before it
-        for child in children.get(todo.pop(0), []):
+        for child in children.get(todo.popleft(), []):
             out.append(child)
             todo.append(child[0])
     return out
