@@ -19,6 +19,7 @@ def check_trials(client, runs: list, labels: list[str], epochs: int, sweep: Path
     """Child runs named by `labels`, each finished with its tags, dataset input, every metric once per
     epoch 1..`epochs` (step = epoch) and artifacts config.yaml and checkpoint/ (state.pt, metrics.json)."""
     assert sorted(r.info.run_name for r in runs) == sorted(labels)
+    models_wanted = ["READY"] if logs_models(sweep) else []
     for r in runs:
         tags = r.data.tags
         assert tags["sweeplab.label"] == r.info.run_name and tags["sweeplab.outcome"] == "finished", tags
@@ -39,7 +40,7 @@ def check_trials(client, runs: list, labels: list[str], epochs: int, sweep: Path
         assert sorted(a.path for a in client.list_artifacts(r.info.run_id)) == ["checkpoint", "config.yaml"]
         # its final weights as an MLflow model, unless the sweep says `mlflow: {log_models: false}`
         models = client.search_logged_models([r.info.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
-        assert [str(m.status) for m in models] == (["READY"] if logs_models(sweep) else []), models
+        assert [str(m.status) for m in models] == models_wanted, models
 
 
 def logs_models(sweep: Path) -> bool:
