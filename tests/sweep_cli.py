@@ -28,6 +28,9 @@ TINY = {
     "train.threads": 1,
 }
 LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+# Put before the argv of a command a test stops with Ctrl-C (SIGINT), as a terminal's foreground job gets it:
+# a suite started as a shell's background job (`make test &`) inherits SIGINT ignored, and so would the command.
+CTRL_C = ["env", "--default-signal=INT"]
 
 
 def free_ports(n: int) -> list[int]:

@@ -50,7 +50,7 @@ from typing import NoReturn
 import pytest
 import yaml
 
-from sweep_cli import LOOPBACK, descendants, listening
+from sweep_cli import CTRL_C, LOOPBACK, descendants, listening
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -599,7 +599,7 @@ def run_server(block: Block, command: Command, server: Server, folder: Path, env
     out_path, err_path = logs / f"server{command.line}.out", logs / f"server{command.line}.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
-            ["bash", "-euo", "pipefail", "-c", command.text],
+            [*CTRL_C, "bash", "-euo", "pipefail", "-c", command.text],
             cwd=folder,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from mlflow_store import fresh_uri, grid_point, run_trial
-from sweep_cli import LOOPBACK, descendants, listening
+from sweep_cli import CTRL_C, LOOPBACK, descendants, listening
 from sweeplab.cli import main
 from sweeplab.commands.mlflow_ui import (
     VIEW_TAG,
@@ -229,7 +229,7 @@ def _read_url(proc: subprocess.Popen, timeout: float) -> str:
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_ui_serves_the_runs_page_on_loopback_and_stops_with_its_server(store: Path, stop: signal.Signals):
     port = _free_port()
-    argv = [sys.executable, "-m", "sweeplab.cli", "ui", "--no-browser", "--port", str(port), "--experiment"]
+    argv = [*CTRL_C, sys.executable, "-m", "sweeplab.cli", "ui", "--no-browser", "--port", str(port), "--experiment"]
     argv += ["quickstart", "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
