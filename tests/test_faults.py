@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_store import fresh_uri
 from sweep_cli import cli, descendants, write_sweep
 from sweeplab import ledger
 
@@ -246,11 +247,12 @@ EPOCHS = 4
 
 
 @pytest.mark.slow
-def test_a_killed_driver_and_a_hostile_launch_folder(tmp_path, drivers):
+def test_a_killed_driver_and_a_hostile_launch_folder(tmp_path, tmp_path_factory, drivers):
     """SIGKILL the driver mid-sweep; then plant a pickle in every file Tune wrote and beside sweeplab's own,
     tear the ledger's last line, cut an unfinished trial's newest checkpoint. `status` and `resume` run
     nothing planted; resume finishes every trial once from where the ledger and checkpoints left it; no
     process of the launch is left. Then every file of the launch made a pickle: refused in one line."""
+    fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     path = write_sweep(
         tmp_path,
         name="hostile",
@@ -333,11 +335,12 @@ def test_a_killed_driver_and_a_hostile_launch_folder(tmp_path, drivers):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, drivers):
+def test_sigterm_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, tmp_path_factory, drivers):
     """SIGTERM mid-sweep: one clean stop, every run KILLED until `resume`, which ends every trial once.
     The sweep uses ASHA, to measure what a resumed scheduler decides differently (docs/architecture.md,
     "The ledger"): its rungs start empty, so it never stops a trial at a rung the trial had already
     passed before the kill, and the test says how many it stopped in each session."""
+    fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     path = write_sweep(
         tmp_path,
         name="term",
@@ -415,8 +418,6 @@ def test_two_first_sweeps_at_once_on_one_new_store(tmp_path, drivers):
 
 @pytest.mark.slow
 def test_full_mlflow_disk_is_reported_and_resume_fills_what_mlflow_lacks(tmp_path, tmp_path_factory, drivers, tmpfs):
-    from mlflow_store import fresh_uri
-
     disk = tmpfs("mlfs", "6m")
     uri = fresh_uri(disk, tmp_path_factory)  # migrated already: the migration is not what fills the disk
     path = write_sweep(
@@ -451,9 +452,9 @@ def test_full_mlflow_disk_is_reported_and_resume_fills_what_mlflow_lacks(tmp_pat
 
 
 @pytest.mark.slow
-def test_full_storage_disk_is_one_line_and_resume_completes(tmp_path, drivers, tmpfs):
+def test_full_storage_disk_is_one_line_and_resume_completes(tmp_path, tmp_path_factory, drivers, tmpfs):
     storage = tmpfs("store", "16m")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     path = write_sweep(
         tmp_path,
         name="stfull",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlflow_store import fresh_uri
 from sweep_cli import cli, write_sweep
 from sweeplab import ledger
 from sweeplab.core.errors import SweepError
@@ -326,7 +327,8 @@ def test_the_grid_sampler_runs_each_point_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_time_budget_ends_the_sweep_and_the_summary_says_so(tmp_path):
+def test_the_time_budget_ends_the_sweep_and_the_summary_says_so(tmp_path, tmp_path_factory):
+    fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     path = write_sweep(
         tmp_path,
         name="budget",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlflow_store import fresh_uri
 from sweep_cli import LOOPBACK, child_runs, cli, descendants, listening, write_sweep
 from sweeplab import ledger
 
@@ -41,6 +42,7 @@ def _run_watching(argv: list[str], when: str) -> tuple[int, str, str, list | Non
 def asha_sweep(tmp_path_factory):
     """A 4-trial ASHA sweep, its output piped; the sockets of its processes while the first trial runs."""
     tmp_path = tmp_path_factory.mktemp("asha")
+    fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     path = write_sweep(
         tmp_path,
         name="asha",
@@ -163,7 +165,8 @@ def test_the_record_a_user_finds_in_mlflow(asha_sweep):
     assert yaml.safe_load(Path(sweep_file).read_text()) == yaml.safe_load(path.read_text())
 
 
-def test_ddp_trial_keeps_ranks_identical(tmp_path):
+def test_ddp_trial_keeps_ranks_identical(tmp_path, tmp_path_factory):
+    fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     # 64 images in batches of 64: one optimiser step per epoch, so "after each epoch" is "after each step"
     path = write_sweep(
         tmp_path,
@@ -198,9 +201,10 @@ def _client(tmp_path: Path):
     return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def test_pbt_continues_trials_from_others_checkpoints_under_tunes_reporter(tmp_path):
+def test_pbt_continues_trials_from_others_checkpoints_under_tunes_reporter(tmp_path, tmp_path_factory):
     """PBT, end to end, with `--progress tune` (Tune's own table): a trial takes another's checkpoint with a
     perturbed lr; its next epochs continue from there; the ledger and its MLflow run say whose it took."""
+    fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
     path = write_sweep(
         tmp_path,
         name="pbt",
