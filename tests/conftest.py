@@ -32,6 +32,8 @@ LONGEST_FIRST = (
     "test_multinode.py",
     "test_optuna.py",
     "test_runner.py",
+    "test_driver_bench.py",
+    "test_ui.py",  # servers that take seconds to stop: not the last file while the other worker idles
 )
 
 
