@@ -5,6 +5,8 @@
 - mlflow_layout: what MLflow must hold of a finished launch (child runs, epochs, artifacts, parent), on any store;
 - pg_server: a throwaway PostgreSQL cluster on 127.0.0.1 and an `mlflow server` on it;
 - ray_head: a Ray head on 127.0.0.1 that several `sweeplab run --address` drivers join.
+- fault_kit: test_faults' driver in the background, its processes, a filled disk, a planted pickle, and what
+  MLflow and the ledger must hold of a launch afterwards.
 
 They are modules rather than fixtures because most are plain functions of a folder, called from module-scoped
 fixtures and helpers as well as from tests. A test file imports them, never another test file, so that each
