@@ -15,8 +15,15 @@ test file can be renamed, split or deleted on its own.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Torch's CPU threads (OpenMP) spin while they wait for each other, which on a 2-core box that runs two test
+# workers and their subprocesses burns the other worker's CPU: a 2-thread `sweeplab train` of the README
+# took ~10 CPU-s beside two busy processes, ~7 with passive waits (BENCHMARKS.md, "The test suite"). Set
+# before any torch is loaded here (OpenMP reads it once), and inherited by every process a test starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # pytest's default import mode puts tests/ on sys.path already; `--import-mode=importlib` does not.
 _TESTS = str(Path(__file__).resolve().parent)
