@@ -618,6 +618,9 @@ def _pack(k: int, p: dict, prof: dict, gpu: bool, cores: int, storage: str, sear
         "scheduler": {"name": "fifo"},
         "max_concurrent": k,
         "resources": resources,
+        # nothing goes to MLflow here: exporting each finished trial's model would only add seconds of
+        # torch.export after the epochs this stage times
+        "mlflow": {"log_models": False},
     }
     path = Path(storage) / f"pack{k}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
