@@ -1,12 +1,13 @@
-"""Fault injection, end to end: the `sweeplab` CLI in subprocesses on a real local Ray (2 CPUs) and a
-real SQLite MLflow store, with tiny synthetic data. Each test breaks what a hostile or unlucky user
-would: a driver SIGKILLed, then its launch folder made hostile (pickles planted in every file Tune
-wrote and beside sweeplab's, the ledger torn mid-line, an unfinished trial's newest checkpoint cut);
-SIGTERM; two first sweeps on one new store; a full MLflow disk; a full storage disk. After the fault
-(and `sweeplab resume`) nothing may be lost, nothing duplicated and nothing planted may run: one
-FINISHED child run per trial, every epoch logged exactly once, and in the ledger every trial ended once
-under the key it started with. (The fake executor of test_runner.py kills the driver after every event;
-these are the same promises on a real Ray.)
+"""Fault injection, end to end: the `sweeplab` CLI in subprocesses on a real local Ray (2 CPUs) and a real
+SQLite MLflow store, with tiny synthetic data. Each test breaks what a hostile or unlucky user would: a
+driver SIGKILLed, then its launch folder made hostile (pickles planted in every file Tune wrote and
+beside sweeplab's, the ledger torn mid-line, an unfinished trial's newest checkpoint cut); SIGTERM; two
+first sweeps on one new store; a full storage disk, then a full MLflow disk (one launch: a Ray session
+fewer, ~25 CPU-s of the suite's busy 2 cores). After the fault (and `sweeplab resume`) nothing may be
+lost, nothing duplicated and nothing planted may run: one FINISHED child run per trial, every epoch
+logged exactly once, and in the ledger every trial ended once under the key it started with. (The fake
+executor of test_runner.py kills the driver after every event; these are the same promises on a real
+Ray.)
 """
 
 from __future__ import annotations
@@ -247,65 +248,38 @@ def test_two_first_sweeps_at_once_on_one_new_store(tmp_path, drivers):
     assert len(all_run_ids(uri)) == 6  # two parents, four children: nothing else
 
 
-# ---- 4. full disk under MLflow ------------------------------------------------------------------
+# ---- 4. full disks: under the storage folder, then under MLflow ----------------------------------
 
 
 @pytest.mark.slow
-def test_full_mlflow_disk_is_reported_and_resume_fills_what_mlflow_lacks(tmp_path, tmp_path_factory, drivers, tmpfs):
-    disk = tmpfs("mlfs", "6m")
+def test_full_disks_are_one_line_each_and_resume_completes(tmp_path, tmp_path_factory, drivers, tmpfs):
+    """The storage folder's disk fills mid-sweep: one line per trial, exit 1. The next `resume` (space
+    freed) finds the MLflow store's disk full instead: the trials go on, MLflow's loss is named, exit 1.
+    The last `resume` (space freed) fills exactly what MLflow lacks, from the ledger."""
+    storage, disk = tmpfs("store", "16m"), tmpfs("mlfs", "6m")
     uri = fresh_uri(disk, tmp_path_factory)  # migrated already: the migration is not what fills the disk
     path = write_sweep(
         tmp_path,
-        name="mlfull",
+        name="full",
         overrides={"train.epochs": 3, **SLOW},
         space={"optim.lr": {"grid": [0.01, 0.1]}},
         max_concurrent=2,
     )
-    d = Driver(
-        cmd("run", str(path), "--name", "mlfull", "--num-cpus", "2", storage=tmp_path / "ray", uri=uri),
-        tmp_path / "err",
-    )
-    drivers.append(d)
-    assert d.until(STARTED) is not None, d.out
-    assert d.until(r" epoch 1/3 ") is not None, d.out
-    filler = fill(disk)
-    rc = d.finish()
-    assert rc == 1, d.out
-    named = re.search(r"MLflow is missing data of (.*?);", d.stderr)
-    assert named and re.search(r"trial \d|the parent run", named.group(1)), d.out
-    assert "Traceback" not in d.stderr, d.stderr
-    filler.unlink()
 
-    r = sweeplab(cmd("resume", "mlfull", "--num-cpus", "2", storage=tmp_path / "ray", uri=uri))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert_logged_once(uri, "mlfull", 2, 3)
-    assert_ledger_finished(tmp_path / "ray", "mlfull", 2, 3)
+    def driver(*args: str, name: str) -> Driver:
+        d = Driver(cmd(*args, "--num-cpus", "2", storage=storage, uri=uri), tmp_path / name)
+        drivers.append(d)
+        assert d.until(STARTED) is not None, d.out
+        assert d.until(r" epoch \d/3 ") is not None, d.out
+        return d
 
-
-# ---- 5. full disk under the storage folder ------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_full_storage_disk_is_one_line_and_resume_completes(tmp_path, tmp_path_factory, drivers, tmpfs):
-    storage = tmpfs("store", "16m")
-    uri = fresh_uri(tmp_path, tmp_path_factory)  # migrated already (a new store: test_faults' pair)
-    path = write_sweep(
-        tmp_path,
-        name="stfull",
-        overrides={"train.epochs": 3, **SLOW},
-        space={"optim.lr": {"grid": [0.01, 0.1]}},
-        max_concurrent=2,
-    )
-    d = Driver(cmd("run", str(path), "--name", "stfull", "--num-cpus", "2", storage=storage, uri=uri), tmp_path / "err")
-    drivers.append(d)
-    assert d.until(STARTED) is not None, d.out
-    assert d.until(r" epoch 1/3 ") is not None, d.out
+    d = driver("run", str(path), "--name", "full", name="err-run")
     filler = fill(storage)
     rc = d.finish()
     assert rc == 1, d.out  # a sweep whose ledger or checkpoints could not be written does not end "fine"
     err = d.stderr.splitlines()
     assert "Traceback" not in d.stderr and len(err) <= 4, d.stderr  # a line per trial at most, and the reason
-    assert "No space left on device" in d.out and "sweeplab resume stfull" in d.stderr, d.out
+    assert "No space left on device" in d.out and "sweeplab resume full" in d.stderr, d.out
     failed = [ln for ln in d.lines if " FAILED at epoch " in ln]  # one line per trial, naming the cause
     assert failed and all("No space left on device" in ln for ln in failed), d.out
     status = [ln for ln in d.lines if re.match(r"\[\s*\d+s\] status  ", ln)]
@@ -314,8 +288,18 @@ def test_full_storage_disk_is_one_line_and_resume_completes(tmp_path, tmp_path_f
         assert f"{summary[1]} done, {summary[2]} stopped early, {summary[3]} failed" in status[-1], d.out
     filler.unlink()
 
-    r = sweeplab(cmd("resume", "stfull", "--num-cpus", "2", storage=storage, uri=uri))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 trials: 2 finished" in r.stdout, r.stdout + r.stderr
-    assert_logged_once(uri, "stfull", 2, 3)
-    assert_ledger_finished(storage, "stfull", 2, 3)
+    r = driver("resume", "full", name="err-resume")
+    filler = fill(disk)
+    rc = r.finish()
+    assert rc == 1, r.out
+    named = re.search(r"MLflow is missing data of (.*?);", r.stderr)
+    assert named and re.search(r"trial \d|the parent run", named.group(1)), r.out
+    assert "disk is full" in r.stderr, r.stderr  # the cause, not SQLAlchemy's note on autoflush
+    assert "Traceback" not in r.stderr, r.stderr
+    filler.unlink()
+
+    last = sweeplab(cmd("resume", "full", "--num-cpus", "2", storage=storage, uri=uri))
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert "2 trials: 2 finished" in last.stdout, last.stdout + last.stderr
+    assert_logged_once(uri, "full", 2, 3)
+    assert_ledger_finished(storage, "full", 2, 3)
