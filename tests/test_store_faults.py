@@ -260,6 +260,32 @@ def test_a_store_down_for_good_is_remembered_said_once_retried_and_reported_lost
     assert _epochs(uri, runs["0"]) == [1, 2, 3] and _epochs(uri, runs["1"]) == [1, 2, 3]
 
 
+def test_a_store_that_is_out_costs_a_poll_one_round_of_retries_not_one_per_trial(
+    tmp_path, tmp_path_factory, capsys, monkeypatch
+) -> None:
+    """Five trials' writes fail: the first waits out the retries, the other four are tried once each (the
+    store is out for them too), and each is still said once and kept as lost; a write that works again
+    brings the retries back."""
+    slept: list[float] = []
+    monkeypatch.setattr(follow.time, "sleep", slept.append)
+    uri = fresh_uri(tmp_path / "store", tmp_path_factory)
+    f, store = _follower(tmp_path, uri)
+    store.fail_from = 1
+    append(tmp_path, {"ev": "session"}, *[e for i in range(5) for e in _trial_events(i)])
+    f.poll()
+    assert sorted(f.lost) == ["0", "1", "2", "3", "4"]
+    assert slept == list(follow.RETRY_DELAYS) and store.calls == len(follow.RETRY_DELAYS) + 1 + 4
+    assert capsys.readouterr().err.count("sweeplab: MLflow did not take trial") == 5
+    slept.clear()
+    f.poll()  # a new poll: the first lost write waits out the retries again
+    assert slept == list(follow.RETRY_DELAYS)
+    store.fail_from = None
+    slept.clear()
+    f.poll()
+    assert f.lost == {} and slept == []
+    assert sorted(_runs(uri)) == ["", "0", "1", "2", "3", "4"]
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """A 6 MiB tmpfs for the MLflow store (root only, as on CI and the dev VM)."""

@@ -87,9 +87,11 @@ class Follower:
     mirrors: dict[str, Mirror] = field(default_factory=dict)
     lost: dict[str, str] = field(default_factory=dict)  # key ('' for the parent) -> the last error
     sessions_done: int = 0
+    down: bool = False  # a write of this poll failed all its retries: the store is out for the others too
 
     def poll(self) -> None:
         """Read the ledger's new lines and bring every trial they touched up to date."""
+        self.down = False
         touched: set[str] = set()
         self.record, self.offset = ledger.read(self.launch_dir, self.record, self.offset, touched)
         for key in sorted(touched | set(self.lost) - {""}, key=lambda k: int(k) if k.isdigit() else -1):
@@ -188,10 +190,14 @@ class Follower:
 
     def _try(self, key: str, fn: Any) -> bool:
         """`fn()` with retries; a failure is remembered (tried again at the next poll) and said once."""
-        for delay in (*RETRY_DELAYS, None):
+        # Once a write has failed all its retries, the others of the same poll get one try each: a store that
+        # is out (a full disk, a server down) would otherwise hold every poll, and the session's end, for
+        # the retries' seconds once per trial.
+        for delay in (*(() if self.down else RETRY_DELAYS), None):
             try:
                 fn()
                 self.lost.pop(key, None)
+                self.down = False
                 return True
             except Exception as e:
                 if delay is None:
@@ -200,6 +206,7 @@ class Follower:
                         who = f"trial {key}" if key else "the launch's parent run"
                         print(f"sweeplab: MLflow did not take {who} ({error}); will retry", file=sys.stderr, flush=True)
                     self.lost[key] = error
+                    self.down = True
                     return False
                 time.sleep(delay)
         return False
