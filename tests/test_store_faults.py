@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -267,7 +268,9 @@ def test_a_store_that_is_out_costs_a_poll_one_round_of_retries_not_one_per_trial
     store is out for them too), and each is still said once and kept as lost; a write that works again
     brings the retries back."""
     slept: list[float] = []
-    monkeypatch.setattr(follow.time, "sleep", slept.append)
+    # the follower's own waits only (follow.time is the time module: patching its sleep would also catch
+    # SQLite's busy waits inside MLflow)
+    monkeypatch.setattr(follow, "time", SimpleNamespace(sleep=slept.append))
     uri = fresh_uri(tmp_path / "store", tmp_path_factory)
     f, store = _follower(tmp_path, uri)
     store.fail_from = 1
