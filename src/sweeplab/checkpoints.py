@@ -19,6 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from sweeplab.core.errors import first_line
+
 CHECKPOINT, PREVIOUS, TMP = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.tmp"
 CHECKPOINT_VERSION = 1
 _STATE_KEYS = {"version", "epoch", "step", "model", "optimizer", "scaler", "config"}
@@ -55,8 +57,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
         raise CheckpointError(f"{path}: refused: {what}; it was not unpickled") from None
     except Exception as e:  # a truncated zip, an empty file, a read error: torch raises many kinds
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: truncated or corrupt ({first[:120]})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt ({first_line(e, 120) or type(e).__name__})") from None
     if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
         raise CheckpointError(f"{path}: not a sweeplab checkpoint")
     if state["version"] != CHECKPOINT_VERSION:

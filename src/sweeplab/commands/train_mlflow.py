@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sweeplab.core.errors import first_line
 from sweeplab.schema import Config
 
 EXAMPLE_IMAGES = 4  # the model's input example: a few test images (two or more: the batch size stays free)
@@ -31,7 +32,7 @@ class Logger:
             self._failed("could not open an MLflow run", e)
 
     def _failed(self, what: str, e: BaseException) -> None:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e) or type(e).__name__
         print(f"sweeplab: warning: {what} ({first}); the run folder keeps everything", file=sys.stderr)
         self.run = None
 

@@ -1,4 +1,5 @@
-"""The errors that mean "bad input" (exit 2), and the one "did you mean" helper they all use."""
+"""The errors that mean "bad input" (exit 2), the one "did you mean" helper they all use, and the one line
+of any other error that a message quotes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ class ConfigError(ValueError):
 
 class SweepError(ConfigError):
     """A bad sweep file: the message names the file and the key."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of `e` that names its cause ("" if it has none), at most `limit` characters."""
+    # SQLAlchemy (under MLflow's store) puts "(raised as a result of Query-invoked autoflush; ...)" before the
+    # cause ("(sqlite3.OperationalError) database or disk is full"), which is what a user can act on
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and not ln.startswith("(raised as a result of")]
+    return (lines or [""])[0][:limit]
 
 
 # What other tools (PyTorch Lightning, timm, HF Trainer, W&B and Tune examples) call sweeplab's keys. Spelling

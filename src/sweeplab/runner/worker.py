@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from sweeplab.core.errors import first_line
 from sweeplab.search_spaces import Sweep, label
 
 ORIGIN, ERROR_LOG, METRICS, MODEL = "origin.json", "error.log", "metrics.jsonl", "model"
@@ -125,7 +126,7 @@ def run_trial(
                 (job.folder / ERROR_LOG).write_text(traceback.format_exc())
         except OSError:  # a full disk: the one line is all there is
             log = None
-        raise TrialFailed(f"{type(e).__name__}: {_first_line(e)}", last, log) from e
+        raise TrialFailed(f"{type(e).__name__}: {first_line(e, 300)}", last, log) from e
 
 
 class TrialFailed(RuntimeError):
@@ -184,7 +185,7 @@ def _export(job: TrialJob, conf: Any, trainer: Trainer) -> None:
     try:
         trainer.export(job.folder, conf)
     except Exception as e:
-        (job.folder / "model.error").write_text(f"{type(e).__name__}: {_first_line(e)}\n")
+        (job.folder / "model.error").write_text(f"{type(e).__name__}: {first_line(e, 300)}\n")
 
 
 def _start_state(
@@ -339,7 +340,3 @@ def error_of(folder: Path) -> tuple[str, str | None]:
     except OSError:
         return "it failed outside its training code (its worker process died, or Ray could not start it)", None
     return (lines[-1] if lines else "failed"), str(log)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab import ledger
+from sweeplab.core.errors import first_line
 from sweeplab.core.names import (
     ERROR,
     ERROR_LOG,
@@ -201,7 +202,7 @@ class Follower:
                 return True
             except Exception as e:
                 if delay is None:
-                    error = f"{type(e).__name__}: {_cause(e)}"
+                    error = f"{type(e).__name__}: {first_line(e)}"
                     if key not in self.lost:
                         who = f"trial {key}" if key else "the launch's parent run"
                         print(f"sweeplab: MLflow did not take {who} ({error}); will retry", file=sys.stderr, flush=True)
@@ -210,14 +211,6 @@ class Follower:
                     return False
                 time.sleep(delay)
         return False
-
-
-def _cause(e: Exception) -> str:
-    """The first line of `e` that names its cause."""
-    # SQLAlchemy's note "(raised as a result of Query-invoked autoflush; ...)" comes before the cause
-    # ("(sqlite3.OperationalError) database or disk is full"), which a user needs to act on
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and not ln.startswith("(raised as a result of")]
-    return (lines or [""])[0][:200]
 
 
 def _outcome_of(tag: str, status: str) -> str | None:
